@@ -1,0 +1,60 @@
+"""`hs-tx history [--json] [--limit N]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+
+from tabulate import tabulate
+
+from ..core.context import Context
+from ..core.query import history
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `history` subcommand."""
+    p = sub.add_parser("history", help="list transactions, newest first")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--limit", type=int, metavar="N", help="show at most N transactions")
+    p.set_defaults(run=run)
+
+
+def local_time(iso: str | None) -> str:
+    """An ISO 8601 time as local 'YYYY-MM-DD HH:MM:SS' (empty for None)."""
+    if not iso:
+        return ""
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_duration(seconds: float | None) -> str:
+    """A duration such as '4.2 s' or '3 min 5 s' (empty while running)."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the history as a table, or as JSON with --json."""
+    rows = history(ctx, args.limit)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    table = [
+        [
+            r["id"],
+            local_time(r["started_at"]),
+            r["kind"] + (f" of {r['undoes']}" if r["undoes"] else ""),
+            r["state"] + (f" (undone by {r['undone_by']})" if r["undone_by"] else ""),
+            f"{r['modules_run']}/{r['modules_failed']}",
+            format_duration(r["duration_s"]),
+        ]
+        for r in rows
+    ]
+    headers = ["ID", "Date and time", "Kind", "State", "Modules run/failed", "Duration"]
+    print(tabulate(table, headers=headers, tablefmt="simple") if table else "no transactions yet")
+    return 0

@@ -1,0 +1,1 @@
+"""HOMESERVER `updates` package, as seen by modules run by hs-tx."""

@@ -1,0 +1,1 @@
+"""Transaction state machine, phases, scope, locking and errors."""

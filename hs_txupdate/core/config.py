@@ -1,0 +1,244 @@
+"""The TOML configuration: locating, parsing and type-checking it.
+
+Loading never writes anything; the state dir is created later, by the commands
+that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/hs-tx/config.toml")
+CONFIG_ENV = "HS_TX_CONFIG"
+BACKENDS = ("auto", "btrfs", "tar")
+SERVICE_MANAGERS = ("systemd", "command")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """The `[source]` section: where phase 1 fetches module updates from."""
+
+    url: str
+    branch: str = "master"
+    allowed_signers: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting hs-tx reads, with the defaults of the design."""
+
+    state_dir: Path = Path("/var/lib/hs-tx")
+    modules_dir: Path = Path("/usr/local/lib/hs-tx/modules")
+    snapshot_backend: str = "auto"
+    keep: int = 10
+    extra_paths: tuple[Path, ...] = ()
+    source: SourceConfig | None = None
+    net_guard: bool = True
+    guard_interfaces: tuple[str, ...] = ()
+    service_manager: str = "systemd"
+    service_restart: tuple[str, ...] = ()
+    service_is_active: tuple[str, ...] = ()
+    origin: str = "defaults"
+
+    @property
+    def journal_path(self) -> Path:
+        """The SQLite journal file inside the state dir."""
+        return self.state_dir / "journal.db"
+
+    @property
+    def lock_path(self) -> Path:
+        """The flock file that serialises the commands that change anything."""
+        return self.state_dir / "lock"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        """Where the tar backend keeps its archives and every backend its manifests."""
+        return self.state_dir / "snapshots"
+
+
+# key -> (type name, validator); nested sections are dicts of the same shape
+_SCHEMA: dict[str, Any] = {
+    "state_dir": "abspath",
+    "modules_dir": "abspath",
+    "snapshot": {"backend": "backend", "keep": "keep"},
+    "scope": {"extra_paths": "abspath_list"},
+    "source": {"url": "nonempty_str", "branch": "nonempty_str", "allowed_signers": "str"},
+    "net": {"guard": "bool", "guard_interfaces": "str_list"},
+    "services": {"manager": "manager", "restart": "str_list", "is_active": "str_list"},
+}
+
+
+def find_config_path(explicit: str | None, environ: dict[str, str] | None = None) -> Path | None:
+    """Given `--config` (or None) and the environment, return the one file to read.
+
+    Returns None when no file applies (defaults). Raises ConfigError when an
+    explicitly named file does not exist.
+    """
+    env = os.environ if environ is None else environ
+    for candidate, origin in ((explicit, "--config"), (env.get(CONFIG_ENV), CONFIG_ENV)):
+        if candidate:
+            path = Path(candidate)
+            if not path.is_file():
+                raise ConfigError(
+                    f"config file {path} (from {origin}) does not exist",
+                    "create it or point to an existing file",
+                )
+            return path
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def load_config(explicit: str | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Locate, parse and check the configuration; return it. Raises ConfigError."""
+    path = find_config_path(explicit, environ)
+    if path is None:
+        return check_state_dir(Config())
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read config file {path}: {exc}", "check its permissions"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}", "fix the syntax") from exc
+    return check_state_dir(config_from_dict(data, str(path)))
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Config:
+    """Type-check a parsed TOML document and build a Config. Raises ConfigError."""
+    values = _check_table(data, _SCHEMA, "", origin)
+    snapshot = values.get("snapshot", {})
+    scope = values.get("scope", {})
+    net = values.get("net", {})
+    services = values.get("services", {})
+    source = values.get("source")
+    if source is not None and "url" not in source:
+        raise ConfigError(f"{origin}: key 'source.url' is missing", "set url or remove [source]")
+    manager = services.get("manager", "systemd")
+    restart = tuple(services.get("restart", ()))
+    if manager == "command" and not restart:
+        raise ConfigError(
+            f"{origin}: key 'services.restart' is empty but services.manager is 'command'",
+            'give the restart command, e.g. restart = ["/usr/local/bin/svc", "restart", "{unit}"]',
+        )
+    defaults = Config()
+    return Config(
+        state_dir=values.get("state_dir", defaults.state_dir),
+        modules_dir=values.get("modules_dir", defaults.modules_dir),
+        snapshot_backend=snapshot.get("backend", defaults.snapshot_backend),
+        keep=snapshot.get("keep", defaults.keep),
+        extra_paths=tuple(scope.get("extra_paths", ())),
+        source=SourceConfig(**source) if source is not None else None,
+        net_guard=net.get("guard", True),
+        guard_interfaces=tuple(net.get("guard_interfaces", ())),
+        service_manager=manager,
+        service_restart=restart,
+        service_is_active=tuple(services.get("is_active", ())),
+        origin=origin,
+    )
+
+
+def _check_table(table: dict[str, Any], schema: dict[str, Any], prefix: str, origin: str) -> dict:
+    """Check one TOML table against its schema; return the converted values."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(
+                f"{origin}: unknown key '{name}'", f"remove it; known keys here: {known}"
+            )
+        kind = schema[key]
+        if isinstance(kind, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: '{name}' must be a table ([{name}])", "")
+            out[key] = _check_table(value, kind, f"{name}.", origin)
+        else:
+            out[key] = _check_value(kind, value, name, origin)
+    return out
+
+
+def _check_value(kind: str, value: Any, name: str, origin: str) -> Any:
+    """Check and convert one value of the given schema kind. Raises ConfigError."""
+
+    def bad(expected: str, hint: str = "") -> ConfigError:
+        return ConfigError(
+            f"{origin}: key '{name}' must be {expected} (got {value!r})",
+            hint or f"set {name} to {expected}",
+        )
+
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind in ("str", "nonempty_str"):
+        if not isinstance(value, str) or (kind == "nonempty_str" and not value):
+            raise bad("a non-empty string" if kind == "nonempty_str" else "a string")
+        return value
+    if kind == "str_list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        return value
+    if kind == "abspath":
+        return _abspath(value, name, bad)
+    if kind == "abspath_list":
+        if not isinstance(value, list):
+            raise bad("a list of absolute paths")
+        return [_abspath(v, name, bad) for v in value]
+    if kind == "keep":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad("an integer >= 1", f"set {name} to 1 or more (snapshots kept for undo)")
+        return value
+    if kind == "backend":
+        if value not in BACKENDS:
+            raise bad("one of " + ", ".join(BACKENDS))
+        return value
+    if kind == "manager":
+        if value not in SERVICE_MANAGERS:
+            raise bad("one of " + ", ".join(SERVICE_MANAGERS))
+        return value
+    raise AssertionError(f"unknown schema kind {kind}")
+
+
+def _abspath(value: Any, name: str, bad: Any) -> Path:
+    """Return value as a normalised absolute Path, or raise the `bad` error."""
+    if not isinstance(value, str) or not value:
+        raise bad("an absolute path string")
+    if not value.startswith("/"):
+        raise bad("an absolute path", f"write {name} as an absolute path, e.g. /{value}")
+    return Path(os.path.normpath(value))
+
+
+def check_state_dir(config: Config) -> Config:
+    """Refuse a state dir that exists and is writable by group or others; return config."""
+    try:
+        st = config.state_dir.lstat()
+    except FileNotFoundError:
+        return config
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(
+            f"key 'state_dir': {config.state_dir} is not a directory",
+            "point state_dir at a directory (it is created 0700 when missing)",
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"key 'state_dir': {config.state_dir} is writable by group or others",
+            f"run: chmod go-w {config.state_dir}",
+        )
+    return config
+
+
+def require_modules_dir(config: Config) -> Path:
+    """Return the modules dir, or raise ConfigError naming the key when it is missing."""
+    if not config.modules_dir.is_dir():
+        raise ConfigError(
+            f"key 'modules_dir': {config.modules_dir} does not exist or is not a directory",
+            "create it, or set modules_dir in the config file",
+        )
+    return config.modules_dir

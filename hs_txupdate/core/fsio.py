@@ -1,0 +1,52 @@
+"""The one place hs-tx writes files durably: temp file, fsync, rename, fsync dir."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (new names, renames, unlinks) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """Flush one existing regular file's data and metadata to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically and durably.
+
+    Writes a temp file beside it, fsyncs it, renames it over `path` and fsyncs
+    the directory, so a crash leaves either the old or the new file, never a mix.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_dir(path.parent)
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` as a 0700 directory if it is missing (parents as usual), durably."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkdir(path, 0o700)
+    fsync_dir(path.parent)

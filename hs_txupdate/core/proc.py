@@ -1,0 +1,87 @@
+"""The one place hs-tx runs short helper commands (argument lists, never a shell).
+
+Module workers, which stream output and have timeouts, are started by
+`hs_txupdate.modules.runner`, which builds on `child_env` from here.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import HsTxError
+
+# Variables that must never reach a child: the crash/pause hooks of the test
+# harness belong to this process alone, and git variables would redirect git.
+_SCRUBBED_ENV = (
+    "HS_TX_CRASH_AT",
+    "HS_TX_PAUSE_AT",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_CEILING_DIRECTORIES",
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished command gave back."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class CommandError(HsTxError):
+    """A helper command failed or could not be started."""
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Return this process's environment without the variables children must not see."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_ENV}
+    env.setdefault("LC_ALL", "C.UTF-8")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float | None = 300,
+    input_text: str | None = None,
+) -> Result:
+    """Run a command given as an argument list and return its Result.
+
+    Raises CommandError when it cannot start, times out, or (with `check`)
+    exits non-zero; the message names the command and its stderr.
+    """
+    args = tuple(str(a) for a in argv)
+    try:
+        proc = subprocess.run(
+            args,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=child_env(),
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandError(
+            f"command not found: {args[0]}", "install it (scripts/setup.sh)"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(f"{' '.join(args)} timed out after {timeout} s", "") from exc
+    result = Result(args, proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        last = detail[-1] if detail else f"exit {proc.returncode}"
+        raise CommandError(f"{args[0]} failed: {last}", f"command was: {' '.join(args)}")
+    return result

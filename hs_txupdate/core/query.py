@@ -1,0 +1,97 @@
+"""Read-only views of the journal for `history` and `show`, as JSON-ready dicts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from ..journal import TxInfo
+from .context import Context
+from .errors import UsageError
+
+
+def duration_s(info: TxInfo) -> float | None:
+    """Seconds from start to end of a finished transaction (None while running)."""
+    if info.finished_at is None:
+        return None
+    start = datetime.fromisoformat(info.started_at)
+    return (datetime.fromisoformat(info.finished_at) - start).total_seconds()
+
+
+def summary(info: TxInfo) -> dict[str, Any]:
+    """One `history` row: the transaction without its paths and events."""
+    failed = [m for m in info.modules if m.status != "success"]
+    return {
+        "id": info.id,
+        "kind": info.kind,
+        "state": info.state,
+        "started_at": info.started_at,
+        "finished_at": info.finished_at,
+        "duration_s": duration_s(info),
+        "undoes": info.undoes,
+        "undone_by": info.undone_by,
+        "user": info.user,
+        "host": info.host,
+        "command": info.command,
+        "exit_code": info.exit_code,
+        "error": info.error,
+        "modules_run": len({m.name for m in info.modules}),
+        "modules_failed": len({m.name for m in failed}),
+        "snapshots_pruned_at": info.snapshots_pruned_at,
+    }
+
+
+def history(ctx: Context, limit: int | None = None) -> list[dict[str, Any]]:
+    """`hs-tx history`: transactions newest first, at most `limit`."""
+    if limit is not None and limit < 1:
+        raise UsageError(f"--limit must be 1 or more (got {limit})", "e.g. --limit 20")
+    return [summary(info) for info in ctx.journal.transactions(limit)]
+
+
+def detail(ctx: Context, tx_id: int) -> dict[str, Any]:
+    """`hs-tx show ID`: everything journaled about one transaction.
+
+    Raises UsageError for an unknown id.
+    """
+    info = ctx.journal.transaction(tx_id)
+    if info is None:
+        raise UsageError(f"no transaction {tx_id}", "see `hs-tx history` for the ids")
+    out = summary(info)
+    out["paths"] = [
+        {
+            "path": p.path,
+            "existed": p.existed,
+            "backend": p.backend,
+            "snapshot": p.snapshot,
+            "changed": p.changed,
+            "size": p.size,
+            "checksum": p.checksum,
+            "pruned_at": p.pruned_at,
+        }
+        for p in info.paths
+    ]
+    out["modules"] = [
+        {
+            "name": m.name,
+            "version_from": m.version_from or m.schema_version,
+            "version_to": m.version_to or m.schema_version,
+            "status": m.status,
+            "duration_s": m.duration_s,
+            "exit_status": m.exit_status,
+            "error": m.error,
+            "output_tail": m.output_tail,
+        }
+        for m in info.modules
+    ]
+    out["events"] = [
+        {
+            "seq": e.seq,
+            "phase": e.phase,
+            "step": e.step,
+            "status": e.status,
+            "at": e.at,
+            "detail": e.detail,
+        }
+        for e in info.events
+    ]
+    return out

@@ -1,0 +1,62 @@
+"""Finishing transactions that an earlier hs-tx left in a running state.
+
+Works from the journal's events alone: a durable commit decision means
+committed; events of a phase that changes the system mean roll back from the
+snapshots; otherwise nothing changed and the transaction is aborted.
+"""
+
+from __future__ import annotations
+
+from ..journal import TxInfo
+from .context import Context
+from .errors import EXIT_DAMAGED, EXIT_OK, HsTxError
+from .snapshots import delete_snapshots, remove_stage_dirs
+from .transaction import CHANGING_PHASES, finish_commit, roll_back
+
+
+def recover_all(ctx: Context) -> int:
+    """Finish every unfinished transaction; 0 when all are final, 3 otherwise.
+
+    The caller holds the lock.
+    """
+    code = EXIT_OK
+    for info in ctx.journal.unfinished():
+        ctx.log(f"hs-tx: recovering transaction {info.id} (left {info.state})")
+        try:
+            if recover_one(ctx, info) == EXIT_DAMAGED:
+                code = EXIT_DAMAGED
+        except HsTxError as exc:
+            ctx.log(f"hs-tx: error: transaction {info.id}: {exc}")
+            code = EXIT_DAMAGED
+    return code
+
+
+def recover_one(ctx: Context, info: TxInfo) -> int:
+    """Finish one transaction in its own row; return the exit code of that outcome."""
+    ctx.journal.event(info.id, "recover", "start", "intent", {"state": info.state})
+    decision = _decision(info)
+    if decision == "commit":
+        return finish_commit(ctx, info.id)
+    if decision == "rollback" or _may_have_changed(info):
+        reason = info.error or "hs-tx stopped before the transaction finished"
+        if not reason.startswith("recovered: "):
+            reason = f"recovered: {reason}"
+        return roll_back(ctx, info.id, reason)
+    delete_snapshots(ctx.config, ctx.journal, info.id, info.paths)
+    remove_stage_dirs(info.id, info.paths)
+    ctx.journal.set_state(
+        info.id, "aborted", error="hs-tx stopped before changing anything", exit_code=1
+    )
+    ctx.log(f"hs-tx: transaction {info.id} aborted; it had changed nothing")
+    return EXIT_OK
+
+
+def _decision(info: TxInfo) -> str | None:
+    for event in reversed(info.events):
+        if event.step == "decision" and event.status == "done" and event.detail:
+            return event.detail.get("outcome")
+    return None
+
+
+def _may_have_changed(info: TxInfo) -> bool:
+    return any(e.phase in CHANGING_PHASES for e in info.events)

@@ -1,0 +1,153 @@
+"""Snapshots of a transaction's scope: capture, compare, restore, delete.
+
+Joins the backends (which know filesystems) with the journal (which knows
+transactions). Every filesystem change is announced by an intent event first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..journal import Journal, PathInfo
+from ..snapshot import Captured, SnapshotTarget, backend_by_name
+from ..snapshot.tree import STAGE_PREFIX, Changes, Manifest, build_manifest, diff, remove_entry
+from ..snapshot.tree import restore as restore_tree
+from .config import Config
+from .errors import DamagedError
+from .fsio import durable_write, fsync_dir
+from .scope import ScopeEntry
+
+Log = Callable[[str], None]
+
+
+def manifest_path(config: Config, tx_id: int, n: int) -> Path:
+    """Where the manifest of scope path `n` of `tx_id` is kept."""
+    return config.snapshots_dir / str(tx_id) / f"{n}.manifest"
+
+
+def capture_scope(config: Config, journal: Journal, tx_id: int, entries: list[ScopeEntry]) -> None:
+    """Record and snapshot every scope path, each announced before it acts."""
+    for n, entry in enumerate(entries):
+        journal.add_path(tx_id, n, str(entry.path), entry.existed, entry.backend)
+    for n, entry in enumerate(entries):
+        if not entry.existed:
+            continue
+        detail = {"n": n, "path": str(entry.path), "backend": entry.backend}
+        journal.event(tx_id, "snapshot", "capture", "intent", detail)
+        target = SnapshotTarget(tx_id, n, entry.path)
+        backend = backend_by_name(entry.backend, config.snapshots_dir)
+        taken_ns = time.time_ns()
+        captured = backend.capture(target)
+        manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
+        data = manifest.to_bytes()
+        where = manifest_path(config, tx_id, n)
+        where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        durable_write(where, data)
+        journal.update_path(
+            tx_id,
+            n,
+            snapshot=captured.ref,
+            size=captured.size,
+            checksum=captured.checksum,
+            manifest=str(where),
+            manifest_sha256=hashlib.sha256(data).hexdigest(),
+        )
+        journal.event(tx_id, "snapshot", "capture", "done", detail)
+
+
+def load_manifest(info: PathInfo) -> Manifest | None:
+    """The verified manifest of a scope path (None when the path was absent).
+
+    Raises DamagedError when it is missing or fails its checksum.
+    """
+    if not info.existed:
+        return None
+    if info.manifest is None or info.manifest_sha256 is None:
+        raise DamagedError(
+            f"no manifest was recorded for {info.path}", "the snapshot was never completed"
+        )
+    try:
+        data = Path(info.manifest).read_bytes()
+    except OSError as exc:
+        raise DamagedError(
+            f"manifest {info.manifest} of {info.path} is unreadable: {exc}",
+            "restore the path by hand from its snapshot",
+        ) from exc
+    if hashlib.sha256(data).hexdigest() != info.manifest_sha256:
+        raise DamagedError(
+            f"manifest {info.manifest} of {info.path} fails its checksum",
+            "restore the path by hand from its snapshot",
+        )
+    return Manifest.from_bytes(data)
+
+
+def path_changes(info: PathInfo) -> Changes:
+    """How the live path differs from what its snapshot holds."""
+    return diff(Path(info.path), load_manifest(info))
+
+
+def restore_path(config: Config, journal: Journal, tx_id: int, info: PathInfo) -> int:
+    """Put one scope path back exactly as snapshotted; return how many entries changed.
+
+    Idempotent: an interrupted restore is finished by calling it again. Raises
+    DamagedError when the snapshot needed is missing or corrupt.
+    """
+    changes = path_changes(info)
+    if not changes:
+        return 0
+    detail = {"n": info.n, "path": info.path, "entries": changes.count}
+    journal.event(tx_id, "rollback", "restore", "intent", detail)
+    live = Path(info.path)
+    batch_no = iter(range(1, 1 << 30))
+
+    def announce(rels: list[str]) -> None:
+        journal.event(
+            tx_id,
+            "rollback",
+            "restore-batch",
+            "intent",
+            {"n": info.n, "batch": next(batch_no), "entries": len(rels), "first": rels[0]},
+        )
+
+    if not info.existed:
+        restore_tree(live, None, changes, announce)
+    else:
+        target = SnapshotTarget(tx_id, info.n, live)
+        backend = backend_by_name(info.backend, config.snapshots_dir)
+        captured = Captured(info.snapshot or "", info.size, info.checksum)
+        with backend.reference(target, captured) as reference:
+            restore_tree(live, reference, changes, announce)
+    journal.event(tx_id, "rollback", "restore", "done", detail)
+    return changes.count
+
+
+def delete_snapshots(
+    config: Config, journal: Journal, tx_id: int, paths: list[PathInfo], on_tx: int | None = None
+) -> None:
+    """Delete every snapshot and manifest of `tx_id`, journaled on transaction `on_tx`."""
+    on = tx_id if on_tx is None else on_tx
+    journal.event(on, "retention", "delete-snapshots", "intent", {"of": tx_id})
+    for info in paths:
+        if info.existed:
+            target = SnapshotTarget(tx_id, info.n, Path(info.path))
+            backend_by_name(info.backend, config.snapshots_dir).delete(target, info.snapshot)
+    tx_dir = config.snapshots_dir / str(tx_id)
+    if tx_dir.exists():
+        remove_entry(tx_dir)
+        fsync_dir(tx_dir.parent)
+    journal.mark_pruned(tx_id)
+    journal.event(on, "retention", "delete-snapshots", "done", {"of": tx_id})
+
+
+def remove_stage_dirs(tx_id: int, paths: list[PathInfo]) -> None:
+    """Remove staging dirs an interrupted restore of `tx_id` left beside its paths."""
+    for info in paths:
+        parent = Path(info.path).parent
+        stage = parent / f"{STAGE_PREFIX}{tx_id}-{info.n}"
+        if os.path.lexists(stage):
+            remove_entry(stage)
+            fsync_dir(parent)

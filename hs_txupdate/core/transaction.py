@@ -1,0 +1,184 @@
+"""The transaction state machine: open, snapshot, run, then commit or roll back.
+
+States: open -> snapshotted -> running -> committed, or -> rolling_back ->
+rolled_back / rollback_failed; aborted when it stopped before anything changed.
+The decision (commit or roll back) is an event; once it is durable, recovery
+finishes the transaction the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..journal import TxInfo
+from ..modules.discovery import Module
+from ..modules.runner import run_module
+from .context import Context
+from .errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, Interrupted, exit_code_for
+from .proc import CommandError
+from .snapshots import (
+    delete_snapshots,
+    path_changes,
+    remove_stage_dirs,
+    restore_path,
+)
+
+# Phases whose events mean the system may have been changed.
+CHANGING_PHASES = ("schema", "modules", "self-update", "rollback")
+
+
+def run_phase2(ctx: Context, tx_id: int, modules: Iterable[Module]) -> str | None:
+    """Run every enabled module in order; stop at the first failure and return why."""
+    journal = ctx.journal
+    for module in modules:
+        detail = {"module": module.name, "service": module.service_name}
+        journal.event(tx_id, "modules", "run", "intent", detail)
+        run_id = journal.start_module_run(tx_id, module.name, module.schema_version)
+        ctx.log(f"hs-tx: running module {module.name} ({module.schema_version})")
+        try:
+            outcome = run_module(module, None, echo=ctx.log, extra_env=_module_env(ctx))
+        except Interrupted as exc:
+            journal.finish_module_run(run_id, status="interrupted", error=str(exc))
+            journal.event(tx_id, "modules", "run", "failed", {**detail, "status": "interrupted"})
+            raise
+        journal.finish_module_run(
+            run_id,
+            status=outcome.status,
+            duration_s=round(outcome.duration_s, 3),
+            exit_status=outcome.exit_status,
+            output_tail=outcome.output_tail,
+            error=outcome.error or None,
+        )
+        ok = outcome.status == "success"
+        journal.event(
+            tx_id,
+            "modules",
+            "run",
+            "done" if ok else "failed",
+            {**detail, "status": outcome.status, "error": outcome.error},
+        )
+        if not ok:
+            return f"module {module.name} {outcome.status}: {outcome.error}"
+    return None
+
+
+def _module_env(ctx: Context) -> dict[str, str]:
+    """What a module's worker learns about this run (the compat shim reads it)."""
+    return {"HS_TX_STATE_DIR": str(ctx.config.state_dir)}
+
+
+def commit(ctx: Context, tx_id: int) -> int:
+    """Record which paths changed, make the commit decision durable, apply retention."""
+    journal = ctx.journal
+    info = _tx(ctx, tx_id)
+    for path in info.paths:
+        journal.update_path(tx_id, path.n, changed=bool(path_changes(path)))
+    journal.event(tx_id, "commit", "decision", "done", {"outcome": "commit"})
+    return finish_commit(ctx, tx_id)
+
+
+def finish_commit(ctx: Context, tx_id: int) -> int:
+    """Mark a transaction whose commit decision is durable committed; prune old snapshots."""
+    ctx.journal.set_state(tx_id, "committed", exit_code=EXIT_OK)
+    ctx.log(f"hs-tx: transaction {tx_id} committed")
+    apply_retention(ctx, tx_id)
+    return EXIT_OK
+
+
+def apply_retention(ctx: Context, tx_id: int) -> None:
+    """Delete the snapshots of committed transactions older than the newest `keep`."""
+    kept = ctx.journal.committed_with_snapshots()
+    for old in kept[ctx.config.keep :]:
+        try:
+            delete_snapshots(ctx.config, ctx.journal, old.id, old.paths, on_tx=tx_id)
+        except (OSError, CommandError) as exc:
+            ctx.log(f"hs-tx: warning: could not delete the snapshots of {old.id}: {exc}")
+
+
+def roll_back(ctx: Context, tx_id: int, reason: str, exit_code: int = EXIT_FAILED) -> int:
+    """Restore every scope path of `tx_id`, restart its modules' services, finish it.
+
+    Idempotent: recovery calls it again for a rollback that was cut off.
+    Returns `exit_code`, or 3 when a path could not be restored.
+    """
+    journal = ctx.journal
+    ctx.log(f"hs-tx: {reason}")
+    ctx.log(f"hs-tx: rolling back transaction {tx_id}")
+    journal.set_state(tx_id, "rolling_back", error=reason)
+    journal.event(tx_id, "rollback", "decision", "done", {"outcome": "rollback", "reason": reason})
+    info = _tx(ctx, tx_id)
+    problems = []
+    for path in info.paths:
+        try:
+            restore_path(ctx.config, journal, tx_id, path)
+        except (HsTxError, OSError) as exc:
+            problems.append(f"{path.path}: {exc}")
+            journal.event(tx_id, "rollback", "restore", "failed", {"n": path.n, "error": str(exc)})
+    if problems:
+        error = "rollback failed for " + "; ".join(problems)
+        journal.set_state(tx_id, "rollback_failed", error=error, exit_code=EXIT_DAMAGED)
+        ctx.log(f"hs-tx: {error}")
+        ctx.log(f"hs-tx: snapshots are kept; see `hs-tx show {tx_id}` for each path's snapshot")
+        return EXIT_DAMAGED
+    remove_stage_dirs(tx_id, info.paths)
+    restart_services(ctx, tx_id, services_of(info))
+    journal.set_state(tx_id, "rolled_back", exit_code=exit_code)
+    ctx.log(f"hs-tx: transaction {tx_id} rolled back; every path in scope is as before")
+    _discard_snapshots(ctx, tx_id, info)
+    return exit_code
+
+
+def services_of(info: TxInfo) -> list[str]:
+    """The services of the modules that started running in a transaction, in order."""
+    units: list[str] = []
+    for event in info.events:
+        if event.phase == "modules" and event.status == "intent" and event.detail:
+            unit = event.detail.get("service")
+            if unit and unit not in units:
+                units.append(unit)
+    return units
+
+
+def restart_services(ctx: Context, tx_id: int, units: list[str]) -> None:
+    """Restart each unit; a failure is journaled and warned about, never fatal."""
+    for unit in units:
+        ctx.journal.event(tx_id, "services", "restart", "intent", {"unit": unit})
+        problem = ctx.services.restart(unit)
+        status = "done" if problem is None else "failed"
+        ctx.journal.event(tx_id, "services", "restart", status, {"unit": unit, "error": problem})
+        if problem is not None:
+            ctx.log(f"hs-tx: warning: service {unit} did not restart: {problem}")
+
+
+def abort(ctx: Context, tx_id: int, exc: BaseException) -> int:
+    """End a transaction that changed nothing: drop its partial snapshots, state aborted."""
+    code = exit_code_for(exc)
+    message = str(exc) if isinstance(exc, HsTxError) else f"internal error: {exc!r}"
+    info = _tx(ctx, tx_id)
+    try:
+        _discard_snapshots(ctx, tx_id, info)
+        remove_stage_dirs(tx_id, info.paths)
+    finally:
+        ctx.journal.set_state(tx_id, "aborted", error=message, exit_code=code)
+    ctx.log(f"hs-tx: error: {message}")
+    hint = getattr(exc, "hint", "")
+    if hint:
+        ctx.log(f"hs-tx: hint: {hint}")
+    ctx.log(f"hs-tx: transaction {tx_id} aborted; nothing was changed")
+    if not isinstance(exc, Exception):
+        raise exc  # e.g. SystemExit: finish the journal, then let it through
+    return code
+
+
+def _discard_snapshots(ctx: Context, tx_id: int, info: TxInfo) -> None:
+    """Snapshots of a rolled-back or aborted transaction can never be used for undo."""
+    try:
+        delete_snapshots(ctx.config, ctx.journal, tx_id, info.paths)
+    except (OSError, CommandError) as exc:
+        ctx.log(f"hs-tx: warning: could not delete the snapshots of transaction {tx_id}: {exc}")
+
+
+def _tx(ctx: Context, tx_id: int) -> TxInfo:
+    info = ctx.journal.transaction(tx_id)
+    assert info is not None, f"transaction {tx_id} vanished from the journal"
+    return info

@@ -1,0 +1,23 @@
+"""The journal: SQLite through SQLAlchemy, behind one API (no SQL elsewhere)."""
+
+from .api import (
+    FINAL_STATES,
+    RUNNING_STATES,
+    EventInfo,
+    Journal,
+    ModuleRunInfo,
+    PathInfo,
+    TxInfo,
+    now_iso,
+)
+
+__all__ = [
+    "FINAL_STATES",
+    "RUNNING_STATES",
+    "EventInfo",
+    "Journal",
+    "ModuleRunInfo",
+    "PathInfo",
+    "TxInfo",
+    "now_iso",
+]

@@ -1,0 +1,91 @@
+"""SQLAlchemy models of the journal. Only the journal package touches them."""
+
+from __future__ import annotations
+
+from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every journal table."""
+
+
+class Meta(Base):
+    """Key/value facts about the journal itself, e.g. its compatibility level."""
+
+    __tablename__ = "hs_tx_meta"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(String)
+
+
+class Transaction(Base):
+    """One run of a command that changes the system: update, undo or config."""
+
+    __tablename__ = "transactions"
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 - SQLAlchemy idiom
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String)
+    state: Mapped[str] = mapped_column(String)
+    started_at: Mapped[str] = mapped_column(String)
+    finished_at: Mapped[str | None] = mapped_column(String, nullable=True)
+    user: Mapped[str] = mapped_column(String)
+    host: Mapped[str] = mapped_column(String)
+    command: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    undoes: Mapped[int | None] = mapped_column(ForeignKey("transactions.id"), nullable=True)
+    snapshots_pruned_at: Mapped[str | None] = mapped_column(String, nullable=True)
+
+
+class ScopePath(Base):
+    """One path in a transaction's scope and the snapshot that can restore it."""
+
+    __tablename__ = "paths"
+    __table_args__ = (UniqueConstraint("tx_id", "n"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
+    n: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    existed: Mapped[bool]
+    backend: Mapped[str] = mapped_column(String)
+    snapshot: Mapped[str | None] = mapped_column(Text, nullable=True)
+    manifest: Mapped[str | None] = mapped_column(Text, nullable=True)
+    manifest_sha256: Mapped[str | None] = mapped_column(String, nullable=True)
+    size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String, nullable=True)
+    changed: Mapped[bool | None] = mapped_column(nullable=True)
+    pruned_at: Mapped[str | None] = mapped_column(String, nullable=True)
+
+
+class Event(Base):
+    """One journaled step: its intent before it acts, done or failed after."""
+
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("tx_id", "seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    phase: Mapped[str] = mapped_column(String)
+    step: Mapped[str] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String)
+    at: Mapped[str] = mapped_column(String)
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ModuleRun(Base):
+    """One module's run inside a transaction."""
+
+    __tablename__ = "module_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
+    name: Mapped[str] = mapped_column(String)
+    schema_version: Mapped[str | None] = mapped_column(String, nullable=True)
+    version_from: Mapped[str | None] = mapped_column(String, nullable=True)
+    version_to: Mapped[str | None] = mapped_column(String, nullable=True)
+    status: Mapped[str] = mapped_column(String)
+    started_at: Mapped[str] = mapped_column(String)
+    duration_s: Mapped[float | None] = mapped_column(nullable=True)
+    exit_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    output_tail: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -1,0 +1,88 @@
+"""Runs one module's `main(args)` in its own process and reports the outcome.
+
+Started by `hs_txupdate.modules.runner` as
+`python -m hs_txupdate.modules.worker MODULES_DIR NAME RESULT_FD ARGS_JSON`.
+It imports nothing heavy (no SQLAlchemy, GitPython or pyroute2), so starting
+a module costs milliseconds. The outcome goes to RESULT_FD as one JSON object
+`{"outcome": "success" | "again" | "failed", "error": str}`; the module's
+output goes to stdout/stderr, which the parent streams and journals.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import traceback
+import types
+from pathlib import Path
+from typing import Any
+
+COMPAT_DIR = Path(__file__).resolve().parent.parent / "compat"
+
+
+def install_module_root(modules_dir: str) -> None:
+    """Make `modules.<name>` importable from `modules_dir`, whatever that dir is called,
+    and make the HOMESERVER `updates` package (the compat shim) importable."""
+    package = types.ModuleType("modules")
+    package.__path__ = [modules_dir]
+    package.__package__ = "modules"
+    sys.modules["modules"] = package
+    sys.path.insert(0, str(COMPAT_DIR))
+
+
+def classify(result: Any) -> dict[str, str]:
+    """Turn what `main` returned into an outcome (see the module contract)."""
+    if result is False:
+        return {"outcome": "again", "error": "main() returned False (asks to run again)"}
+    if result is True:
+        return {"outcome": "success", "error": ""}
+    if isinstance(result, dict):
+        if "success" not in result:
+            return {"outcome": "failed", "error": "main() returned a dict without 'success'"}
+        if result["success"] is True:
+            return {"outcome": "success", "error": ""}
+        error = result.get("error") or result.get("message") or "success is false"
+        return {"outcome": "failed", "error": str(error)}
+    return {"outcome": "failed", "error": f"main() returned {type(result).__name__}, not a dict"}
+
+
+def run(modules_dir: str, name: str, args: Any) -> dict[str, str]:
+    """Import `modules.<name>.index` and call its `main(args)`; return the outcome."""
+    install_module_root(modules_dir)
+    sys.argv = [str(Path(modules_dir) / name / "index.py")]
+    try:
+        module = importlib.import_module(f"modules.{name}.index")
+    except BaseException as exc:
+        traceback.print_exc()
+        return {"outcome": "failed", "error": f"import error: {type(exc).__name__}: {exc}"}
+    main = getattr(module, "main", None)
+    if not callable(main):
+        return {"outcome": "failed", "error": "index.py defines no main()"}
+    try:
+        result = main(args)
+    except SystemExit as exc:
+        return {"outcome": "failed", "error": f"main() called sys.exit({exc.code})"}
+    except BaseException as exc:
+        traceback.print_exc()
+        return {"outcome": "failed", "error": f"main() raised {type(exc).__name__}: {exc}"}
+    return classify(result)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point: run the module, write the outcome to the result fd, exit 0."""
+    modules_dir, name, fd_text, args_json = argv
+    result_fd = int(fd_text)
+    # children the module starts must not hold the result pipe open
+    os.set_inheritable(result_fd, False)
+    outcome = run(modules_dir, name, json.loads(args_json))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(result_fd, json.dumps(outcome).encode())
+    os.close(result_fd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

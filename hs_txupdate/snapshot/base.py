@@ -1,0 +1,64 @@
+"""The snapshot backend protocol shared by every backend."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Captured:
+    """What a backend made of one path: a reference it can restore from later."""
+
+    ref: str
+    size: int | None = None
+    checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class SnapshotTarget:
+    """One scope path to capture: transaction id, its number in the scope, the path."""
+
+    tx_id: int
+    n: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """The snapshot's name, `<txid>-<n>`."""
+        return f"{self.tx_id}-{self.n}"
+
+
+class Backend(Protocol):
+    """A way to capture a set of paths and later restore exactly those paths."""
+
+    name: str
+
+    def supports(self, path: Path) -> bool:
+        """True when this backend can snapshot the (existing) `path`."""
+        ...
+
+    def required_space(self, path: Path, size: int) -> list[tuple[Path, int]]:
+        """(directory, bytes) pairs that must be free to capture and restore `path`."""
+        ...
+
+    def capture(self, target: SnapshotTarget) -> Captured:
+        """Snapshot `target.path` durably and return how to find it again."""
+        ...
+
+    def reference(self, target: SnapshotTarget, captured: Captured) -> AbstractContextManager[Path]:
+        """A context giving a read-only tree equal to the path as captured.
+
+        Raises DamagedError when the snapshot is missing or its checksum fails.
+        """
+        ...
+
+    def delete(self, target: SnapshotTarget, ref: str | None) -> None:
+        """Delete the snapshot (whole or partial) of `target`; missing is fine."""
+        ...
+
+    def manifest_root(self, target: SnapshotTarget, captured: Captured) -> Path:
+        """Where to walk to build the manifest of what was captured."""
+        ...
