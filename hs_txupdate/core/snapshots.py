@@ -102,16 +102,13 @@ def restore_path(config: Config, journal: Journal, tx_id: int, info: PathInfo) -
     detail = {"n": info.n, "path": info.path, "entries": changes.count}
     journal.event(tx_id, "rollback", "restore", "intent", detail)
     live = Path(info.path)
-    batch_no = iter(range(1, 1 << 30))
+    batches = 0
 
-    def announce(rels: list[str]) -> None:
-        journal.event(
-            tx_id,
-            "rollback",
-            "restore-batch",
-            "intent",
-            {"n": info.n, "batch": next(batch_no), "entries": len(rels), "first": rels[0]},
-        )
+    def announce(status: str, rels: list[str]) -> None:
+        nonlocal batches
+        batches += status == "intent"
+        detail = {"n": info.n, "batch": batches, "entries": len(rels), "first": rels[0]}
+        journal.event(tx_id, "rollback", "restore-batch", status, detail)
 
     if not info.existed:
         restore_tree(live, None, changes, announce)

@@ -230,51 +230,59 @@ class _RestoreState:
     counter: int = 0
 
 
+Announce = Callable[[str, list[str]], None]
+
+
 def restore(
     live: Path,
     reference: Path | None,
     changes: Changes,
-    batch: Callable[[list[str]], None] | None = None,
+    announce: Announce | None = None,
     batch_size: int = 256,
 ) -> None:
     """Make `live` exactly like `reference` (None: make it absent), touching only `changes`.
 
     Each file is built under a temp name beside its final one and renamed into
-    place, so every entry is either old or new. Work is done in batches; `batch`
-    is called with each batch's entries before it acts (so a caller can journal
-    it), and every batch is durable (fsynced) when the next begins. Running
+    place, so every entry is either old or new. Work is done in batches;
+    `announce("intent", entries)` is called before a batch acts (so a caller can
+    journal it) and `announce("done", entries)` once it is durable. Running
     restore again after an interruption finishes the job, since a new diff
     finds what is left.
     """
     if reference is None or not os.path.lexists(reference):
         if os.path.lexists(live):
-            _announce(batch, [""])
+            _announce(announce, "intent", [""])
             remove_entry(live)
             fsync_dir(live.parent)
+            _announce(announce, "done", [""])
         return
     state = _RestoreState()
     work = _plan(live, reference, changes)
     for start in range(0, len(work), batch_size):
         chunk = work[start : start + batch_size]
-        _announce(batch, [rel for _, rel in chunk])
+        rels = [rel for _, rel in chunk]
+        _announce(announce, "intent", rels)
         for action, rel in chunk:
             _apply(action, rel, live, reference, state)
         _flush(state)
+        _announce(announce, "done", rels)
     fix = sorted(state.dirs_to_fix, key=lambda r: (-r.count("/"), r))
     for start in range(0, len(fix), batch_size):
         chunk = fix[start : start + batch_size]
-        _announce(batch, [f"{rel}/" for rel in chunk])
+        rels = [f"{rel}/" for rel in chunk]
+        _announce(announce, "intent", rels)
         for rel in chunk:
             target = join(live, rel)
             if os.path.isdir(target) and not os.path.islink(target):
                 apply_metadata(join(reference, rel), target)
                 state.touched_dirs.add(target)
         _flush(state)
+        _announce(announce, "done", rels)
 
 
-def _announce(batch: Callable[[list[str]], None] | None, rels: list[str]) -> None:
-    if batch is not None:
-        batch(rels)
+def _announce(announce: Announce | None, status: str, rels: list[str]) -> None:
+    if announce is not None:
+        announce(status, rels)
 
 
 def _plan(live: Path, reference: Path, changes: Changes) -> list[tuple[str, str]]:

@@ -1,0 +1,216 @@
+"""Shared test helpers: sandboxes on real loop-mounted filesystems, module writers,
+and an exact picture of a tree (content and every piece of metadata)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+REPO = Path(__file__).resolve().parent.parent
+
+
+def need(condition: bool, why: str) -> None:
+    """Skip locally, but fail loudly in CI, when a test's requirement is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must be able to run this test: {why}")
+    pytest.skip(why)
+
+
+def sh(*argv: str | Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command (argument list) for a test, capturing its output."""
+    return subprocess.run([str(a) for a in argv], check=check, capture_output=True, text=True)
+
+
+@dataclass
+class LoopFs:
+    """A real filesystem in a sparse image, loop-mounted at `mount`."""
+
+    fstype: str
+    image: Path
+    mount: Path
+    device: str = ""
+
+    def setup(self, size_mb: int) -> LoopFs:
+        with open(self.image, "wb") as f:
+            f.truncate(size_mb << 20)
+        if self.fstype == "btrfs":
+            sh("mkfs.btrfs", "-q", "-f", self.image)
+        else:
+            sh("mkfs.ext4", "-q", "-F", self.image)
+        self.device = sh("losetup", "--find", "--show", self.image).stdout.strip()
+        self.mount.mkdir(parents=True, exist_ok=True)
+        opts = "user_xattr,acl" if self.fstype == "ext4" else "defaults"
+        sh("mount", "-t", self.fstype, "-o", opts, self.device, self.mount)
+        return self
+
+    def teardown(self) -> None:
+        if self.mount.is_mount():
+            sh("umount", "-l", self.mount, check=False)
+        if self.device:
+            sh("losetup", "-d", self.device, check=False)
+        if self.image.exists():
+            self.image.unlink()
+
+
+@dataclass
+class Sandbox:
+    """A complete hs-tx setup: config, state dir, modules dir, data dir, service log."""
+
+    root: Path
+    backend: str = "auto"
+    keep: int = 10
+    extra_paths: list[str] = field(default_factory=list)
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def modules(self) -> Path:
+        return self.root / "modules"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.toml"
+
+    @property
+    def service_log(self) -> Path:
+        return self.root / "services.log"
+
+    def create(self) -> Sandbox:
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        self.modules.mkdir(exist_ok=True)
+        self.data.mkdir(exist_ok=True)
+        svc = self.root / "svc"
+        svc.write_text(
+            "#!/bin/sh\n"
+            f'echo "$1 $2" >> {self.service_log}\n'
+            'case "$2" in broken*) exit 1;; esac\n'
+            'test "$1" = restart || test -e "' + str(self.root) + '/active-$2"\n'
+        )
+        svc.chmod(0o755)
+        self.write_config()
+        return self
+
+    def write_config(self, **overrides: Any) -> None:
+        extra = json.dumps(self.extra_paths)
+        text = textwrap.dedent(
+            f"""\
+            state_dir = "{self.state}"
+            modules_dir = "{self.modules}"
+            [snapshot]
+            backend = "{overrides.get("backend", self.backend)}"
+            keep = {overrides.get("keep", self.keep)}
+            [scope]
+            extra_paths = {extra}
+            [net]
+            guard = false
+            [services]
+            manager = "command"
+            restart = ["{self.root}/svc", "restart", "{{unit}}"]
+            is_active = ["{self.root}/svc", "is-active", "{{unit}}"]
+            """
+        )
+        self.config.write_text(text)
+
+    def module(
+        self,
+        name: str,
+        body: str,
+        *,
+        backup_paths: list[str | Path] | None = None,
+        version: str = "1.0.0",
+        extra_meta: dict[str, Any] | None = None,
+        files: dict[str, str] | None = None,
+    ) -> Path:
+        """Write modules/<name>/index.json and index.py (body is the module's source)."""
+        path = self.modules / name
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"schema_version": version, "name": name, "enabled": True, **(extra_meta or {})}
+        index = {
+            "metadata": meta,
+            "configuration": {"backup_paths": [str(p) for p in backup_paths or []]},
+        }
+        (path / "index.json").write_text(json.dumps(index, indent=2))
+        (path / "index.py").write_text(textwrap.dedent(body))
+        for rel, text in (files or {}).items():
+            (path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (path / rel).write_text(textwrap.dedent(text))
+        return path
+
+    def hs_tx(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess:
+        """Run the real `hs-tx` command against this sandbox's config."""
+        return subprocess.run(
+            [sys.executable, "-m", "hs_txupdate.cli", "--config", str(self.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+        )
+
+    def journal_json(self, tx_id: int) -> dict[str, Any]:
+        result = self.hs_tx("show", str(tx_id), "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+def tree_state(root: Path) -> dict[str, Any]:
+    """Everything about a tree that a restore must keep: per entry type, mode, owner,
+    size, mtime, content digest, symlink target, device numbers, xattrs (ACLs and
+    capabilities included), and which entries are hard links of each other."""
+    if not os.path.lexists(root):
+        return {"<absent>": True}
+    out: dict[str, Any] = {}
+    inode_names: dict[tuple[int, int], str] = {}
+    paths = [root]
+    if root.is_dir() and not root.is_symlink():
+        paths += sorted(
+            p
+            for p in root.rglob("*")
+            if not p.name.startswith(".hs-tx-") and ".hs-tx-snapshots" not in p.parts
+        )
+    for path in paths:
+        st = os.lstat(path)
+        rel = str(path.relative_to(root))
+        entry: dict[str, Any] = {
+            "mode": stat.filemode(st.st_mode),
+            "uid": st.st_uid,
+            "gid": st.st_gid,
+            "mtime_ns": st.st_mtime_ns,
+            "xattrs": sorted(
+                (n, os.getxattr(path, n, follow_symlinks=False).hex())
+                for n in os.listxattr(path, follow_symlinks=False)
+            ),
+        }
+        if stat.S_ISREG(st.st_mode):
+            entry["size"] = st.st_size
+            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+            key = (st.st_dev, st.st_ino)
+            entry["link_of"] = inode_names.setdefault(key, rel)
+            entry["nlink"] = st.st_nlink
+        elif stat.S_ISLNK(st.st_mode):
+            entry["target"] = os.readlink(path)
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            entry["rdev"] = st.st_rdev
+        out[rel] = entry
+    return out
