@@ -1,0 +1,1 @@
+"""Network guard (pyroute2): captures the network before a run and checks it after."""

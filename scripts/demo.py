@@ -1,0 +1,177 @@
+"""The hs-tx demo: a good update that commits, then a bad one that rolls back.
+
+Builds a throwaway sandbox (its own config, state dir, modules dir and data
+paths) on a loop-mounted btrfs image when run as root with btrfs-progs, on the
+tar backend in a temp dir otherwise; runs the real `hs-tx` command against it;
+and removes everything at the end. It never reads /etc/hs-tx or touches the
+host's real paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+GOOD_MODULE = """
+from pathlib import Path
+from updates.index import log_message
+
+DATA = Path({data!r})
+
+def main(args):
+    conf = DATA / "config.ini"
+    conf.write_text("version = 2\\nlisten = 8080\\n")
+    (DATA / "CHANGELOG").write_text("2: listen on 8080\\n")
+    log_message("webapp: config moved to version 2")
+    return {{"success": True}}
+"""
+
+BAD_MODULE = """
+from pathlib import Path
+from updates.index import log_message
+
+DATA = Path({data!r})
+
+def main(args):
+    (DATA / "config.ini").write_text("version = 3\\nlisten = ???\\n")
+    (DATA / "CHANGELOG").unlink()
+    (DATA / "half-written.tmp").write_text("partial")
+    log_message("webapp: wrote version 3, now migrating the database...")
+    return {{"success": False, "error": "database migration failed"}}
+"""
+
+
+def say(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+def hs_tx(config: Path, *args: str) -> int:
+    """Run the real hs-tx command; its output goes straight to the terminal."""
+    cmd = [sys.executable, "-m", "hs_txupdate.cli", "--config", str(config), *args]
+    print("$ hs-tx " + " ".join(args), flush=True)
+    env = {**os.environ, "HS_TX_CONFIG": str(config)}
+    return subprocess.run(cmd, env=env, stderr=subprocess.STDOUT).returncode
+
+
+def show_tree(data: Path) -> None:
+    for path in sorted(data.rglob("*")):
+        if path.is_file():
+            body = path.read_text().strip().replace("\n", " | ")
+            print(f"    {path.relative_to(data)}: {body}")
+
+
+class Sandbox:
+    """A temp dir, on a loop-mounted btrfs when possible; removed by close()."""
+
+    def __init__(self) -> None:
+        self.top = Path(tempfile.mkdtemp(prefix="hs-tx-demo-"))
+        self.device = ""
+        self.root = self.top / "root"
+        self.root.mkdir()
+        if os.geteuid() == 0 and shutil.which("mkfs.btrfs") and shutil.which("losetup"):
+            image = self.top / "demo.img"
+            with open(image, "wb") as f:
+                f.truncate(512 << 20)
+            run(["mkfs.btrfs", "-q", "-f", str(image)])
+            self.device = run(["losetup", "--find", "--show", str(image)]).stdout.strip()
+            run(["mount", "-t", "btrfs", self.device, str(self.root)])
+        self.kind = "loop-mounted btrfs (btrfs snapshots)" if self.device else "temp dir (tar)"
+
+    def close(self) -> None:
+        if self.device:
+            run(["umount", str(self.root)], check=False)
+            run(["losetup", "-d", self.device], check=False)
+        shutil.rmtree(self.top, ignore_errors=True)
+
+
+def write_setup(root: Path) -> tuple[Path, Path, Path]:
+    """Config, modules dir and data dir of the demo; returns (config, modules, data)."""
+    modules, data, state = root / "modules", root / "srv/webapp", root / "state"
+    modules.mkdir()
+    data.mkdir(parents=True)
+    (data / "config.ini").write_text("version = 1\nlisten = 80\n")
+    service = root / "demo-service"
+    service.write_text(f'#!/bin/sh\necho "$1 $2" >> {root}/services.log\n')
+    service.chmod(0o755)
+    config = root / "config.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            state_dir = "{state}"
+            modules_dir = "{modules}"
+            [snapshot]
+            backend = "auto"
+            keep = 5
+            [net]
+            guard = false
+            [services]
+            manager = "command"
+            restart = ["{service}", "restart", "{{unit}}"]
+            is_active = ["{service}", "is-active", "{{unit}}"]
+            """
+        )
+    )
+    return config, modules, data
+
+
+def write_module(modules: Path, source: str, version: str, data: Path) -> None:
+    mod = modules / "webapp"
+    mod.mkdir(exist_ok=True)
+    index = {
+        "metadata": {
+            "schema_version": version,
+            "name": "webapp",
+            "enabled": True,
+            "priority": 50,
+            "service_name": "webapp.service",
+        },
+        "configuration": {"backup_paths": [str(data)]},
+    }
+    (mod / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (mod / "index.py").write_text(textwrap.dedent(source.format(data=str(data))))
+
+
+def main() -> int:
+    sandbox = Sandbox()
+    try:
+        config, modules, data = write_setup(sandbox.root)
+        say(f"sandbox: {sandbox.root} on a {sandbox.kind}")
+        show_tree(data)
+
+        say("update 1: the webapp module rewrites its config and succeeds")
+        write_module(modules, GOOD_MODULE, "1.0.0", data)
+        first = hs_tx(config, "update")
+        print(f"exit status {first} (0: committed)")
+        show_tree(data)
+
+        say("update 2: the module changes files, deletes one, then fails")
+        write_module(modules, BAD_MODULE, "1.1.0", data)
+        second = hs_tx(config, "update")
+        print(f"exit status {second} (1: rolled back, the system is as before)")
+        print("  files after the rollback (the same as after update 1):")
+        show_tree(data)
+        log = sandbox.root / "services.log"
+        restarted = log.read_text().split() if log.exists() else []
+        print(f"  services restarted after the rollback: {' '.join(restarted[1::2]) or 'none'}")
+
+        say("the audit trail")
+        hs_tx(config, "history")
+        ok = first == 0 and second == 1 and "version = 2" in (data / "config.ini").read_text()
+        say("demo finished: " + ("as expected" if ok else "NOT as expected"))
+        return 0 if ok else 1
+    finally:
+        sandbox.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
