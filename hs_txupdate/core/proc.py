@@ -81,7 +81,8 @@ def run(
         raise CommandError(f"{' '.join(args)} timed out after {timeout} s", "") from exc
     result = Result(args, proc.returncode, proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
+        # the first line usually names the cause; later ones often only summarise
         detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        last = detail[-1] if detail else f"exit {proc.returncode}"
-        raise CommandError(f"{args[0]} failed: {last}", f"command was: {' '.join(args)}")
+        first = detail[0] if detail else f"exit {proc.returncode}"
+        raise CommandError(f"{args[0]} failed: {first}", f"command was: {' '.join(args)}")
     return result

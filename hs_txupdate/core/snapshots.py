@@ -14,7 +14,15 @@ from pathlib import Path
 
 from ..journal import Journal, PathInfo
 from ..snapshot import Captured, SnapshotTarget, backend_by_name
-from ..snapshot.tree import STAGE_PREFIX, Changes, Manifest, build_manifest, diff, remove_entry
+from ..snapshot.tree import (
+    STAGE_PREFIX,
+    Changes,
+    Manifest,
+    build_manifest,
+    diff,
+    needed_entries,
+    remove_entry,
+)
 from ..snapshot.tree import restore as restore_tree
 from .config import Config
 from .errors import DamagedError
@@ -96,7 +104,8 @@ def restore_path(config: Config, journal: Journal, tx_id: int, info: PathInfo) -
     Idempotent: an interrupted restore is finished by calling it again. Raises
     DamagedError when the snapshot needed is missing or corrupt.
     """
-    changes = path_changes(info)
+    manifest = load_manifest(info)
+    changes = diff(Path(info.path), manifest)
     if not changes:
         return 0
     detail = {"n": info.n, "path": info.path, "entries": changes.count}
@@ -116,7 +125,9 @@ def restore_path(config: Config, journal: Journal, tx_id: int, info: PathInfo) -
         target = SnapshotTarget(tx_id, info.n, live)
         backend = backend_by_name(info.backend, config.snapshots_dir)
         captured = Captured(info.snapshot or "", info.size, info.checksum)
-        with backend.reference(target, captured) as reference:
+        assert manifest is not None
+        needed = needed_entries(changes, manifest)
+        with backend.reference(target, captured, needed) as reference:
             restore_tree(live, reference, changes, announce)
     journal.event(tx_id, "rollback", "restore", "done", detail)
     return changes.count

@@ -48,9 +48,12 @@ class Backend(Protocol):
         """Snapshot `target.path` durably and return how to find it again."""
         ...
 
-    def reference(self, target: SnapshotTarget, captured: Captured) -> AbstractContextManager[Path]:
+    def reference(
+        self, target: SnapshotTarget, captured: Captured, entries: list[str] | None = None
+    ) -> AbstractContextManager[Path]:
         """A context giving a read-only tree equal to the path as captured.
 
+        `entries` (relative paths) are all the caller will read; None means all.
         Raises DamagedError when the snapshot is missing or its checksum fails.
         """
         ...

@@ -86,8 +86,10 @@ class BtrfsBackend:
         return self._tree(captured)[1]
 
     @contextmanager
-    def reference(self, target: SnapshotTarget, captured: Captured) -> Iterator[Path]:
-        """The path inside the read-only snapshot."""
+    def reference(
+        self, target: SnapshotTarget, captured: Captured, entries: list[str] | None = None
+    ) -> Iterator[Path]:
+        """The path inside the read-only snapshot (where every entry already is)."""
         snapshot, tree = self._tree(captured)
         if not snapshot.is_dir():
             raise DamagedError(

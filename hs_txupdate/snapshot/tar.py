@@ -86,8 +86,11 @@ class TarBackend:
         return target.path
 
     @contextmanager
-    def reference(self, target: SnapshotTarget, captured: Captured) -> Iterator[Path]:
-        """Verify the archive, extract it beside the path, yield the extracted copy."""
+    def reference(
+        self, target: SnapshotTarget, captured: Captured, entries: list[str] | None = None
+    ) -> Iterator[Path]:
+        """Verify the archive, extract it (or only `entries`) into a fresh staging
+        dir beside the path, and yield the extracted copy of the path."""
         archive = Path(captured.ref)
         if not archive.is_file():
             raise DamagedError(
@@ -103,6 +106,19 @@ class TarBackend:
         if os.path.lexists(stage):
             remove_entry(stage)
         os.mkdir(stage, 0o700)
+        members = archive.with_name(f"{target.n}.members")
+        select: list[str] = []
+        if entries is not None:
+            names = [
+                os.path.join(target.path.name, rel) if rel else target.path.name for rel in entries
+            ]
+            members.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
+            select = [
+                "--no-recursion",
+                "--null",
+                "--verbatim-files-from",
+                f"--files-from={members}",
+            ]
         try:
             run(
                 [
@@ -113,11 +129,13 @@ class TarBackend:
                     "--same-owner",
                     "--same-permissions",
                     f"--directory={stage}",
+                    *select,
                 ],
                 timeout=None,
             )
             yield stage / target.path.name
         finally:
+            members.unlink(missing_ok=True)
             remove_entry(stage)
             fsync_dir(stage.parent)
 

@@ -137,7 +137,8 @@ class Manifest:
     """What a tree looked like when it was snapshotted (see module docstring)."""
 
     taken_ns: int
-    entries: dict[str, tuple[str, int, int, str | None]] = field(default_factory=dict)
+    # rel -> (type, inode, ctime_ns, fingerprint or None, link count)
+    entries: dict[str, tuple[str, int, int, str | None, int]] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """Serialise to JSON bytes (names kept exact through surrogate escapes)."""
@@ -148,7 +149,7 @@ class Manifest:
     def from_bytes(cls, data: bytes) -> Manifest:
         """Parse what `to_bytes` wrote."""
         doc = json.loads(data)
-        entries = {e[0]: (e[1], e[2], e[3], e[4]) for e in doc["entries"]}
+        entries = {e[0]: (e[1], e[2], e[3], e[4], e[5]) for e in doc["entries"]}
         return cls(doc["taken_ns"], entries)
 
 
@@ -166,7 +167,7 @@ def build_manifest(root: Path, taken_ns: int | None = None) -> Manifest:
         fp = None
         if st.st_ctime_ns >= taken - CTIME_MARGIN_NS:
             fp = fingerprint(join(root, rel), st)
-        manifest.entries[rel] = (kind, st.st_ino, st.st_ctime_ns, fp)
+        manifest.entries[rel] = (kind, st.st_ino, st.st_ctime_ns, fp, st.st_nlink)
     return manifest
 
 
@@ -211,12 +212,37 @@ def diff(live: Path, manifest: Manifest | None) -> Changes:
 
 
 def _unchanged(path: Path, st: os.stat_result, recorded: tuple) -> bool:
-    kind, ino, ctime_ns, fp = recorded
+    kind, ino, ctime_ns, fp, _nlink = recorded
     if entry_type(st) != kind:
         return False
     if fp is not None:
         return fingerprint(path, st) == fp
     return st.st_ino == ino and st.st_ctime_ns == ctime_ns
+
+
+def needed_entries(changes: Changes, manifest: Manifest) -> list[str] | None:
+    """The entries a restore of `changes` reads from the reference, or None for all.
+
+    That is every changed or missing entry with its ancestors, and the parent
+    (with ancestors) of every entry the restore touches, whose times it puts
+    back. None when a file to restore had hard links: its peers are needed too.
+    """
+    wanted = {""}
+    for rel in (*changes.changed, *changes.missing):
+        recorded = manifest.entries.get(rel)
+        if recorded is not None and recorded[0] == "f" and recorded[4] > 1:
+            return None
+        wanted.update(_with_ancestors(rel))
+    for rel in (*changes.changed, *changes.missing, *changes.extra):
+        wanted.update(_with_ancestors(rel.rpartition("/")[0]))
+    # a new directory's parents may be new as well: the snapshot has only the old ones
+    kept = (rel for rel in wanted if rel in manifest.entries)
+    return sorted(kept, key=lambda r: (r.count("/"), r))
+
+
+def _with_ancestors(rel: str) -> list[str]:
+    parts = rel.split("/") if rel else []
+    return ["/".join(parts[:i]) for i in range(len(parts) + 1)]
 
 
 # --- restoring --------------------------------------------------------------------------
