@@ -25,6 +25,8 @@ from hs_txupdate.core.config import Config
 from hs_txupdate.core.scope import ScopeEntry
 from hs_txupdate.core.snapshots import capture_scope, restore_path
 from hs_txupdate.journal import Journal
+from hs_txupdate.modules.discovery import load_module
+from hs_txupdate.modules.runner import run_module
 
 
 def sh(*argv: object) -> str:
@@ -107,6 +109,18 @@ def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list) -> None:
     journal.close()
 
 
+def bench_worker(top: Path, rows: list, runs: int = 20) -> None:
+    """What running a module in its own worker process costs, against a bare interpreter."""
+    mod = top / "modules" / "noop"
+    mod.mkdir(parents=True)
+    (mod / "index.json").write_text('{"metadata": {"schema_version": "1.0.0"}}')
+    (mod / "index.py").write_text("def main(args):\n    return {'success': True}\n")
+    module = load_module(mod)
+    t_worker = timed(lambda: [run_module(module) for _ in range(runs)]) / runs
+    t_python = timed(lambda: [sh(sys.executable, "-c", "pass") for _ in range(runs)]) / runs
+    rows.append(["run one module in its own worker", t_worker, "python -c pass", t_python])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=5000)
@@ -120,6 +134,7 @@ def main() -> int:
     rows: list = []
     loops = []
     try:
+        bench_worker(top, rows)
         for fstype, backend in (("btrfs", "btrfs"), ("ext4", "tar")):
             fs = Loop(top, fstype, size_mb)
             loops.append(fs)

@@ -14,12 +14,10 @@ import importlib
 import json
 import os
 import sys
-import traceback
 import types
-from pathlib import Path
-from typing import Any
 
-COMPAT_DIR = Path(__file__).resolve().parent.parent / "compat"
+# os.path, not pathlib: every module run pays for the worker's imports
+COMPAT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compat")
 
 
 def install_module_root(modules_dir: str) -> None:
@@ -29,10 +27,17 @@ def install_module_root(modules_dir: str) -> None:
     package.__path__ = [modules_dir]
     package.__package__ = "modules"
     sys.modules["modules"] = package
-    sys.path.insert(0, str(COMPAT_DIR))
+    sys.path.insert(0, COMPAT_DIR)
 
 
-def classify(result: Any) -> dict[str, str]:
+def _print_traceback() -> None:
+    """Show the module's traceback in its output (imported only when needed)."""
+    import traceback
+
+    traceback.print_exc()
+
+
+def classify(result: object) -> dict[str, str]:
     """Turn what `main` returned into an outcome (see the module contract)."""
     if result is False:
         return {"outcome": "again", "error": "main() returned False (asks to run again)"}
@@ -48,14 +53,14 @@ def classify(result: Any) -> dict[str, str]:
     return {"outcome": "failed", "error": f"main() returned {type(result).__name__}, not a dict"}
 
 
-def run(modules_dir: str, name: str, args: Any) -> dict[str, str]:
+def run(modules_dir: str, name: str, args: object) -> dict[str, str]:
     """Import `modules.<name>.index` and call its `main(args)`; return the outcome."""
     install_module_root(modules_dir)
-    sys.argv = [str(Path(modules_dir) / name / "index.py")]
+    sys.argv = [os.path.join(modules_dir, name, "index.py")]
     try:
         module = importlib.import_module(f"modules.{name}.index")
     except BaseException as exc:
-        traceback.print_exc()
+        _print_traceback()
         return {"outcome": "failed", "error": f"import error: {type(exc).__name__}: {exc}"}
     main = getattr(module, "main", None)
     if not callable(main):
@@ -65,7 +70,7 @@ def run(modules_dir: str, name: str, args: Any) -> dict[str, str]:
     except SystemExit as exc:
         return {"outcome": "failed", "error": f"main() called sys.exit({exc.code})"}
     except BaseException as exc:
-        traceback.print_exc()
+        _print_traceback()
         return {"outcome": "failed", "error": f"main() raised {type(exc).__name__}: {exc}"}
     return classify(result)
 
