@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(load_config(args.config), argv=["hs-tx", *argv])
         return int(args.run(ctx, args))
     except HsTxError as exc:
-        print(f"hs-tx: error: {exc.message}", file=sys.stderr)
-        if exc.hint:
-            print(f"hs-tx: hint: {exc.hint}", file=sys.stderr)
+        print(f"hs-tx: error: {exc}", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return exc.exit_code

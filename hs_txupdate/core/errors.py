@@ -24,7 +24,8 @@ class HsTxError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        return self.message
+        """The one line an operator sees: the message, then the hint if there is one."""
+        return f"{self.message}; hint: {self.hint}" if self.hint else self.message
 
 
 class UsageError(HsTxError):
@@ -74,7 +75,7 @@ class Interrupted(HsTxError):
         import signal
 
         name = signal.Signals(signum).name
-        super().__init__(f"interrupted by {name}", "the transaction was rolled back")
+        super().__init__(f"interrupted by {name}")
         self.signum = signum
 
 

@@ -161,9 +161,6 @@ def abort(ctx: Context, tx_id: int, exc: BaseException) -> int:
     finally:
         ctx.journal.set_state(tx_id, "aborted", error=message, exit_code=code)
     ctx.log(f"hs-tx: error: {message}")
-    hint = getattr(exc, "hint", "")
-    if hint:
-        ctx.log(f"hs-tx: hint: {hint}")
     ctx.log(f"hs-tx: transaction {tx_id} aborted; nothing was changed")
     if not isinstance(exc, Exception):
         raise exc  # e.g. SystemExit: finish the journal, then let it through

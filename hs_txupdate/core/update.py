@@ -15,6 +15,7 @@ from .transaction import abort, commit, roll_back, run_phase2
 
 def update(ctx: Context, *, wait: bool = False) -> int:
     """`hs-tx update`: run every enabled module in one transaction; return the exit code."""
+    require_modules_dir(ctx.config)  # before the lock: a refusal writes nothing
     with ctx.lock(wait) as lock:
         if recover_all(ctx) != EXIT_OK:
             ctx.log("hs-tx: an earlier transaction could not be repaired; not starting a new one")
