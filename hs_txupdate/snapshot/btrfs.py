@@ -61,18 +61,21 @@ class BtrfsBackend:
         return [(path if path.exists() else path.parent, MIN_FREE)]
 
     def capture(self, target: SnapshotTarget) -> Captured:
-        """Snapshot the subvolume holding the path, read-only, committed to disk."""
+        """Snapshot the subvolume holding the path, read-only, committed to disk
+        (once per subvolume and transaction)."""
         root = subvolume_root(target.path)
         store = root / SNAPSHOT_STORE
         if not store.exists():
             run(["btrfs", "subvolume", "create", str(store)])
             os.chmod(store, 0o700)
             fsync_dir(root)
-        snapshot = store / target.name
-        if snapshot.exists():  # left by an interrupted capture of this same target
-            run(["btrfs", "subvolume", "delete", "--commit-after", str(snapshot)])
-        run(["btrfs", "subvolume", "snapshot", "-r", str(root), str(snapshot)])
-        run(["btrfs", "filesystem", "sync", str(root)])
+        # Every snapshot of a transaction is taken before it changes anything, so one
+        # taken for an earlier path on this subvolume serves this path as well.
+        earlier = sorted(store.glob(f"{target.tx_id}-*"))
+        snapshot = earlier[0] if earlier else store / target.name
+        if not earlier:
+            run(["btrfs", "subvolume", "snapshot", "-r", str(root), str(snapshot)])
+            run(["btrfs", "filesystem", "sync", str(root)])
         rel = os.path.relpath(target.path, root)
         return Captured(ref=json.dumps({"snapshot": str(snapshot), "rel": rel}))
 

@@ -320,15 +320,11 @@ def _plan(live: Path, reference: Path, changes: Changes) -> list[tuple[str, str]
         if live_type != ref_types[rel]:
             removals.add(rel)
     # an entry below a removed directory goes with it
-    pruned = [r for r in removals if not any(_is_below(r, o) for o in removals if o != r)]
+    pruned = [r for r in removals if not any(a in removals for a in _with_ancestors(r)[:-1])]
     work = [("remove", r) for r in sorted(pruned, key=lambda r: (-r.count("/"), r))]
     create = sorted(set(changes.changed) | set(changes.missing), key=lambda r: (r.count("/"), r))
     work.extend(("put", r) for r in create)
     return work
-
-
-def _is_below(rel: str, other: str) -> bool:
-    return other == "" or rel.startswith(other + "/")
 
 
 def _lexists_type(path: Path) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -140,6 +141,11 @@ def test_commit_keeps_changes_and_records_changed_paths(fs_sandbox: Sandbox) -> 
     assert changed[str(sbx.modules / "writer")] is False
     backends = {p["backend"] for p in tx["paths"]}
     assert backends == ({"btrfs"} if "btrfs" in str(sbx.root) else {"tar"})
+    if backends == {"btrfs"}:
+        # three paths on one subvolume: one snapshot serves them all
+        store = sbx.root.parent / ".hs-tx-snapshots"
+        assert sorted(p.name for p in store.iterdir()) == ["1-0"]
+        assert {json.loads(p["snapshot"])["snapshot"] for p in tx["paths"]} == {str(store / "1-0")}
 
 
 def test_rollback_of_a_few_changes_in_a_larger_tree(fs_sandbox: Sandbox) -> None:
