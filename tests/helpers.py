@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,22 @@ def tree_state(root: Path) -> dict[str, Any]:
             entry["rdev"] = st.st_rdev
         out[rel] = entry
     return out
+
+
+def process_gone(pid: int) -> bool:
+    """True when `pid` no longer runs (absent, or a zombie nobody reaped yet)."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat_line.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_gone(pid: int, within: float = 5.0) -> bool:
+    """Poll until `pid` is gone or `within` seconds pass; return whether it is gone."""
+    deadline = time.monotonic() + within
+    while not process_gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

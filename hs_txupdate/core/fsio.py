@@ -6,22 +6,22 @@ import os
 from pathlib import Path
 
 
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """Flush a directory's entries (new names, renames, unlinks) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: str | os.PathLike[str], flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Flush a directory's entries (new names, renames, unlinks) to disk."""
+    _fsync(path, os.O_DIRECTORY)
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:
     """Flush one existing regular file's data and metadata to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync(path, os.O_NOFOLLOW)
 
 
 def durable_write(path: Path, data: bytes, mode: int = 0o600) -> None:

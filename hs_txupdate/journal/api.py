@@ -12,10 +12,10 @@ import os
 import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from .models import Event, ModuleRun, ScopePath, Transaction
 from .schema import create_journal_engine
 
+_Info = TypeVar("_Info")
 RUNNING_STATES = ("open", "snapshotted", "running", "rolling_back")
 FINAL_STATES = ("committed", "rolled_back", "rollback_failed", "aborted")
 
@@ -341,41 +342,17 @@ class Journal:
     @staticmethod
     def _paths(s: Session, tx_id: int) -> list[PathInfo]:
         rows = s.scalars(select(ScopePath).where(ScopePath.tx_id == tx_id).order_by(ScopePath.n))
-        return [
-            PathInfo(
-                r.n,
-                r.path,
-                r.existed,
-                r.backend,
-                r.snapshot,
-                r.manifest,
-                r.manifest_sha256,
-                r.size,
-                r.checksum,
-                r.changed,
-                r.pruned_at,
-            )
-            for r in rows
-        ]
+        return [_from_row(PathInfo, r) for r in rows]
 
     @staticmethod
     def _modules(s: Session, tx_id: int) -> list[ModuleRunInfo]:
         rows = s.scalars(select(ModuleRun).where(ModuleRun.tx_id == tx_id).order_by(ModuleRun.id))
-        return [
-            ModuleRunInfo(
-                r.name,
-                r.schema_version,
-                r.version_from,
-                r.version_to,
-                r.status,
-                r.started_at,
-                r.duration_s,
-                r.exit_status,
-                r.output_tail,
-                r.error,
-            )
-            for r in rows
-        ]
+        return [_from_row(ModuleRunInfo, r) for r in rows]
+
+
+def _from_row(cls: type[_Info], row: object) -> _Info:
+    """Build a plain record from an ORM row, copying the fields the record has."""
+    return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
 def _tx_info(row: Transaction, undone_by: int | None) -> TxInfo:

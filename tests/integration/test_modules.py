@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Sandbox, tree_state
+from tests.helpers import Sandbox, process_gone, tree_state, wait_gone
 
 RUN_TIMEOUT = 90  # seconds any single hs-tx run may take before the test fails
 
@@ -49,25 +49,6 @@ def module_row(tx: dict[str, Any], name: str) -> dict[str, Any]:
     rows = [m for m in tx["modules"] if m["name"] == name]
     assert len(rows) == 1, tx["modules"]
     return rows[0]
-
-
-def process_gone(pid: int) -> bool:
-    """True when `pid` no longer runs (absent, or a zombie nobody reaped yet)."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat_line.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def wait_gone(pid: int, within: float = 5.0) -> bool:
-    """Poll until `pid` is gone or `within` seconds pass; return whether it is gone."""
-    deadline = time.monotonic() + within
-    while not process_gone(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def kill_leftovers(pid_file: Path) -> None:

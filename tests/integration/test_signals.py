@@ -8,32 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import Sandbox, tree_state
+from tests.helpers import Sandbox, process_gone, tree_state, wait_gone
 
 RUN_TIMEOUT = 90
-
-
-def process_gone(pid: int) -> bool:
-    """True when `pid` no longer runs (absent, or a zombie nobody reaped yet)."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return stat_line.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def wait_gone(pid: int, within: float = 5.0) -> bool:
-    """Poll until `pid` is gone or `within` seconds pass; return whether it is gone."""
-    deadline = time.monotonic() + within
-    while not process_gone(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 @pytest.mark.parametrize(
