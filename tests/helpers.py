@@ -74,6 +74,8 @@ class Sandbox:
     backend: str = "auto"
     keep: int = 10
     extra_paths: list[str] = field(default_factory=list)
+    source_url: str | None = None
+    source_branch: str = "master"
 
     @property
     def state(self) -> Path:
@@ -130,6 +132,8 @@ class Sandbox:
             is_active = ["{self.root}/svc", "is-active", "{{unit}}"]
             """
         )
+        if self.source_url:
+            text += f'[source]\nurl = "{self.source_url}"\nbranch = "{self.source_branch}"\n'
         self.config.write_text(text)
 
     def module(
@@ -234,3 +238,93 @@ def wait_gone(pid: int, within: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def module_files(
+    name: str,
+    body: str,
+    *,
+    version: str = "1.0.0",
+    backup_paths: list[str | Path] | None = None,
+    meta: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    files: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The files of one module dir (relative path -> text), HOMESERVER format."""
+    index: dict[str, Any] = {
+        "metadata": {"schema_version": version, "name": name, "enabled": True, **(meta or {})},
+        "configuration": {"backup_paths": [str(p) for p in backup_paths or []]},
+        **(extra or {}),
+    }
+    out = {"index.json": json.dumps(index, indent=2), "index.py": textwrap.dedent(body)}
+    out.update({k: textwrap.dedent(v) for k, v in (files or {}).items()})
+    return out
+
+
+@dataclass
+class GitSource:
+    """A real git source: a bare repository (the remote) and a work clone to publish from."""
+
+    root: Path
+    branch: str = "master"
+
+    @property
+    def bare(self) -> Path:
+        return self.root / "remote.git"
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def url(self) -> str:
+        return f"file://{self.bare}"
+
+    def git(self, *args: str, cwd: Path | None = None) -> str:
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.org",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.org",
+        }
+        result = subprocess.run(
+            ["git", *args],
+            cwd=cwd or self.work,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return result.stdout.strip()
+
+    def create(self) -> GitSource:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.git("init", "-q", "--bare", "-b", self.branch, str(self.bare), cwd=self.root)
+        self.git("init", "-q", "-b", self.branch, str(self.work), cwd=self.root)
+        self.git("remote", "add", "origin", str(self.bare))
+        return self
+
+    def publish(
+        self,
+        modules: dict[str, dict[str, str] | None],
+        message: str = "publish",
+        top: dict[str, Any] | None = None,
+    ) -> str:
+        """Write module dirs (None removes one), commit and push; return the commit."""
+        for name, files in modules.items():
+            mod = self.work / "modules" / name
+            if files is None:
+                subprocess.run(["rm", "-rf", str(mod)], check=True)
+                continue
+            for rel, text in files.items():
+                (mod / rel).parent.mkdir(parents=True, exist_ok=True)
+                (mod / rel).write_text(text)
+        if top is not None:
+            (self.work / "index.json").write_text(json.dumps(top, indent=2))
+        (self.work / "modules").mkdir(exist_ok=True)
+        (self.work / "modules" / ".keep").touch()
+        self.git("add", "-A")
+        self.git("commit", "-q", "--allow-empty", "-m", message)
+        self.git("push", "-q", "--force", "origin", f"HEAD:{self.branch}")
+        return self.git("rev-parse", "HEAD")

@@ -33,6 +33,7 @@ def durable_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
+        os.fchmod(fd, mode)  # whatever the umask says
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -50,3 +51,18 @@ def ensure_private_dir(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.mkdir(path, 0o700)
     fsync_dir(path.parent)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two paths atomically with renameat2(RENAME_EXCHANGE): at every moment
+    each name holds one complete tree. Raises OSError when the kernel refuses."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a), None, str(b))

@@ -38,6 +38,8 @@ def summary(info: TxInfo) -> dict[str, Any]:
         "modules_run": len({m.name for m in info.modules}),
         "modules_failed": len({m.name for m in failed}),
         "snapshots_pruned_at": info.snapshots_pruned_at,
+        "source_before": info.source_before,
+        "source_after": info.source_after,
     }
 
 
@@ -73,6 +75,7 @@ def detail(ctx: Context, tx_id: int) -> dict[str, Any]:
     out["modules"] = [
         {
             "name": m.name,
+            "kind": m.kind or "main",
             "version_from": m.version_from or m.schema_version,
             "version_to": m.version_to or m.schema_version,
             "status": m.status,

@@ -43,7 +43,7 @@ def recover_one(ctx: Context, info: TxInfo) -> int:
             reason = f"recovered: {reason}"
         return roll_back(ctx, info.id, reason)
     delete_snapshots(ctx.config, ctx.journal, info.id, info.paths)
-    remove_stage_dirs(info.id, info.paths)
+    remove_stage_dirs(info.id, info.paths, ctx.config.modules_dir)
     ctx.journal.set_state(
         info.id, "aborted", error="hs-tx stopped before changing anything", exit_code=1
     )

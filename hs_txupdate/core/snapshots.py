@@ -7,7 +7,6 @@ transactions). Every filesystem change is announced by an intent event first.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,11 +150,15 @@ def delete_snapshots(
     journal.event(on, "retention", "delete-snapshots", "done", {"of": tx_id})
 
 
-def remove_stage_dirs(tx_id: int, paths: list[PathInfo]) -> None:
-    """Remove staging dirs an interrupted restore of `tx_id` left beside its paths."""
-    for info in paths:
-        parent = Path(info.path).parent
-        stage = parent / f"{STAGE_PREFIX}{tx_id}-{info.n}"
-        if os.path.lexists(stage):
+def remove_stage_dirs(tx_id: int, paths: list[PathInfo], modules_dir: Path) -> None:
+    """Remove staging dirs an interrupted restore or schema update of `tx_id` left
+    beside its scope paths or in the modules dir."""
+    places = {Path(info.path).parent for info in paths} | {modules_dir}
+    for place in places:
+        if not place.is_dir():
+            continue
+        stages = list(place.glob(f"{STAGE_PREFIX}{tx_id}-*"))
+        for stage in stages:
             remove_entry(stage)
-            fsync_dir(parent)
+        if stages:
+            fsync_dir(place)

@@ -8,13 +8,9 @@ finishes the transaction the same way.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from ..journal import TxInfo
-from ..modules.discovery import Module
-from ..modules.runner import run_module
 from .context import Context
-from .errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, Interrupted, exit_code_for
+from .errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, exit_code_for
 from .proc import CommandError
 from .snapshots import (
     delete_snapshots,
@@ -25,46 +21,6 @@ from .snapshots import (
 
 # Phases whose events mean the system may have been changed.
 CHANGING_PHASES = ("schema", "modules", "self-update", "rollback")
-
-
-def run_phase2(ctx: Context, tx_id: int, modules: Iterable[Module]) -> str | None:
-    """Run every enabled module in order; stop at the first failure and return why."""
-    journal = ctx.journal
-    for module in modules:
-        detail = {"module": module.name, "service": module.service_name}
-        journal.event(tx_id, "modules", "run", "intent", detail)
-        run_id = journal.start_module_run(tx_id, module.name, module.schema_version)
-        ctx.log(f"hs-tx: running module {module.name} ({module.schema_version})")
-        try:
-            outcome = run_module(module, None, echo=ctx.log, extra_env=_module_env(ctx))
-        except Interrupted as exc:
-            journal.finish_module_run(run_id, status="interrupted", error=str(exc))
-            journal.event(tx_id, "modules", "run", "failed", {**detail, "status": "interrupted"})
-            raise
-        journal.finish_module_run(
-            run_id,
-            status=outcome.status,
-            duration_s=round(outcome.duration_s, 3),
-            exit_status=outcome.exit_status,
-            output_tail=outcome.output_tail,
-            error=outcome.error or None,
-        )
-        ok = outcome.status == "success"
-        journal.event(
-            tx_id,
-            "modules",
-            "run",
-            "done" if ok else "failed",
-            {**detail, "status": outcome.status, "error": outcome.error},
-        )
-        if not ok:
-            return f"module {module.name} {outcome.status}: {outcome.error}"
-    return None
-
-
-def _module_env(ctx: Context) -> dict[str, str]:
-    """What a module's worker learns about this run (the compat shim reads it)."""
-    return {"HS_TX_STATE_DIR": str(ctx.config.state_dir)}
 
 
 def commit(ctx: Context, tx_id: int) -> int:
@@ -120,7 +76,7 @@ def roll_back(ctx: Context, tx_id: int, reason: str, exit_code: int = EXIT_FAILE
         ctx.log(f"hs-tx: {error}")
         ctx.log(f"hs-tx: snapshots are kept; see `hs-tx show {tx_id}` for each path's snapshot")
         return EXIT_DAMAGED
-    remove_stage_dirs(tx_id, info.paths)
+    remove_stage_dirs(tx_id, info.paths, ctx.config.modules_dir)
     restart_services(ctx, tx_id, services_of(info))
     journal.set_state(tx_id, "rolled_back", exit_code=exit_code)
     ctx.log(f"hs-tx: transaction {tx_id} rolled back; every path in scope is as before")
@@ -157,7 +113,7 @@ def abort(ctx: Context, tx_id: int, exc: BaseException) -> int:
     info = _tx(ctx, tx_id)
     try:
         _discard_snapshots(ctx, tx_id, info)
-        remove_stage_dirs(tx_id, info.paths)
+        remove_stage_dirs(tx_id, info.paths, ctx.config.modules_dir)
     finally:
         ctx.journal.set_state(tx_id, "aborted", error=message, exit_code=code)
     ctx.log(f"hs-tx: error: {message}")

@@ -90,6 +90,7 @@ class ModuleRunInfo:
     exit_status: int | None
     output_tail: str | None
     error: str | None
+    kind: str | None
 
 
 @dataclass
@@ -110,6 +111,8 @@ class TxInfo:
     undoes: int | None
     undone_by: int | None
     snapshots_pruned_at: str | None
+    source_before: str | None
+    source_after: str | None
     paths: list[PathInfo] = field(default_factory=list)
     modules: list[ModuleRunInfo] = field(default_factory=list)
     events: list[EventInfo] = field(default_factory=list)
@@ -200,6 +203,25 @@ class Journal:
         with _signals_deferred(), self._session() as s, s.begin():
             s.execute(update(Transaction).where(Transaction.id == tx_id).values(**values))
 
+    def set_source(self, tx_id: int, before: str | None, after: str) -> None:
+        """Record the source commit applied before this transaction and the one fetched."""
+        with _signals_deferred(), self._session() as s, s.begin():
+            s.execute(
+                update(Transaction)
+                .where(Transaction.id == tx_id)
+                .values(source_before=before, source_after=after)
+            )
+
+    def last_applied_source(self) -> str | None:
+        """The source commit of the newest committed transaction that fetched one."""
+        with self._session() as s:
+            return s.scalar(
+                select(Transaction.source_after)
+                .where(Transaction.state == "committed", Transaction.source_after.is_not(None))
+                .order_by(Transaction.id.desc())
+                .limit(1)
+            )
+
     def set_undoes(self, tx_id: int, undoes: int) -> None:
         """Record that transaction `tx_id` undoes transaction `undoes`."""
         with _signals_deferred(), self._session() as s, s.begin():
@@ -254,13 +276,28 @@ class Journal:
             )
 
     # --- module runs --------------------------------------------------------------------
-    def start_module_run(self, tx_id: int, name: str, schema_version: str | None) -> int:
-        """Record that module `name` starts running; return the run's id."""
+    def start_module_run(
+        self,
+        tx_id: int,
+        name: str,
+        schema_version: str | None,
+        *,
+        version_from: str | None = None,
+        kind: str = "main",
+    ) -> int:
+        """Record that module `name` starts running; return the run's id.
+
+        `version_from` is the version installed before phase 1 replaced it
+        (None: the same as `schema_version`); `kind` is main or maintenance.
+        """
         with _signals_deferred(), self._session() as s, s.begin():
             run = ModuleRun(
                 tx_id=tx_id,
                 name=name,
                 schema_version=schema_version,
+                version_from=version_from or schema_version,
+                version_to=schema_version,
+                kind=kind,
                 status="running",
                 started_at=now_iso(),
             )
@@ -372,6 +409,8 @@ def _tx_info(row: Transaction, undone_by: int | None) -> TxInfo:
         undoes=row.undoes,
         undone_by=undone_by,
         snapshots_pruned_at=row.snapshots_pruned_at,
+        source_before=row.source_before,
+        source_after=row.source_after,
     )
 
 

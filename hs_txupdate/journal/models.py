@@ -36,6 +36,8 @@ class Transaction(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     undoes: Mapped[int | None] = mapped_column(ForeignKey("transactions.id"), nullable=True)
     snapshots_pruned_at: Mapped[str | None] = mapped_column(String, nullable=True)
+    source_before: Mapped[str | None] = mapped_column(String, nullable=True)
+    source_after: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class ScopePath(Base):
@@ -89,3 +91,4 @@ class ModuleRun(Base):
     exit_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     output_tail: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kind: Mapped[str | None] = mapped_column(String, nullable=True)  # main | maintenance

@@ -84,10 +84,15 @@ def load_module(path: Path) -> Module:
         raise ModuleDefinitionError(
             f"module {name}: index.json is malformed: {exc}", f"fix {index_file}"
         ) from exc
-    return _module_from_index(name, path, index)
+    return module_from_index(name, path, index)
 
 
-def _module_from_index(name: str, path: Path, index: Any) -> Module:
+def module_from_index(name: str, path: Path, index: Any) -> Module:
+    """Validate a parsed index.json of module `name` living at `path`; return the Module.
+
+    Raises ModuleDefinitionError naming the module and the field.
+    """
+
     def bad(field_name: str, problem: str) -> ModuleDefinitionError:
         return ModuleDefinitionError(
             f"module {name}: field '{field_name}' {problem}", f"fix {path / 'index.json'}"

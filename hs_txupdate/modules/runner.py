@@ -44,9 +44,11 @@ def run_module(
     *,
     echo: Callable[[str], None] | None = None,
     extra_env: dict[str, str] | None = None,
+    mode: str = "main",
 ) -> Outcome:
     """Run `module`'s main(args) in a worker; a bare False runs it once more.
 
+    With mode "maintenance", run its maintenance task instead (once).
     `echo` receives each output line as it arrives. Returns the Outcome; a
     module's failure never raises. An exception from a signal handler (an
     interrupted hs-tx) kills the worker's process group and propagates.
@@ -56,7 +58,7 @@ def run_module(
     attempts = 0
     while True:
         attempts += 1
-        status, error, exit_status = _run_once(module, args, tail, echo, extra_env)
+        status, error, exit_status = _run_once(module, args, tail, echo, extra_env, mode)
         if status != "again":
             break
         if attempts == 2:
@@ -71,6 +73,7 @@ def _run_once(
     tail: deque[str],
     echo: Callable[[str], None] | None,
     extra_env: dict[str, str] | None,
+    mode: str,
 ) -> tuple[str, str, int | None]:
     read_fd, write_fd = os.pipe()
     env = child_env({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})})
@@ -82,6 +85,7 @@ def _run_once(
         module.name,
         str(write_fd),
         json.dumps(args),
+        mode,
     ]
     try:
         proc = subprocess.Popen(

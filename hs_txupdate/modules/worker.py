@@ -1,7 +1,10 @@
 """Runs one module's `main(args)` in its own process and reports the outcome.
 
 Started by `hs_txupdate.modules.runner` as
-`python -m hs_txupdate.modules.worker MODULES_DIR NAME RESULT_FD ARGS_JSON`.
+`python -m hs_txupdate.modules.worker MODULES_DIR NAME RESULT_FD ARGS_JSON [MODE]`,
+MODE being `main` (default: call `main(args)` of `index.py`) or `maintenance`
+(build the `*Maintenance` class of `maintenance.py` with the module's
+index.json and call its `run_maintenance()`).
 It imports nothing heavy (no SQLAlchemy, GitPython or pyroute2), so starting
 a module costs milliseconds. The outcome goes to RESULT_FD as one JSON object
 `{"outcome": "success" | "again" | "failed", "error": str}`; the module's
@@ -75,13 +78,49 @@ def run(modules_dir: str, name: str, args: object) -> dict[str, str]:
     return classify(result)
 
 
+def run_maintenance(modules_dir: str, name: str) -> dict[str, str]:
+    """Run the maintenance task of `modules.<name>.maintenance`; return the outcome."""
+    install_module_root(modules_dir)
+    try:
+        module = importlib.import_module(f"modules.{name}.maintenance")
+        with open(os.path.join(modules_dir, name, "index.json"), encoding="utf-8") as f:
+            index = json.load(f)
+    except BaseException as exc:
+        _print_traceback()
+        return {"outcome": "failed", "error": f"import error: {type(exc).__name__}: {exc}"}
+    classes = [
+        getattr(module, attr)
+        for attr in sorted(dir(module))
+        if attr.endswith("Maintenance")
+        and isinstance(getattr(module, attr), type)
+        and hasattr(getattr(module, attr), "run_maintenance")
+    ]
+    if not classes:
+        return {"outcome": "failed", "error": "maintenance.py has no *Maintenance class"}
+    try:
+        result = classes[0](index).run_maintenance()
+    except BaseException as exc:
+        _print_traceback()
+        return {
+            "outcome": "failed",
+            "error": f"run_maintenance() raised {type(exc).__name__}: {exc}",
+        }
+    if result is False:  # no second chance for maintenance: False is a failure
+        return {"outcome": "failed", "error": "run_maintenance() returned False"}
+    return classify(result)
+
+
 def main(argv: list[str]) -> int:
     """Entry point: run the module, write the outcome to the result fd, exit 0."""
-    modules_dir, name, fd_text, args_json = argv
+    modules_dir, name, fd_text, args_json, *rest = argv
+    mode = rest[0] if rest else "main"
     result_fd = int(fd_text)
     # children the module starts must not hold the result pipe open
     os.set_inheritable(result_fd, False)
-    outcome = run(modules_dir, name, json.loads(args_json))
+    if mode == "maintenance":
+        outcome = run_maintenance(modules_dir, name)
+    else:
+        outcome = run(modules_dir, name, json.loads(args_json))
     sys.stdout.flush()
     sys.stderr.flush()
     os.write(result_fd, json.dumps(outcome).encode())

@@ -1,5 +1,10 @@
-"""`updates.index`: the orchestrator entry module, as far as modules use it."""
+"""`updates.index`: the orchestrator entry module, as far as modules import from it.
 
-from .utils import log_message
+Modules use `from updates.index import log_message` (nearly all) and
+`compare_schema_versions` (website). The orchestrator itself is hs-tx.
+"""
 
-__all__ = ["log_message"]
+from . import compare_schema_versions
+from .utils.index import log_message
+
+__all__ = ["compare_schema_versions", "log_message"]

@@ -1,21 +1,28 @@
-"""`updates.utils`: helpers HOMESERVER modules import."""
+"""`updates.utils`: helpers HOMESERVER modules import, re-exported as the
+published package does (`from updates.utils import log_message`, ...).
 
-from __future__ import annotations
+The published package also re-exports version_control and maintenanceRunner
+helpers; under hs-tx those are the orchestrator's own work (module versions
+come from the source repo, maintenance runs in phase 2), so they are absent.
+"""
 
-import sys
-from datetime import datetime
+from .index import get_module_version, log_message
+from .permissions import (
+    PermissionManager,
+    PermissionTarget,
+    create_service_permission_targets,
+    fix_common_service_permissions,
+    restore_service_permissions_simple,
+)
+from .state_manager import StateManager
 
-_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def log_message(message: str, level: str = "INFO") -> None:
-    """Print one log line for the module; hs-tx streams it and keeps it in the journal."""
-    level = str(level).upper()
-    if level not in _LEVELS:
-        level = "INFO"
-    stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    stream = sys.stderr if level in ("ERROR", "CRITICAL") else sys.stdout
-    print(f"[{stamp}] [{level}] {message}", file=stream, flush=True)
-
-
-__all__ = ["log_message"]
+__all__ = [
+    "PermissionManager",
+    "PermissionTarget",
+    "StateManager",
+    "create_service_permission_targets",
+    "fix_common_service_permissions",
+    "get_module_version",
+    "log_message",
+    "restore_service_permissions_simple",
+]

@@ -1,0 +1,119 @@
+"""Phase 2, universal execution: maintenance tasks, group selection, every enabled module.
+
+Each module runs in its own worker process (see modules.runner); the first
+failure stops the phase so the transaction can roll back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..modules.discovery import Module
+from ..modules.runner import Outcome, run_module
+from .context import Context
+from .errors import Interrupted
+
+DEFAULT_GROUP_ORDER = 99
+
+
+def select_group_winners(
+    modules: list[Module], is_active: Callable[[str], bool]
+) -> tuple[list[Module], list[str]]:
+    """Keep, of the modules sharing a `metadata.group`, only the first in `group_order`
+    (then name) whose service is active; none of a group where none is active.
+
+    Returns the modules to run, in their original order, and one note per group.
+    """
+    groups: dict[str, list[Module]] = {}
+    for module in modules:
+        if module.group:
+            groups.setdefault(module.group, []).append(module)
+    losers: set[str] = set()
+    notes = []
+    for group, members in sorted(groups.items()):
+        ordered = sorted(members, key=lambda m: (_order(m), m.name))
+        winner = next((m for m in ordered if is_active(m.service_name or m.name)), None)
+        losers.update(m.name for m in ordered if m is not winner)
+        chosen = winner.name if winner else "none (no member's service is active)"
+        notes.append(f"group {group}: runs {chosen}")
+    return [m for m in modules if m.name not in losers], notes
+
+
+def _order(module: Module) -> int:
+    return DEFAULT_GROUP_ORDER if module.group_order is None else module.group_order
+
+
+def run_phase2(
+    ctx: Context, tx_id: int, modules: list[Module], versions_from: dict[str, str]
+) -> str | None:
+    """Run maintenance tasks, then every enabled module that its group lets run.
+
+    `versions_from` maps a module replaced in phase 1 to its old version.
+    Returns why the phase failed, or None when everything succeeded.
+    """
+    for module in modules:
+        if (module.path / "maintenance.py").is_file():
+            failure = _run(ctx, tx_id, module, "maintenance", versions_from)
+            if failure:
+                return failure
+    selected, notes = select_group_winners(modules, ctx.services.is_active)
+    for note in notes:
+        ctx.log(f"hs-tx: {note}")
+        ctx.journal.event(tx_id, "modules", "group", "done", {"note": note})
+    for module in selected:
+        failure = _run(ctx, tx_id, module, "main", versions_from)
+        if failure:
+            return failure
+    return None
+
+
+def _run(
+    ctx: Context, tx_id: int, module: Module, mode: str, versions_from: dict[str, str]
+) -> str | None:
+    """Run one module (or its maintenance task), journaled; return why it failed."""
+    journal = ctx.journal
+    step = "run" if mode == "main" else "maintenance"
+    detail = {"module": module.name, "service": module.service_name}
+    journal.event(tx_id, "modules", step, "intent", detail)
+    run_id = journal.start_module_run(
+        tx_id,
+        module.name,
+        module.schema_version,
+        version_from=versions_from.get(module.name),
+        kind=mode,
+    )
+    what = "maintenance of" if mode == "maintenance" else "module"
+    ctx.log(f"hs-tx: running {what} {module.name} ({module.schema_version})")
+    try:
+        outcome = run_module(module, None, echo=ctx.log, extra_env=module_env(ctx), mode=mode)
+    except Interrupted as exc:
+        journal.finish_module_run(run_id, status="interrupted", error=str(exc))
+        journal.event(tx_id, "modules", step, "failed", {**detail, "status": "interrupted"})
+        raise
+    _journal_outcome(ctx, run_id, outcome)
+    ok = outcome.status == "success"
+    journal.event(
+        tx_id,
+        "modules",
+        step,
+        "done" if ok else "failed",
+        {**detail, "status": outcome.status, "error": outcome.error},
+    )
+    return None if ok else f"{what} {module.name} {outcome.status}: {outcome.error}"
+
+
+def _journal_outcome(ctx: Context, run_id: int, outcome: Outcome) -> None:
+    ctx.journal.finish_module_run(
+        run_id,
+        status=outcome.status,
+        duration_s=round(outcome.duration_s, 3),
+        exit_status=outcome.exit_status,
+        output_tail=outcome.output_tail,
+        error=outcome.error or None,
+    )
+
+
+def module_env(ctx: Context) -> dict[str, str]:
+    """What a module's worker learns about this run (the compat shim reads it)."""
+    return {"HS_TX_STATE_DIR": str(Path(ctx.config.state_dir))}

@@ -1,0 +1,181 @@
+"""The git source: one bare clone in `state_dir/source`, fetched into on every run.
+
+Reading happens from commit objects (no work tree), so nothing on disk but the
+clone's objects and refs changes before the transaction snapshots its scope.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from ..core.errors import HsTxError
+from ..core.fsio import fsync_dir
+
+# Every network operation ends after this long; git itself aborts a stalled transfer sooner.
+FETCH_TIMEOUT_S = 300
+_GIT_ENV_VARS = (
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_CEILING_DIRECTORIES",
+    "GIT_NAMESPACE",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+)
+# No prompt may ever wait for a person: hs-tx runs from a timer over SSH.
+_QUIET_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "/bin/false",
+    "SSH_ASKPASS": "/bin/false",
+    "GIT_SSH_COMMAND": "ssh -o BatchMode=yes -o ConnectTimeout=30",
+    "GIT_HTTP_LOW_SPEED_LIMIT": "1000",
+    "GIT_HTTP_LOW_SPEED_TIME": "60",
+}
+REMOTE_REF = "refs/remotes/origin/{branch}"
+
+
+class SourceError(HsTxError):
+    """The source repository cannot be reached or is not usable; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """The fetched source: its commit and a handle to read files from it."""
+
+    commit: str
+    repo: git.Repo
+
+    def tree(self) -> git.Tree:
+        """The commit's root tree."""
+        return self.repo.commit(self.commit).tree
+
+
+def _scrub_environment() -> None:
+    """GitPython passes os.environ on to git: drop what would redirect it."""
+    for name in _GIT_ENV_VARS:
+        os.environ.pop(name, None)
+
+
+def open_clone(clone_dir: Path, url: str) -> git.Repo:
+    """Open (creating it bare, 0700, if missing) the one clone; point origin at `url`."""
+    _scrub_environment()
+    if not (clone_dir / "HEAD").exists():
+        clone_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        repo = git.Repo.init(clone_dir, bare=True)
+        fsync_dir(clone_dir.parent)
+    else:
+        repo = git.Repo(clone_dir)
+    if "origin" not in [r.name for r in repo.remotes]:
+        repo.create_remote("origin", url)
+    elif repo.remotes.origin.url != url:
+        repo.remotes.origin.set_url(url)
+    return repo
+
+
+def fetch(clone_dir: Path, url: str, branch: str) -> SourceState:
+    """Fetch `branch` of `url` into the clone and return the fetched commit.
+
+    Raises SourceError when the source cannot be reached or has no such branch.
+    """
+    repo = open_clone(clone_dir, url)
+    ref = REMOTE_REF.format(branch=branch)
+    try:
+        repo.git.fetch(
+            "--no-tags",
+            "--prune",
+            "origin",
+            f"+refs/heads/{branch}:{ref}",
+            kill_after_timeout=FETCH_TIMEOUT_S,
+            env=_QUIET_ENV,
+        )
+    except git.GitCommandError as exc:
+        detail = (exc.stderr or "").strip().replace("\n", " ").removeprefix("stderr: ")
+        raise SourceError(
+            f"cannot fetch branch {branch!r} from {url}: {detail or exc}",
+            "check [source] url and branch and that the source is reachable; nothing was changed",
+        ) from exc
+    return SourceState(repo.rev_parse(ref).hexsha, repo)
+
+
+def is_ancestor(state: SourceState, older: str) -> bool:
+    """True when commit `older` is in the fetched commit's history (no rewrite)."""
+    try:
+        state.repo.git.merge_base("--is-ancestor", older, state.commit)
+    except git.GitCommandError:
+        return False
+    return True
+
+
+def read_blob(state: SourceState, path: str) -> bytes | None:
+    """The bytes of file `path` in the fetched commit, or None when it is absent."""
+    try:
+        item = state.tree() / path
+    except KeyError:
+        return None
+    return item.data_stream.read() if item.type == "blob" else None
+
+
+def subdirs(state: SourceState, path: str) -> list[str] | None:
+    """Names of the directories directly under `path`, or None if `path` is no dir."""
+    try:
+        tree = state.tree() / path
+    except KeyError:
+        return None
+    if tree.type != "tree":
+        return None
+    return sorted(t.name for t in tree.trees)
+
+
+def export_tree(state: SourceState, path: str, dest: Path) -> None:
+    """Write the directory `path` of the fetched commit to the new dir `dest`, durably.
+
+    Files get mode 0644 or 0755 as git records them; symlinks stay symlinks.
+    Raises SourceError for a submodule, which cannot be exported.
+    """
+    tree = state.tree() / path if path else state.tree()
+    _mkdir(dest)
+    dirs = [dest]
+    for item in tree.traverse():
+        target = dest / (os.path.relpath(item.path, path) if path else item.path)
+        if item.type == "tree":
+            _mkdir(target)
+            dirs.append(target)
+        elif item.type == "blob":
+            _write_blob(item, target)
+        else:
+            raise SourceError(
+                f"{item.path} in the source is a submodule, which hs-tx cannot install",
+                "vendor its files into the source repository instead",
+            )
+    for directory in reversed(dirs):
+        fsync_dir(directory)
+
+
+def _mkdir(path: Path) -> None:
+    os.mkdir(path)
+    os.chmod(path, 0o755)  # whatever hs-tx's own umask is
+
+
+def _write_blob(blob: git.Blob, target: Path) -> None:
+    data = blob.data_stream.read()
+    if stat.S_ISLNK(blob.mode):
+        os.symlink(os.fsdecode(data), target)
+        return
+    mode = 0o755 if blob.mode & 0o111 else 0o644
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(target, mode)
