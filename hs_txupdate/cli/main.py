@@ -7,6 +7,7 @@ import os
 import sys
 import traceback
 
+from .. import __version__
 from ..core.config import load_config
 from ..core.context import Context
 from ..core.errors import EXIT_USAGE, HsTxError, exit_code_for
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="PATH", help="configuration file to read")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"hs-tx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.register(sub)

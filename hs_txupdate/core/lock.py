@@ -25,6 +25,8 @@ class StateLock:
         self._fd: int | None = None
 
     def __enter__(self) -> StateLock:
+        if self._fd is not None:  # adopted: already held
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
@@ -38,6 +40,21 @@ class StateLock:
         self._fd = fd
         self.set_holder(None)
         return self
+
+    @classmethod
+    def adopt(cls, path: Path, fd: int) -> StateLock:
+        """The lock a previous image of this process took and passed on through execve
+        (the open file description, and with it the flock, survived the exec)."""
+        lock = cls(path)
+        lock._fd = fd
+        os.set_inheritable(fd, False)
+        return lock
+
+    @property
+    def fd(self) -> int:
+        """The locked file descriptor (for passing the lock on through execve)."""
+        assert self._fd is not None
+        return self._fd
 
     def set_holder(self, tx_id: int | None) -> None:
         """Write who holds the lock (pid and, once known, the transaction id)."""

@@ -1,15 +1,21 @@
-"""`hs-tx update`: fetch the source, then phases 1 and 2 inside one transaction."""
+"""`hs-tx update`: fetch the source, then phases 1, 2 and 3 inside one transaction."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from .. import __version__
 from ..modules.discovery import Module, discover
+from . import phase3
 from .config import require_modules_dir
 from .context import Context, who
 from .errors import EXIT_DAMAGED, EXIT_OK, Interrupted, ScopeError
+from .lock import StateLock
 from .phase1 import Phase1Plan, apply_change
 from .phase2 import run_phase2
+from .phase3 import SelfUpdate
 from .recovery import recover_all
 from .scope import check_scope, plan_paths
 from .signals import SignalGuard
@@ -27,9 +33,21 @@ class UpdateOptions:
     accept_rewritten_source: bool = False
 
 
+@dataclass
+class _Plan:
+    """What a run will do once its scope is snapshotted."""
+
+    schema: Phase1Plan | None = None
+    self_update: SelfUpdate | None = None
+    scope: frozenset[str] = frozenset()
+
+
 def update(ctx: Context, options: UpdateOptions | None = None) -> int:
-    """`hs-tx update`: run phases 1 and 2 in one transaction; return the exit code."""
+    """`hs-tx update`: run the phases in one transaction; return the exit code."""
     options = options or UpdateOptions()
+    resumed = os.environ.pop(phase3.RESUME_ENV, None)
+    if resumed is not None:
+        return _resume(ctx, int(resumed))
     require_modules_dir(ctx.config)  # before the lock: a refusal writes nothing
     with ctx.lock(options.wait) as lock:
         if recover_all(ctx) != EXIT_OK:
@@ -40,47 +58,25 @@ def update(ctx: Context, options: UpdateOptions | None = None) -> int:
         lock.set_holder(tx_id)
         ctx.log(f"hs-tx: transaction {tx_id} opened")
         with SignalGuard() as guard:
-            return _run_update(ctx, tx_id, guard, options)
+            return _run_update(ctx, tx_id, guard, options, lock)
 
 
-def _run_update(ctx: Context, tx_id: int, guard: SignalGuard, options: UpdateOptions) -> int:
-    journal = ctx.journal
+def _run_update(
+    ctx: Context, tx_id: int, guard: SignalGuard, options: UpdateOptions, lock: StateLock
+) -> int:
     try:
-        installed = {m.name: m for m in discover(require_modules_dir(ctx.config))}
-        schema = None
-        if ctx.config.source is not None:
-            state = fetch_source(ctx, tx_id, options.accept_rewritten_source)
-            schema = plan_schema_updates(ctx, state, installed, options.allow_downgrade)
-        planned = _future_modules(installed, schema)
-        paths = plan_paths(
-            ctx.config,
-            [m.path for m in planned.values()],
-            [
-                p
-                for m in [*installed.values(), *planned.values()]
-                if m.enabled
-                for p in m.backup_paths
-            ],
-        )
-        journal.event(
-            tx_id,
-            "plan",
-            "scope",
-            "done",
-            {
-                "paths": [str(p) for p in paths],
-                "modules": [m.name for m in planned.values() if m.enabled],
-            },
-        )
-        capture_scope(ctx.config, journal, tx_id, check_scope(ctx.config, paths))
-        journal.set_state(tx_id, "snapshotted")
+        plan = _plan_and_snapshot(ctx, tx_id, options)
     except BaseException as exc:
         guard.disarm()
         return abort(ctx, tx_id, exc)
     try:
-        journal.set_state(tx_id, "running")
-        failure = _run_phases(ctx, tx_id, schema, {str(p) for p in paths})
+        ctx.journal.set_state(tx_id, "running")
+        failure = _run_phases(ctx, tx_id, plan)
+        if failure is None and plan.self_update is not None:
+            _self_update(ctx, tx_id, plan, lock)  # returns only if it failed
     except Interrupted as exc:
+        failure = str(exc)
+    except phase3.SelfUpdateError as exc:
         failure = str(exc)
     except Exception as exc:
         failure = f"internal error: {type(exc).__name__}: {exc}"
@@ -88,6 +84,40 @@ def _run_update(ctx: Context, tx_id: int, guard: SignalGuard, options: UpdateOpt
     if failure is not None:
         return roll_back(ctx, tx_id, failure)
     return commit(ctx, tx_id)
+
+
+def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> _Plan:
+    """Fetch, plan the phases and the scope, snapshot it. Changes nothing on the system."""
+    installed = {m.name: m for m in discover(require_modules_dir(ctx.config))}
+    plan = _Plan()
+    if ctx.config.source is not None:
+        state = fetch_source(ctx, tx_id, options.accept_rewritten_source)
+        plan.schema = plan_schema_updates(ctx, state, installed, options.allow_downgrade)
+        plan.self_update, note = phase3.plan(state)
+        if note:
+            ctx.log(f"hs-tx: note: {note}")
+    future = _future_modules(installed, plan.schema)
+    own = [plan.self_update.install_dir] if plan.self_update else []
+    paths = plan_paths(
+        ctx.config,
+        [m.path for m in future.values()] + own,
+        [p for m in [*installed.values(), *future.values()] if m.enabled for p in m.backup_paths],
+    )
+    ctx.journal.event(
+        tx_id,
+        "plan",
+        "scope",
+        "done",
+        {
+            "paths": [str(p) for p in paths],
+            "modules": [m.name for m in future.values() if m.enabled],
+            "self_update": plan.self_update.version_to if plan.self_update else None,
+        },
+    )
+    capture_scope(ctx.config, ctx.journal, tx_id, check_scope(ctx.config, paths))
+    ctx.journal.set_state(tx_id, "snapshotted")
+    plan.scope = frozenset(str(p) for p in paths)
+    return plan
 
 
 def _future_modules(installed: dict[str, Module], schema: Phase1Plan | None) -> dict[str, Module]:
@@ -98,14 +128,14 @@ def _future_modules(installed: dict[str, Module], schema: Phase1Plan | None) -> 
     return dict(sorted(future.items()))
 
 
-def _run_phases(ctx: Context, tx_id: int, schema: Phase1Plan | None, scope: set[str]) -> str | None:
+def _run_phases(ctx: Context, tx_id: int, plan: _Plan) -> str | None:
     """Phase 1 (when there is a source) and phase 2; return why they failed, or None."""
     versions_from: dict[str, str] = {}
-    if schema is not None:
-        versions_from = _run_phase1(ctx, tx_id, schema)
+    if plan.schema is not None:
+        versions_from = _run_phase1(ctx, tx_id, plan.schema)
     modules = [m for m in discover(ctx.config.modules_dir) if m.enabled]
     for module in modules:
-        outside = [p for p in module.backup_paths if not _covered(p, scope)]
+        outside = [p for p in module.backup_paths if not _covered(p, plan.scope)]
         if outside:
             raise ScopeError(
                 f"module {module.name} declares {outside[0]}, which was not snapshotted",
@@ -120,11 +150,10 @@ def _run_phase1(ctx: Context, tx_id: int, schema: Phase1Plan) -> dict[str, str]:
     for change in schema.changes:
         detail = {"module": change.name, "from": change.version_from, "to": change.version_to}
         ctx.journal.event(tx_id, "schema", "replace", "intent", detail)
-        ctx.log(
-            f"hs-tx: {'replacing' if change.version_from else 'installing'} module "
-            f"{change.name} {change.version_from or ''}{' -> ' if change.version_from else ''}"
-            f"{change.version_to}"
-        )
+        verb = f"replacing module {change.name} {change.version_from} ->"
+        if change.version_from is None:
+            verb = f"installing module {change.name}"
+        ctx.log(f"hs-tx: {verb} {change.version_to}")
         apply_change(schema.state, ctx.config.modules_dir, change, f"{tx_id}-m-{change.name}")
         ctx.journal.event(tx_id, "schema", "replace", "done", detail)
         if change.version_from:
@@ -132,6 +161,34 @@ def _run_phase1(ctx: Context, tx_id: int, schema: Phase1Plan) -> dict[str, str]:
     return versions_from
 
 
-def _covered(path: object, scope: set[str]) -> bool:
+def _self_update(ctx: Context, tx_id: int, plan: _Plan, lock: StateLock) -> None:
+    """Install the new hs-tx and re-execute it; returns only by raising."""
+    update = plan.self_update
+    assert update is not None and plan.schema is not None
+    detail = {"from": update.version_from, "to": update.version_to, "dir": str(update.install_dir)}
+    ctx.log(f"hs-tx: updating hs-tx itself {update.version_from} -> {update.version_to}")
+    phase3.preload()
+    ctx.journal.event(tx_id, "self-update", "install", "intent", detail)
+    phase3.install(plan.schema.state, update, ctx.config.state_dir / f"selfupdate-{tx_id}")
+    ctx.journal.event(tx_id, "self-update", "install", "done", detail)
+    ctx.journal.event(tx_id, "self-update", "exec", "intent", detail)
+    phase3.reexec(update, ctx.argv, tx_id, lock.fd)
+
+
+def _resume(ctx: Context, tx_id: int) -> int:
+    """In the newly installed hs-tx: finish transaction `tx_id` that the old one began."""
+    fd = int(os.environ.pop(phase3.LOCK_FD_ENV))
+    lock = StateLock.adopt(ctx.config.lock_path, fd)
+    with lock, SignalGuard() as guard:
+        lock.set_holder(tx_id)
+        ctx.journal.event(
+            tx_id, "self-update", "exec", "done", {"version": __version__, "pid": os.getpid()}
+        )
+        ctx.log(f"hs-tx: hs-tx {__version__} resumed transaction {tx_id}")
+        guard.disarm()
+        return commit(ctx, tx_id)
+
+
+def _covered(path: Path, scope: frozenset[str]) -> bool:
     text = str(path)
     return any(text == s or text.startswith(s.rstrip("/") + "/") for s in scope)
