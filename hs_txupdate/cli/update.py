@@ -1,9 +1,13 @@
-"""`hs-tx update [--wait]`."""
+"""`hs-tx update [--check] [--wait] [--allow-downgrade] [--accept-rewritten-source]`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
+from tabulate import tabulate
+
+from ..core.check import CheckReport, check
 from ..core.context import Context
 from ..core.update import UpdateOptions, update
 
@@ -11,6 +15,11 @@ from ..core.update import UpdateOptions, update
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `update` subcommand."""
     p = sub.add_parser("update", help="run every enabled module in one transaction")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="report what an update would do and run the modules' checks; change nothing",
+    )
     p.add_argument("--wait", action="store_true", help="wait for another run instead of exit 75")
     p.add_argument(
         "--allow-downgrade",
@@ -26,10 +35,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
-    """Run the update; progress goes to stderr."""
+    """Run the update (progress on stderr), or with --check print what it would do."""
+    if args.check:
+        print(render_check(check(ctx, wait=args.wait, allow_downgrade=args.allow_downgrade)))
+        return 0
     options = UpdateOptions(
         wait=args.wait,
         allow_downgrade=args.allow_downgrade,
         accept_rewritten_source=args.accept_rewritten_source,
     )
     return update(ctx, options)
+
+
+def render_check(report: CheckReport) -> str:
+    """The human-readable report of `update --check`."""
+    lines = ["Phase 1 would install:"]
+    rows = [[c["module"], c["installed"] or "(new)", c["source"]] for c in report.schema]
+    lines.append(tabulate(rows, headers=["Module", "Installed", "Source"]) if rows else "  nothing")
+    if report.self_update:
+        lines.append(
+            f"Phase 3 would update hs-tx {report.self_update['installed']}"
+            f" -> {report.self_update['source']}"
+        )
+    lines += ["", "Module checks (isolated; nothing they wrote was kept):"]
+    checks = [
+        [m["name"], m["status"], m["error"] or json.dumps(m["result"], sort_keys=True)]
+        for m in report.modules
+    ]
+    lines.append(
+        tabulate(checks, headers=["Module", "Status", "Result"]) if checks else "  no modules"
+    )
+    lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ from .snapshots import (
 )
 
 # Phases whose events mean the system may have been changed.
-CHANGING_PHASES = ("schema", "modules", "self-update", "rollback")
+CHANGING_PHASES = ("schema", "modules", "self-update", "config", "rollback")
 
 
 def commit(ctx: Context, tx_id: int) -> int:

@@ -94,6 +94,17 @@ class ModuleRunInfo:
 
 
 @dataclass
+class LastRunInfo:
+    """The newest run of one module: in which transaction, how it ended, when it started."""
+
+    name: str
+    tx_id: int
+    kind: str | None
+    status: str
+    started_at: str
+
+
+@dataclass
 class TxInfo:
     """A transaction row, with its paths, modules and events when asked for."""
 
@@ -365,6 +376,15 @@ class Journal:
                 )
             )
         return [info for i in ids if (info := self.transaction(i)) is not None]
+
+    def last_module_runs(self) -> dict[str, LastRunInfo]:
+        """For every module that ever ran: its newest run (main or maintenance), by name."""
+        with self._session() as s:
+            newest = select(func.max(ModuleRun.id)).group_by(ModuleRun.name)
+            rows = s.scalars(select(ModuleRun).where(ModuleRun.id.in_(newest)))
+            return {
+                r.name: LastRunInfo(r.name, r.tx_id, r.kind, r.status, r.started_at) for r in rows
+            }
 
     @staticmethod
     def _undone_by(s: Session, ids: Iterable[int]) -> dict[int, int]:

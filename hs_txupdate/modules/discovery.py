@@ -69,6 +69,56 @@ def discover(modules_dir: Path) -> list[Module]:
     return sorted(modules, key=lambda m: m.sort_key)
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One module dir as `hs-tx modules list` shows it, readable or not.
+
+    `index` is the parsed index.json (None when it could not be read), `module`
+    the validated Module (None when validation failed), `problem` why not.
+    """
+
+    name: str
+    path: Path
+    index: Any
+    module: Module | None
+    problem: str | None
+
+
+def discover_all(modules_dir: Path) -> list[Listed]:
+    """Every module dir under `modules_dir`, sorted by name, never raising for one.
+
+    The tolerant sibling of `discover()` for read-only views: a malformed
+    module is listed with what could be read and its problem.
+    """
+    listed = []
+    for entry in sorted(os.scandir(modules_dir), key=lambda e: e.name):
+        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith((".", "__")):
+            listed.append(_listed(Path(entry.path)))
+    return listed
+
+
+def _listed(path: Path) -> Listed:
+    try:
+        module = load_module(path)
+    except ModuleDefinitionError as exc:
+        return Listed(path.name, path, _read_json(path / "index.json"), None, str(exc))
+    return Listed(path.name, path, module.index, module, None)
+
+
+def _read_json(path: Path) -> Any:
+    """The parsed JSON of `path`, or None when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def is_installed(modules_dir: Path, name: str) -> bool:
+    """Whether `name` is a module dir that discovery sees (no symlink, no hidden dir)."""
+    path = modules_dir / name
+    return path.is_dir() and not path.is_symlink() and not name.startswith((".", "__"))
+
+
 def load_module(path: Path) -> Module:
     """Read and validate `path/index.json`; return the Module. Raises ModuleDefinitionError."""
     name = check_module_name(path.name)

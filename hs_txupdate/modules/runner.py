@@ -36,6 +36,7 @@ class Outcome:
     duration_s: float
     output_tail: str
     attempts: int
+    result: Any = None  # what main returned, as JSON
 
 
 def run_module(
@@ -58,13 +59,14 @@ def run_module(
     attempts = 0
     while True:
         attempts += 1
-        status, error, exit_status = _run_once(module, args, tail, echo, extra_env, mode)
+        status, error, exit_status, result = _run_once(module, args, tail, echo, extra_env, mode)
         if status != "again":
             break
         if attempts == 2:
             status, error = "failed", "main() returned False twice"
             break
-    return Outcome(status, error, exit_status, time.monotonic() - start, "".join(tail), attempts)
+    duration = time.monotonic() - start
+    return Outcome(status, error, exit_status, duration, "".join(tail), attempts, result)
 
 
 def _run_once(
@@ -74,7 +76,7 @@ def _run_once(
     echo: Callable[[str], None] | None,
     extra_env: dict[str, str] | None,
     mode: str,
-) -> tuple[str, str, int | None]:
+) -> tuple[str, str, int | None, Any]:
     read_fd, write_fd = os.pipe()
     env = child_env({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})})
     argv = [
@@ -115,7 +117,7 @@ def _run_once(
     for t in readers:
         t.join(timeout=2.0)
     if timed_out:
-        return "timeout", f"timed out after {module.timeout:g} s", proc.returncode
+        return "timeout", f"timed out after {module.timeout:g} s", proc.returncode, None
     return _outcome(result, proc.returncode)
 
 
@@ -138,16 +140,16 @@ def _kill_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def _outcome(result: list[bytes], returncode: int) -> tuple[str, str, int | None]:
+def _outcome(result: list[bytes], returncode: int) -> tuple[str, str, int | None, Any]:
     data = b"".join(result)
     if not data:
         how = f"killed by signal {-returncode}" if returncode < 0 else f"exit status {returncode}"
-        return "failed", f"worker crashed ({how})", returncode
+        return "failed", f"worker crashed ({how})", returncode, None
     try:
         outcome = json.loads(data)
     except ValueError:
-        return "failed", "worker sent an unreadable result", returncode
-    return outcome["outcome"], outcome.get("error", ""), returncode
+        return "failed", "worker sent an unreadable result", returncode, None
+    return outcome["outcome"], outcome.get("error", ""), returncode, outcome.get("result")
 
 
 def _pump_output(

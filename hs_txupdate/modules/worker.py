@@ -75,7 +75,13 @@ def run(modules_dir: str, name: str, args: object) -> dict[str, str]:
     except BaseException as exc:
         _print_traceback()
         return {"outcome": "failed", "error": f"main() raised {type(exc).__name__}: {exc}"}
-    return classify(result)
+    return {**classify(result), "result": _jsonable(result)}
+
+
+def _jsonable(value: object) -> object:
+    """What main returned, as JSON the parent can read (odd values as strings)."""
+    text = json.dumps(value, default=str)
+    return json.loads(text) if len(text) <= 65536 else {"truncated": text[:65536]}
 
 
 def run_maintenance(modules_dir: str, name: str) -> dict[str, str]:

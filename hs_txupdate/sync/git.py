@@ -80,6 +80,36 @@ def open_clone(clone_dir: Path, url: str) -> git.Repo:
     return repo
 
 
+def open_existing(clone_dir: Path) -> git.Repo | None:
+    """Open the clone read-only as it is; None when there is none (never creates one).
+
+    For read-only views such as `hs-tx modules list`: nothing is fetched or written.
+    """
+    _scrub_environment()
+    if not (clone_dir / "HEAD").is_file():
+        return None
+    try:
+        return git.Repo(clone_dir)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+
+
+def fetched_state(repo: git.Repo, url: str, branch: str) -> SourceState | None:
+    """What the last fetch of `branch` from `url` left in the clone, or None.
+
+    None when origin points elsewhere (the clone then holds another source's
+    commits, which would mislead) or `branch` was never fetched.
+    """
+    origin = next((r for r in repo.remotes if r.name == "origin"), None)
+    if origin is None or origin.url != url:
+        return None
+    try:
+        commit = repo.rev_parse(REMOTE_REF.format(branch=branch)).hexsha
+    except (git.BadName, ValueError):
+        return None
+    return SourceState(commit, repo)
+
+
 def fetch(clone_dir: Path, url: str, branch: str) -> SourceState:
     """Fetch `branch` of `url` into the clone and return the fetched commit.
 

@@ -1,0 +1,77 @@
+"""`hs-tx update --check`: reports, runs the checks in isolation, changes nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.helpers import GitSource, Sandbox, module_files, tree_state
+
+WRITING_CHECK = """
+import os, pathlib
+DATA = pathlib.Path({data!r})
+HERE = pathlib.Path(__file__).parent
+
+def main(args):
+    # a careless check: it writes wherever it likes
+    (DATA / "app" / "config.ini").write_text("overwritten by --check")
+    (DATA / "app" / "new-file").write_text("created by --check")
+    os.unlink(DATA / "app" / "keep.txt")
+    (HERE / "index.py.bak").write_text("junk in the module dir")
+    os.makedirs(DATA / "absent" / "deep")
+    print("check args:", args)
+    return {{"success": True, "pending": 3, "args": args}}
+"""
+
+
+def test_a_writing_check_changes_nothing(tar_sandbox: Sandbox) -> None:
+    sbx = tar_sandbox
+    app = sbx.data / "app"
+    app.mkdir()
+    (app / "config.ini").write_text("original")
+    (app / "keep.txt").write_text("keep me")
+    sbx.module(
+        "careless",
+        WRITING_CHECK.format(data=str(sbx.data)),
+        backup_paths=[app, sbx.data / "absent"],
+    )
+    before = {"data": tree_state(sbx.data), "modules": tree_state(sbx.modules)}
+
+    result = sbx.hs_tx("update", "--check")
+
+    assert result.returncode == 0, result.stderr
+    assert "check args: ['--check']" in result.stderr
+    assert "careless" in result.stdout and '"pending": 3' in result.stdout
+    assert {"data": tree_state(sbx.data), "modules": tree_state(sbx.modules)} == before
+    history = json.loads(sbx.hs_tx("history", "--json").stdout)
+    assert history == [], "--check opens no transaction"
+    assert not (sbx.state / "snapshots").exists()
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert "hs-tx-check" not in mounts, "the overlays stayed in the private namespace"
+
+
+def test_check_reports_what_phase_one_would_install(tar_sandbox: Sandbox) -> None:
+    sbx = tar_sandbox
+    source = GitSource(sbx.root / "upstream").create()
+    sbx.source_url = source.url
+    sbx.write_config()
+    sbx.module("old", "def main(a):\n    return {'success': True}\n", version="1.0.0")
+    source.publish(
+        {
+            "old": module_files(
+                "old", "def main(a):\n    return {'success': True}\n", version="1.2.0"
+            ),
+            "fresh": module_files("fresh", "def main(a):\n    return {'success': True}\n"),
+        }
+    )
+    modules_before = tree_state(sbx.modules)
+
+    result = sbx.hs_tx("update", "--check")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.split() == ["old", "1.0.0", "1.2.0"] for line in lines), result.stdout
+    assert any(line.split() == ["fresh", "(new)", "1.0.0"] for line in lines), result.stdout
+    assert tree_state(sbx.modules) == modules_before
+    assert (sbx.state / "source" / "HEAD").exists(), "the fetch into the clone is allowed"
+    assert not (sbx.state / "journal.db").exists(), "no journal was written"
