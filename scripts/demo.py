@@ -1,10 +1,11 @@
-"""The hs-tx demo: a good update that commits, then a bad one that rolls back.
+"""The hs-tx demo: modules published to a git source; a good update that commits,
+then a broken version 2 that rolls back to the old code and data.
 
-Builds a throwaway sandbox (its own config, state dir, modules dir and data
-paths) on a loop-mounted btrfs image when run as root with btrfs-progs, on the
-tar backend in a temp dir otherwise; runs the real `hs-tx` command against it;
-and removes everything at the end. It never reads /etc/hs-tx or touches the
-host's real paths.
+Builds a throwaway sandbox (its own config, state dir, modules dir, data paths
+and a local git repository as the source) on a loop-mounted btrfs image when
+run as root with btrfs-progs, on the tar backend in a temp dir otherwise; runs
+the real `hs-tx` command against it; and removes everything at the end. It
+never reads /etc/hs-tx or touches the host's real paths.
 """
 
 from __future__ import annotations
@@ -17,9 +18,21 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
+from typing import ClassVar
+
+NOTES_MODULE = """
+from pathlib import Path
+from typing import ClassVar
+from updates.index import log_message
+
+def main(args):
+    log_message("notes: nothing to migrate")
+    return {{"success": True}}
+"""
 
 GOOD_MODULE = """
 from pathlib import Path
+from typing import ClassVar
 from updates.index import log_message
 
 DATA = Path({data!r})
@@ -34,6 +47,7 @@ def main(args):
 
 BAD_MODULE = """
 from pathlib import Path
+from typing import ClassVar
 from updates.index import log_message
 
 DATA = Path({data!r})
@@ -124,40 +138,80 @@ def write_setup(root: Path) -> tuple[Path, Path, Path]:
     return config, modules, data
 
 
-def write_module(modules: Path, source: str, version: str, data: Path) -> None:
-    mod = modules / "webapp"
-    mod.mkdir(exist_ok=True)
-    index = {
-        "metadata": {
-            "schema_version": version,
-            "name": "webapp",
-            "enabled": True,
-            "priority": 50,
-            "service_name": "webapp.service",
-        },
-        "configuration": {"backup_paths": [str(data)]},
+class Source:
+    """A local git repository that plays the update source (a bare remote + a work clone)."""
+
+    ENV: ClassVar[dict[str, str]] = {
+        "GIT_AUTHOR_NAME": "demo",
+        "GIT_AUTHOR_EMAIL": "demo@example.org",
+        "GIT_COMMITTER_NAME": "demo",
+        "GIT_COMMITTER_EMAIL": "demo@example.org",
     }
-    (mod / "index.json").write_text(json.dumps(index, indent=2) + "\n")
-    (mod / "index.py").write_text(textwrap.dedent(source.format(data=str(data))))
+
+    def __init__(self, root: Path) -> None:
+        self.bare, self.work = root / "updates.git", root / "updates-work"
+        self.git("init", "-q", "--bare", "-b", "master", str(self.bare), cwd=root)
+        self.git("init", "-q", "-b", "master", str(self.work), cwd=root)
+
+    def git(self, *args: str, cwd: Path | None = None) -> None:
+        env = {**os.environ, **self.ENV}
+        subprocess.run(
+            ["git", *args], cwd=cwd or self.work, env=env, check=True, capture_output=True
+        )
+
+    def publish(self, name: str, source: str, version: str, data: Path | None) -> None:
+        mod = self.work / "modules" / name
+        mod.mkdir(parents=True, exist_ok=True)
+        index = {
+            "metadata": {
+                "schema_version": version,
+                "name": name,
+                "enabled": True,
+                "priority": 50,
+                "service_name": f"{name}.service",
+            },
+            "configuration": {"backup_paths": [str(data)] if data else []},
+        }
+        (mod / "index.json").write_text(json.dumps(index, indent=2) + "\n")
+        (mod / "index.py").write_text(textwrap.dedent(source.format(data=str(data))))
+
+    def push(self, message: str) -> None:
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", message)
+        self.git("push", "-q", str(self.bare), "HEAD:master")
+        print(f"  published: {message}")
+
+
+def installed_version(modules: Path, name: str) -> str:
+    return json.loads((modules / name / "index.json").read_text())["metadata"]["schema_version"]
 
 
 def main() -> int:
     sandbox = Sandbox()
     try:
         config, modules, data = write_setup(sandbox.root)
+        source = Source(sandbox.root)
+        with open(config, "a") as f:
+            f.write(f'[source]\nurl = "file://{source.bare}"\nbranch = "master"\n')
         say(f"sandbox: {sandbox.root} on a {sandbox.kind}")
         show_tree(data)
 
-        say("update 1: the webapp module rewrites its config and succeeds")
-        write_module(modules, GOOD_MODULE, "1.0.0", data)
+        say("version 1 of the modules is published to the git source")
+        source.publish("webapp", GOOD_MODULE, "1.0.0", data)
+        source.publish("notes", NOTES_MODULE, "1.0.0", None)
+        source.push("webapp 1.0.0, notes 1.0.0")
+        say("update 1: hs-tx installs both modules and runs them")
         first = hs_tx(config, "update")
         print(f"exit status {first} (0: committed)")
+        print(f"  installed webapp {installed_version(modules, 'webapp')}")
         show_tree(data)
 
-        say("update 2: the module changes files, deletes one, then fails")
-        write_module(modules, BAD_MODULE, "1.1.0", data)
+        say("version 2 of webapp is published; it changes files, deletes one, then fails")
+        source.publish("webapp", BAD_MODULE, "2.0.0", data)
+        source.push("webapp 2.0.0 (broken)")
         second = hs_tx(config, "update")
         print(f"exit status {second} (1: rolled back, the system is as before)")
+        print(f"  installed webapp {installed_version(modules, 'webapp')} (the old code is back)")
         print("  files after the rollback (the same as after update 1):")
         show_tree(data)
         log = sandbox.root / "services.log"
@@ -166,7 +220,12 @@ def main() -> int:
 
         say("the audit trail")
         hs_tx(config, "history")
-        ok = first == 0 and second == 1 and "version = 2" in (data / "config.ini").read_text()
+        ok = (
+            first == 0
+            and second == 1
+            and installed_version(modules, "webapp") == "1.0.0"
+            and "version = 2" in (data / "config.ini").read_text()
+        )
         say("demo finished: " + ("as expected" if ok else "NOT as expected"))
         return 0 if ok else 1
     finally:
