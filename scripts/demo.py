@@ -22,7 +22,6 @@ from typing import ClassVar
 
 NOTES_MODULE = """
 from pathlib import Path
-from typing import ClassVar
 from updates.index import log_message
 
 def main(args):
@@ -32,7 +31,6 @@ def main(args):
 
 GOOD_MODULE = """
 from pathlib import Path
-from typing import ClassVar
 from updates.index import log_message
 
 DATA = Path({data!r})
@@ -47,7 +45,6 @@ def main(args):
 
 BAD_MODULE = """
 from pathlib import Path
-from typing import ClassVar
 from updates.index import log_message
 
 DATA = Path({data!r})
