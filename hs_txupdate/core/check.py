@@ -53,8 +53,8 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
             state = fetch(config.state_dir / "source", config.source.url, config.source.branch)
         schema = plan(state, config.modules_dir, installed, allow_downgrade)
         report.notes = schema.notes
+        future = schema.future(installed)
         for change in schema.changes:
-            future[change.name] = change.module
             report.schema.append(
                 {
                     "module": change.name,
@@ -68,11 +68,7 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
             own.append(update.install_dir)
         if note:
             report.notes.append(note)
-    paths = plan_paths(
-        config,
-        [m.path for m in future.values()] + own,
-        [p for m in [*installed.values(), *future.values()] if m.enabled for p in m.backup_paths],
-    )
+    paths = plan_paths(config, installed.values(), future.values(), own)
     enabled = [m for m in installed.values() if m.enabled]
     selected, group_notes = select_group_winners(enabled, ctx.services.is_active)
     report.notes.extend(group_notes)

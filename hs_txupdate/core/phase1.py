@@ -43,6 +43,12 @@ class Phase1Plan:
     changes: list[SchemaChange] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def future(self, installed: dict[str, Module]) -> dict[str, Module]:
+        """The modules as they will be once this plan is applied, by name."""
+        future = dict(installed)
+        future.update((change.name, change.module) for change in self.changes)
+        return dict(sorted(future.items()))
+
 
 def plan(
     state: SourceState,

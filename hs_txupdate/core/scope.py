@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..modules.discovery import Module
 from ..snapshot import backend_by_name, choose_backend
 from ..snapshot.tree import entry_type, join, walk
 from .config import Config
@@ -43,10 +44,17 @@ def fold(paths: Iterable[Path]) -> list[Path]:
 
 
 def plan_paths(
-    config: Config, module_dirs: Iterable[Path], backup_paths: Iterable[Path]
+    config: Config,
+    installed: Iterable[Module],
+    future: Iterable[Module],
+    own: Iterable[Path] = (),
 ) -> list[Path]:
-    """The folded scope for the given module dirs and backup paths plus extra_paths."""
-    return fold([*module_dirs, *backup_paths, *config.extra_paths])
+    """The folded scope of a run: the dirs of the modules as they will be, the backup
+    paths of every enabled module as installed and as it will be, `own` (hs-tx's
+    install dir when phase 3 replaces it) and extra_paths."""
+    future = list(future)
+    backups = [p for m in [*installed, *future] if m.enabled for p in m.backup_paths]
+    return fold([*(m.path for m in future), *own, *backups, *config.extra_paths])
 
 
 def check_scope(config: Config, paths: list[Path]) -> list[ScopeEntry]:

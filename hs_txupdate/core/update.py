@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..modules.discovery import Module, discover
+from ..modules.discovery import discover
 from . import phase3
 from .config import require_modules_dir
 from .context import Context, who
@@ -96,13 +96,9 @@ def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> _Pla
         plan.self_update, note = phase3.plan(state)
         if note:
             ctx.log(f"hs-tx: note: {note}")
-    future = _future_modules(installed, plan.schema)
+    future = plan.schema.future(installed) if plan.schema else installed
     own = [plan.self_update.install_dir] if plan.self_update else []
-    paths = plan_paths(
-        ctx.config,
-        [m.path for m in future.values()] + own,
-        [p for m in [*installed.values(), *future.values()] if m.enabled for p in m.backup_paths],
-    )
+    paths = plan_paths(ctx.config, installed.values(), future.values(), own)
     ctx.journal.event(
         tx_id,
         "plan",
@@ -118,14 +114,6 @@ def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> _Pla
     ctx.journal.set_state(tx_id, "snapshotted")
     plan.scope = frozenset(str(p) for p in paths)
     return plan
-
-
-def _future_modules(installed: dict[str, Module], schema: Phase1Plan | None) -> dict[str, Module]:
-    """The modules as they will be once phase 1 is done (installed ones otherwise)."""
-    future = dict(installed)
-    for change in schema.changes if schema else []:
-        future[change.name] = change.module
-    return dict(sorted(future.items()))
 
 
 def _run_phases(ctx: Context, tx_id: int, plan: _Plan) -> str | None:
