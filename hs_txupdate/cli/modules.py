@@ -1,0 +1,69 @@
+"""`hs-tx modules list [--json]`, `hs-tx modules enable|disable NAME [--wait]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from tabulate import tabulate
+
+from ..core.context import Context
+from ..core.modules_cmd import list_modules, set_enabled
+
+HEADERS = ["Name", "Installed", "Source", "Enabled", "Group", "Last result"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `modules` subcommand with its `list`, `enable` and `disable` actions."""
+    p = sub.add_parser("modules", help="list installed modules, enable or disable one")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="installed modules, versions, last results")
+    listing.add_argument("--json", action="store_true", help="print one JSON document")
+    listing.set_defaults(run=run_list)
+    for action in ("enable", "disable"):
+        q = actions.add_parser(action, help=f"{action} a module (in a journaled transaction)")
+        q.add_argument("name", metavar="NAME", help="the module's directory name")
+        q.add_argument(
+            "--wait", action="store_true", help="wait for another run instead of exit 75"
+        )
+        q.set_defaults(run=run_set, enabled=action == "enable")
+
+
+def run_list(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the modules as a table, or as JSON with --json."""
+    rows = list_modules(ctx)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    if not rows:
+        print(f"no modules installed in {ctx.config.modules_dir}")
+        return 0
+    print(tabulate([_cells(r) for r in rows], headers=HEADERS, tablefmt="simple"))
+    problems = [r for r in rows if r["problem"]]
+    if problems:
+        print("\nProblems:")
+        for row in problems:
+            print(f"  {row['name']}: {row['problem']}")
+    return 0
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    """One table row; '-' where a value is unknown or absent."""
+    enabled = {True: "yes", False: "no", None: "?"}[row["enabled"]]
+    last = row["last_result"]
+    return [
+        row["name"],
+        row["installed_version"] or "-",
+        row["source_version"] or "-",
+        enabled,
+        row["group"] or "-",
+        f"{last['status']} (tx {last['tx']})" if last else "-",
+    ]
+
+
+def run_set(ctx: Context, args: argparse.Namespace) -> int:
+    """Enable or disable one module; progress goes to stderr."""
+    return set_enabled(ctx, args.name, args.enabled, args.wait)
