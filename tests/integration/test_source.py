@@ -322,3 +322,14 @@ def test_git_environment_variables_do_not_redirect_the_fetch(
 
     assert result.returncode == 0, result.stderr
     assert version_of(sbx, "m") == "1.0.0"
+
+
+def test_source_module_with_a_bad_name_is_refused(src: tuple[Sandbox, GitSource]) -> None:
+    sbx, source = src
+    source.publish({"ok": module_files("ok", OK), "bad name;rm": module_files("x", OK)})
+
+    result = sbx.hs_tx("update")
+
+    assert result.returncode == 2
+    assert "invalid module name 'bad name;rm'" in result.stderr
+    assert not (sbx.modules / "ok").exists()
