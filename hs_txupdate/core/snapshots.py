@@ -97,18 +97,21 @@ def path_changes(info: PathInfo) -> Changes:
     return diff(Path(info.path), load_manifest(info))
 
 
-def restore_path(config: Config, journal: Journal, tx_id: int, info: PathInfo) -> int:
+def restore_path(
+    config: Config, journal: Journal, tx_id: int, info: PathInfo, phase: str = "rollback"
+) -> int:
     """Put one scope path back exactly as snapshotted; return how many entries changed.
 
-    Idempotent: an interrupted restore is finished by calling it again. Raises
-    DamagedError when the snapshot needed is missing or corrupt.
+    `info` may belong to an earlier transaction (undo); the events go to `tx_id`
+    under `phase`. Idempotent: an interrupted restore is finished by calling it
+    again. Raises DamagedError when the snapshot needed is missing or corrupt.
     """
     manifest = load_manifest(info)
     changes = diff(Path(info.path), manifest)
     if not changes:
         return 0
     detail = {"n": info.n, "path": info.path, "entries": changes.count}
-    journal.event(tx_id, "rollback", "restore", "intent", detail)
+    journal.event(tx_id, phase, "restore", "intent", detail)
     live = Path(info.path)
     batches = 0
 
@@ -116,7 +119,7 @@ def restore_path(config: Config, journal: Journal, tx_id: int, info: PathInfo) -
         nonlocal batches
         batches += status == "intent"
         detail = {"n": info.n, "batch": batches, "entries": len(rels), "first": rels[0]}
-        journal.event(tx_id, "rollback", "restore-batch", status, detail)
+        journal.event(tx_id, phase, "restore-batch", status, detail)
 
     if not info.existed:
         restore_tree(live, None, changes, announce)
@@ -128,8 +131,20 @@ def restore_path(config: Config, journal: Journal, tx_id: int, info: PathInfo) -
         needed = needed_entries(changes, manifest)
         with backend.reference(target, captured, needed) as reference:
             restore_tree(live, reference, changes, announce)
-    journal.event(tx_id, "rollback", "restore", "done", detail)
+    journal.event(tx_id, phase, "restore", "done", detail)
     return changes.count
+
+
+def verify_snapshot(config: Config, info: PathInfo) -> None:
+    """Check that the manifest and snapshot of a scope path are intact, changing nothing.
+
+    Raises DamagedError when either is missing or fails its checksum.
+    """
+    load_manifest(info)
+    if info.existed:
+        target = SnapshotTarget(0, info.n, Path(info.path))
+        captured = Captured(info.snapshot or "", info.size, info.checksum)
+        backend_by_name(info.backend, config.snapshots_dir).check(target, captured)
 
 
 def delete_snapshots(

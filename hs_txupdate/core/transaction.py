@@ -8,7 +8,10 @@ finishes the transaction the same way.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..journal import TxInfo
+from ..snapshot.tree import tree_fingerprint
 from .context import Context
 from .errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, exit_code_for
 from .proc import CommandError
@@ -20,7 +23,7 @@ from .snapshots import (
 )
 
 # Phases whose events mean the system may have been changed.
-CHANGING_PHASES = ("schema", "modules", "self-update", "config", "rollback")
+CHANGING_PHASES = ("schema", "modules", "self-update", "config", "undo", "rollback")
 
 
 def commit(ctx: Context, tx_id: int) -> int:
@@ -28,7 +31,10 @@ def commit(ctx: Context, tx_id: int) -> int:
     journal = ctx.journal
     info = _tx(ctx, tx_id)
     for path in info.paths:
-        journal.update_path(tx_id, path.n, changed=bool(path_changes(path)))
+        changed = bool(path_changes(path))
+        # the fingerprint lets a later undo notice changes made outside hs-tx
+        fingerprint = tree_fingerprint(Path(path.path)) if changed else None
+        journal.update_path(tx_id, path.n, changed=changed, fingerprint=fingerprint)
     journal.event(tx_id, "commit", "decision", "done", {"outcome": "commit"})
     return finish_commit(ctx, tx_id)
 

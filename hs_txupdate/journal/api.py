@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import Event, ModuleRun, ScopePath, Transaction
+from .models import Event, ModuleRun, ScopePath, Transaction, UndoLink
 from .schema import create_journal_engine
 
 _Info = TypeVar("_Info")
@@ -62,6 +62,7 @@ class PathInfo:
     checksum: str | None
     changed: bool | None
     pruned_at: str | None
+    fingerprint: str | None
 
 
 @dataclass
@@ -386,15 +387,47 @@ class Journal:
                 r.name: LastRunInfo(r.name, r.tx_id, r.kind, r.status, r.started_at) for r in rows
             }
 
-    @staticmethod
-    def _undone_by(s: Session, ids: Iterable[int]) -> dict[int, int]:
-        """Map each id in `ids` to the committed undo transaction that undid it."""
-        rows = s.execute(
-            select(Transaction.undoes, Transaction.id).where(
-                Transaction.undoes.in_(list(ids)), Transaction.state == "committed"
+    def committed_changes(self) -> list[tuple[int, str, str | None]]:
+        """(transaction, path, fingerprint) of every path a committed transaction
+        changed, newest transaction first."""
+        with self._session() as s:
+            rows = s.execute(
+                select(ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
+                .join(Transaction, Transaction.id == ScopePath.tx_id)
+                .where(Transaction.state == "committed", ScopePath.changed.is_(True))
+                .order_by(ScopePath.tx_id.desc(), ScopePath.n)
+            )
+            return [(tx, path, fp) for tx, path, fp in rows]
+
+    def link_undo(self, undo_tx: int, undone: list[int]) -> None:
+        """Record that transaction `undo_tx` reverses every transaction in `undone`."""
+        with _signals_deferred(), self._session() as s, s.begin():
+            s.add_all(UndoLink(undo_tx_id=undo_tx, undone_tx_id=i) for i in undone)
+
+    @classmethod
+    def _undone_by(cls, s: Session, ids: Iterable[int]) -> dict[int, int]:
+        """Map each id in `ids` to the committed undo transaction that reversed it,
+        unless that undo was itself undone later."""
+        wanted = list(ids)
+        links = list(
+            s.execute(
+                select(UndoLink.undone_tx_id, UndoLink.undo_tx_id)
+                .join(Transaction, Transaction.id == UndoLink.undo_tx_id)
+                .where(Transaction.state == "committed")
+                .order_by(UndoLink.undo_tx_id)
             )
         )
-        return {undoes: by for undoes, by in rows}
+        by: dict[int, int] = {}
+        for undone, undo in links:
+            by[undone] = undo  # the newest undo wins
+
+        def live(tx: int, depth: int = 0) -> int | None:
+            undo = by.get(tx)
+            if undo is None or depth > 64:
+                return None
+            return None if live(undo, depth + 1) is not None else undo
+
+        return {i: u for i in wanted if (u := live(i)) is not None}
 
     @staticmethod
     def _paths(s: Session, tx_id: int) -> list[PathInfo]:

@@ -58,6 +58,7 @@ class ScopePath(Base):
     checksum: Mapped[str | None] = mapped_column(String, nullable=True)
     changed: Mapped[bool | None] = mapped_column(nullable=True)
     pruned_at: Mapped[str | None] = mapped_column(String, nullable=True)
+    fingerprint: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class Event(Base):
@@ -92,3 +93,11 @@ class ModuleRun(Base):
     output_tail: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     kind: Mapped[str | None] = mapped_column(String, nullable=True)  # main | maintenance
+
+
+class UndoLink(Base):
+    """Undo transaction `undo_tx_id` reversed transaction `undone_tx_id`."""
+
+    __tablename__ = "undo_links"
+    undo_tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), primary_key=True)
+    undone_tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), primary_key=True)

@@ -58,6 +58,10 @@ class Backend(Protocol):
         """
         ...
 
+    def check(self, target: SnapshotTarget, captured: Captured) -> Path:
+        """Check the snapshot is intact; raise DamagedError when it is missing or corrupt."""
+        ...
+
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
         """Delete the snapshot (whole or partial) of `target`; missing is fine."""
         ...

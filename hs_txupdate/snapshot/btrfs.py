@@ -93,13 +93,20 @@ class BtrfsBackend:
         self, target: SnapshotTarget, captured: Captured, entries: list[str] | None = None
     ) -> Iterator[Path]:
         """The path inside the read-only snapshot (where every entry already is)."""
+        yield self.check(target, captured)
+
+    def check(self, target: SnapshotTarget, captured: Captured) -> Path:
+        """The path inside the snapshot, after checking the snapshot is there.
+
+        Raises DamagedError otherwise.
+        """
         snapshot, tree = self._tree(captured)
         if not snapshot.is_dir():
             raise DamagedError(
                 f"btrfs snapshot {snapshot} of {target.path} is missing",
                 "restore the path by hand from a backup; the journal cannot repair it",
             )
-        yield tree
+        return tree
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
         """Delete the snapshot subvolume and commit the deletion."""

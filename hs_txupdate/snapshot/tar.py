@@ -91,17 +91,7 @@ class TarBackend:
     ) -> Iterator[Path]:
         """Verify the archive, extract it (or only `entries`) into a fresh staging
         dir beside the path, and yield the extracted copy of the path."""
-        archive = Path(captured.ref)
-        if not archive.is_file():
-            raise DamagedError(
-                f"snapshot archive {archive} of {target.path} is missing",
-                "restore the path by hand from a backup; the journal cannot repair it",
-            )
-        if captured.checksum and sha256_file(archive) != captured.checksum:
-            raise DamagedError(
-                f"snapshot archive {archive} of {target.path} fails its checksum",
-                "do not extract it; restore the path by hand from a backup",
-            )
+        archive = self.check(target, captured)
         stage = target.path.parent / f"{STAGE_PREFIX}{target.name}"
         if os.path.lexists(stage):
             remove_entry(stage)
@@ -138,6 +128,24 @@ class TarBackend:
             members.unlink(missing_ok=True)
             remove_entry(stage)
             fsync_dir(stage.parent)
+
+    def check(self, target: SnapshotTarget, captured: Captured) -> Path:
+        """The archive, after checking it is there with the recorded checksum.
+
+        Raises DamagedError otherwise: hs-tx never extracts what it did not write.
+        """
+        archive = Path(captured.ref)
+        if not archive.is_file():
+            raise DamagedError(
+                f"snapshot archive {archive} of {target.path} is missing",
+                "restore the path by hand from a backup; the journal cannot repair it",
+            )
+        if captured.checksum and sha256_file(archive) != captured.checksum:
+            raise DamagedError(
+                f"snapshot archive {archive} of {target.path} fails its checksum",
+                "do not extract it; restore the path by hand from a backup",
+            )
+        return archive
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
         """Remove the archive (and a partial one); the per-transaction dir when empty."""

@@ -171,6 +171,21 @@ def build_manifest(root: Path, taken_ns: int | None = None) -> Manifest:
     return manifest
 
 
+def tree_fingerprint(root: Path) -> str:
+    """A digest of which entries exist under `root` with which inode and ctime: it
+    changes whenever anything under `root` is written, renamed, chmod-ed, ..."""
+    if not os.path.lexists(root):
+        return "absent"
+    h = hashlib.sha256()
+    for rel, st in walk(root):
+        h.update(
+            f"{rel}\0{entry_type(st)}\0{st.st_ino}\0{st.st_ctime_ns}\n".encode(
+                "utf-8", "surrogateescape"
+            )
+        )
+    return h.hexdigest()
+
+
 # --- comparing --------------------------------------------------------------------------
 @dataclass
 class Changes:

@@ -1,0 +1,175 @@
+"""`hs-tx undo ID`: put back what a committed transaction changed, as a transaction.
+
+The undo is itself journaled (kind `undo`) with its own snapshots, so an undo
+can be undone. It refuses, before changing anything, when a later committed
+transaction that is not undone changed an overlapping path (unless
+`--cascade`, which undoes those too, newest first), when ID did not commit,
+is already undone or its snapshots are gone, and when a path changed outside
+hs-tx since (unless `--force`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..journal import TxInfo
+from ..snapshot.tree import tree_fingerprint
+from .context import Context, who
+from .errors import EXIT_DAMAGED, EXIT_OK, HsTxError, Interrupted, UsageError
+from .recovery import recover_all
+from .scope import check_scope, fold
+from .signals import SignalGuard
+from .snapshots import capture_scope, restore_path, verify_snapshot
+from .transaction import abort, commit, restart_services, roll_back, services_of
+
+
+@dataclass(frozen=True)
+class UndoOptions:
+    """The switches of `hs-tx undo`."""
+
+    cascade: bool = False
+    force: bool = False
+    wait: bool = False
+
+
+def overlaps(a: str, b: str) -> bool:
+    """True when one path is the other or lies inside it."""
+    pa, pb = Path(a), Path(b)
+    return pa == pb or pa.is_relative_to(pb) or pb.is_relative_to(pa)
+
+
+def undo(ctx: Context, tx_id: int, options: UndoOptions | None = None) -> int:
+    """Undo transaction `tx_id` (and with --cascade the later ones in its way).
+
+    Returns the exit code; raises UsageError (exit 2) for a refused request and
+    DamagedError (exit 3) when a snapshot needed is missing or corrupt — in
+    both cases before anything changed.
+    """
+    options = options or UndoOptions()
+    with ctx.lock(options.wait) as lock:
+        if recover_all(ctx) != EXIT_OK:
+            ctx.log("hs-tx: an earlier transaction could not be repaired; not undoing")
+            return EXIT_DAMAGED
+        chain = _plan_chain(ctx, tx_id, options.cascade)
+        _check_drift(ctx, chain, options.force)
+        for info in chain:
+            for path in _changed(info):
+                verify_snapshot(ctx.config, path)
+        user, host = who()
+        undo_id = ctx.journal.begin("undo", ctx.argv, user, host)
+        ctx.journal.set_undoes(undo_id, tx_id)
+        ctx.journal.link_undo(undo_id, [info.id for info in chain])
+        lock.set_holder(undo_id)
+        ctx.log(f"hs-tx: transaction {undo_id} opened to undo {_ids(chain)}")
+        with SignalGuard() as guard:
+            return _run_undo(ctx, undo_id, chain, guard)
+
+
+def _run_undo(ctx: Context, undo_id: int, chain: list[TxInfo], guard: SignalGuard) -> int:
+    paths = fold(Path(p.path) for info in chain for p in _changed(info))
+    try:
+        ctx.journal.event(undo_id, "plan", "scope", "done", {"paths": [str(p) for p in paths]})
+        capture_scope(ctx.config, ctx.journal, undo_id, check_scope(ctx.config, paths))
+        ctx.journal.set_state(undo_id, "snapshotted")
+    except BaseException as exc:
+        guard.disarm()
+        return abort(ctx, undo_id, exc)
+    failure = None
+    try:
+        ctx.journal.set_state(undo_id, "running")
+        for info in chain:
+            ctx.log(f"hs-tx: putting back what transaction {info.id} changed")
+            for path in _changed(info):
+                restore_path(ctx.config, ctx.journal, undo_id, path, phase="undo")
+    except Interrupted as exc:
+        failure = str(exc)
+    except (HsTxError, OSError) as exc:
+        failure = f"undo failed: {exc}"
+    guard.disarm()
+    if failure is not None:
+        return roll_back(ctx, undo_id, failure)
+    units = [u for info in chain for u in services_of(info)]
+    restart_services(ctx, undo_id, list(dict.fromkeys(units)))
+    return commit(ctx, undo_id)
+
+
+def _changed(info: TxInfo) -> list:
+    return [p for p in info.paths if p.changed]
+
+
+def _ids(chain: list[TxInfo]) -> str:
+    return ", ".join(str(info.id) for info in chain)
+
+
+def _undoable(ctx: Context, tx_id: int) -> TxInfo:
+    """The transaction, if it can be undone; else UsageError naming why."""
+    info = ctx.journal.transaction(tx_id)
+    if info is None:
+        raise UsageError(f"no transaction {tx_id}", "see hs-tx history for the ids")
+    if info.state != "committed":
+        raise UsageError(
+            f"transaction {tx_id} did not commit (it is {info.state}); there is nothing to undo",
+            "only committed transactions can be undone",
+        )
+    if info.undone_by is not None:
+        raise UsageError(
+            f"transaction {tx_id} is already undone by transaction {info.undone_by}",
+            f"to redo it, undo transaction {info.undone_by}",
+        )
+    if info.snapshots_pruned_at is not None:
+        raise UsageError(
+            f"the snapshots of transaction {tx_id} were deleted by retention",
+            "raise snapshot.keep to keep more transactions undoable",
+        )
+    return info
+
+
+def _plan_chain(ctx: Context, tx_id: int, cascade: bool) -> list[TxInfo]:
+    """`tx_id` and (with cascade) every later transaction in its way, newest first."""
+    target = _undoable(ctx, tx_id)
+    paths = {p.path for p in _changed(target)}
+    changes = ctx.journal.committed_changes()
+    chain = {tx_id: target}
+    grew = True
+    while grew:
+        grew = False
+        for later, path, _fp in changes:
+            if later <= tx_id or later in chain or not any(overlaps(path, p) for p in paths):
+                continue
+            info = ctx.journal.transaction(later)
+            if info is None or info.undone_by is not None:
+                continue
+            if not cascade:
+                raise UsageError(
+                    f"transaction {later} changed {path} after transaction {tx_id}",
+                    f"undo {later} first, or run hs-tx undo {tx_id} --cascade",
+                )
+            chain[later] = _undoable(ctx, later)
+            paths |= {p.path for p in _changed(info)}
+            grew = True
+    return [chain[i] for i in sorted(chain, reverse=True)]
+
+
+def _check_drift(ctx: Context, chain: list[TxInfo], force: bool) -> None:
+    """Refuse when a path changed outside hs-tx since hs-tx last changed it."""
+    paths = {p.path for info in chain for p in _changed(info)}
+    latest: dict[str, tuple[str, str | None]] = {}
+    for _tx, path, fingerprint in ctx.journal.committed_changes():  # newest first
+        for wanted in paths:
+            if wanted not in latest and overlaps(path, wanted):
+                latest[wanted] = (path, fingerprint)
+    drifted = sorted(
+        {
+            path
+            for path, fp in latest.values()
+            if fp is not None and tree_fingerprint(Path(path)) != fp
+        }
+    )
+    if drifted and not force:
+        raise UsageError(
+            f"changed outside hs-tx since its last transaction: {', '.join(drifted)}",
+            "look at them first; run again with --force to undo anyway (those changes are lost)",
+        )
+    for path in drifted:
+        ctx.log(f"hs-tx: warning: {path} changed outside hs-tx; --force: undoing anyway")
