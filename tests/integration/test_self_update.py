@@ -41,7 +41,7 @@ def copy_project(dest: Path, version: str, hook: bool = False) -> None:
         if rel.startswith(("tests/", ".ci/", "modules/")) or not (REPO / rel).exists():
             continue
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, dest / rel)
+        shutil.copy2(REPO / rel, dest / rel, follow_symlinks=False)
     init = dest / "hs_txupdate" / "__init__.py"
     text = re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text())
     init.write_text(text + (MARKER_HOOK if hook else ""))
