@@ -156,8 +156,12 @@ class _CrashHooks:
 
 
 def _int_env(name: str) -> int | None:
-    """An integer environment variable, or None when unset or not a number."""
-    value = os.environ.get(name, "")
+    """An integer environment variable, or None when unset or not a number.
+
+    The variable is removed from this process's environment, so that no process
+    hs-tx starts (git included, which sees os.environ) inherits it.
+    """
+    value = os.environ.pop(name, "")
     return int(value) if value.isdigit() else None
 
 
