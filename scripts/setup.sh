@@ -2,6 +2,7 @@
 # Install everything hs-tx needs on a Debian machine, as root: the apt packages (btrfs-progs,
 # git, attr/acl tools, ...), a virtualenv in .venv and the package itself (editable, with the
 # test extras). Safe to run again; it skips apt when everything is already there.
+# With --apt-only it installs the apt packages and stops (scripts/install.sh uses that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv python3-dev git btrfs-progs e2fsprogs xfsprogs attr acl
@@ -16,6 +17,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+[ "${1:-}" = "--apt-only" ] && exit 0
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv .venv
 fi

@@ -11,9 +11,9 @@ from .. import __version__
 from ..core.config import load_config
 from ..core.context import Context
 from ..core.errors import EXIT_USAGE, HsTxError, exit_code_for
-from . import history, modules, recover, show, undo, update
+from . import history, modules, recover, show, status, undo, update
 
-COMMANDS = (update, history, show, undo, recover, modules)
+COMMANDS = (update, history, show, undo, recover, status, modules)
 
 
 def build_parser() -> argparse.ArgumentParser:

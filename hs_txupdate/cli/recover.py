@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     """Recover under the lock; 0 when everything is final afterwards, 3 otherwise."""
     with ctx.lock(args.wait):
-        code = recover_all(ctx)
+        code = recover_all(ctx, always_record=True)
     if code == 0:
         ctx.log("hs-tx: every transaction is in a final state")
     return code

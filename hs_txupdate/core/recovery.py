@@ -7,19 +7,27 @@ snapshots; otherwise nothing changed and the transaction is aborted.
 
 from __future__ import annotations
 
-from ..journal import TxInfo
+import json
+
+from ..journal import TxInfo, now_iso
 from .context import Context
 from .errors import EXIT_DAMAGED, EXIT_OK, HsTxError
+from .fsio import durable_write
 from .snapshots import delete_snapshots, remove_stage_dirs
 from .transaction import CHANGING_PHASES, finish_commit, roll_back
 
+RECOVERY_REPORT = "last-recovery.json"
 
-def recover_all(ctx: Context) -> int:
+
+def recover_all(ctx: Context, always_record: bool = False) -> int:
     """Finish every unfinished transaction; 0 when all are final, 3 otherwise.
 
-    The caller holds the lock.
+    The caller holds the lock. When there was something to recover (or
+    `always_record`), the outcome is written to `state_dir/last-recovery.json`
+    for `hs-tx status`.
     """
     code = EXIT_OK
+    outcomes = []
     for info in ctx.journal.unfinished():
         ctx.log(f"hs-tx: recovering transaction {info.id} (left {info.state})")
         try:
@@ -28,6 +36,12 @@ def recover_all(ctx: Context) -> int:
         except HsTxError as exc:
             ctx.log(f"hs-tx: error: transaction {info.id}: {exc}")
             code = EXIT_DAMAGED
+        after = ctx.journal.transaction(info.id)
+        outcomes.append({"id": info.id, "was": info.state, "now": after.state if after else None})
+    if outcomes or always_record:
+        report = {"at": now_iso(), "exit_code": code, "transactions": outcomes}
+        path = ctx.config.state_dir / RECOVERY_REPORT
+        durable_write(path, (json.dumps(report, indent=2) + "\n").encode())
     return code
 
 

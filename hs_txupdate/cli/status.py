@@ -1,0 +1,57 @@
+"""`hs-tx status [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..core.context import Context
+from ..core.status import status
+from .history import local_time
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `status` subcommand."""
+    p = sub.add_parser("status", help="a run in progress, the last recovery, the last run")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(run=run)
+
+
+def run(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the status; exit 3 when something needs repair."""
+    info, code = status(ctx)
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render(info))
+    return code
+
+
+def _tx_line(tx: dict[str, Any]) -> str:
+    line = f"transaction {tx['id']} ({tx['kind']}) {tx['state']}, {local_time(tx['started_at'])}"
+    return line + (f": {tx['error']}" if tx["error"] else "")
+
+
+def render(info: dict[str, Any]) -> str:
+    """The human-readable status."""
+    lines = [f"state dir: {info['state_dir']}"]
+    lines.append(f"running: {info['running'] or 'nothing'}")
+    rec = info["last_recovery"]
+    if rec is None:
+        lines.append("last recovery: none recorded")
+    else:
+        what = ", ".join(f"{t['id']} {t['was']} -> {t['now']}" for t in rec["transactions"])
+        verdict = "ok" if rec["exit_code"] == 0 else f"FAILED (exit {rec['exit_code']})"
+        lines.append(
+            f"last recovery: {local_time(rec['at'])} {verdict}; {what or 'nothing to recover'}"
+        )
+    for tx in info["unfinished"]:
+        lines.append("UNFINISHED " + _tx_line(tx) + " (run: hs-tx recover)")
+    for tx in info["rollback_failed"]:
+        lines.append("ROLLBACK FAILED " + _tx_line(tx) + f" (see: hs-tx show {tx['id']})")
+    last = info["last_transaction"]
+    lines.append("last: " + (_tx_line(last) if last else "no transactions yet"))
+    return "\n".join(lines)
