@@ -11,6 +11,10 @@ import pytest
 
 from tests.helpers import LoopFs, Sandbox, need
 
+# hs-tx's workers never write bytecode into module dirs; tests that call a
+# module's main() directly must not either, or their before/after trees differ
+os.environ["PYTHONDONTWRITEBYTECODE"] = "1"
+
 
 def _require_loop_tools(fstype: str) -> None:
     need(os.geteuid() == 0, "needs root for loop devices and mounts")

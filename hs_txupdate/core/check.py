@@ -90,7 +90,7 @@ def _run_isolated(spec: dict[str, Any]) -> list[dict[str, Any]]:
         "unshare",
         "--mount",
         "--propagation",
-        "private",
+        "unchanged",
         "--",
         sys.executable,
         "-m",

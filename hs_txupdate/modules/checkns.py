@@ -1,11 +1,17 @@
 """Running every module's `main(["--check"])` where nothing it writes can stick.
 
 Started by `hs-tx update --check` as
-`unshare --mount --propagation private -- python -m hs_txupdate.modules.checkns SPEC_JSON`.
-In that private mount namespace it mounts a tmpfs over the state dir, lays an
-overlay with a throwaway upper dir (on that tmpfs) over every scope path, runs
-the checks, and prints their outcomes as one JSON document on stdout. When
-the process ends, the namespace and everything written into it are gone.
+`unshare --mount --propagation unchanged -- python -m hs_txupdate.modules.checkns SPEC_JSON`.
+In that new mount namespace it makes every mount private, mounts a tmpfs over
+the state dir, lays an overlay with a throwaway upper dir (on that tmpfs)
+over every scope path, runs the checks, and prints their outcomes as one JSON
+document on stdout. When the process ends, the namespace and everything
+written into it are gone.
+
+Where `/` is not a mount point (a chroot), it cannot be made private as a
+whole; then every mount it makes is checked against the parent's view of the
+mount table, and one that shows there (it propagated) is taken down again
+and the check refused.
 """
 
 from __future__ import annotations
@@ -25,11 +31,26 @@ class IsolationError(HsTxError):
     """A scope path cannot be put under an overlay, so its check cannot be isolated."""
 
 
-def mount_points() -> list[Path]:
-    """Every mount point of this namespace."""
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+def mount_points(pid: int | str = "self") -> list[Path]:
+    """Every mount point of the mount namespace of process `pid`."""
+    with open(f"/proc/{pid}/mountinfo", encoding="utf-8") as f:
         points = [line.split()[4] for line in f]
     return [Path(p.encode().decode("unicode_escape")) for p in points]
+
+
+def mount_private(argv: list[str], where: Path, parent: int) -> None:
+    """Run a mount command for `where`, then make sure it did not propagate to the
+    parent's namespace; if it did, take it down (the unmount propagates as well)
+    and raise IsolationError."""
+    before = mount_points(parent).count(where)
+    run(argv)
+    if mount_points(parent).count(where) > before:
+        run(["umount", str(where)], check=False)
+        raise IsolationError(
+            f"cannot isolate the checks: a mount on {where} would be seen outside",
+            "the filesystem is mounted shared and / is not a mount point (a chroot?);"
+            " run hs-tx update --check on the host",
+        )
 
 
 def overlay_targets(paths: list[Path]) -> list[Path]:
@@ -52,10 +73,13 @@ def _escape(path: Path) -> str:
     return str(path).replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
 
 
-def isolate(state_dir: Path, paths: list[Path]) -> None:
-    """Mount the tmpfs and one overlay per target. Raises IsolationError when a
-    target holds other mount points, which an overlay would hide from the checks."""
-    run(["mount", "-t", "tmpfs", "-o", "mode=0700", "hs-tx-check", str(state_dir)])
+def isolate(state_dir: Path, paths: list[Path], parent: int) -> None:
+    """Make mounts private, mount the tmpfs and one overlay per target. Raises
+    IsolationError when a mount would propagate, or when a target holds other
+    mount points, which an overlay would hide from the checks."""
+    run(["mount", "--make-rprivate", "/"], check=False)  # fails only where / is no mount
+    tmpfs = ["mount", "-t", "tmpfs", "-o", "mode=0700", "hs-tx-check", str(state_dir)]
+    mount_private(tmpfs, state_dir, parent)
     mounts = mount_points()
     for n, target in enumerate(overlay_targets(paths)):
         inner = [m for m in mounts if m != target and m.is_relative_to(target)]
@@ -68,7 +92,9 @@ def isolate(state_dir: Path, paths: list[Path]) -> None:
         upper.mkdir()
         work.mkdir()
         options = f"lowerdir={_escape(target)},upperdir={_escape(upper)},workdir={_escape(work)}"
-        run(["mount", "-t", "overlay", "-o", options, "hs-tx-check", str(target)])
+        mount_private(
+            ["mount", "-t", "overlay", "-o", options, "hs-tx-check", str(target)], target, parent
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -76,7 +102,7 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     modules_dir = Path(spec["modules_dir"])
     try:
-        isolate(Path(spec["state_dir"]), [Path(p) for p in spec["scope"]])
+        isolate(Path(spec["state_dir"]), [Path(p) for p in spec["scope"]], os.getppid())
     except HsTxError as exc:
         print(json.dumps({"error": str(exc)}))
         return 2
