@@ -11,6 +11,7 @@ from tabulate import tabulate
 
 from ..core.context import Context
 from ..core.query import detail
+from ..net.model import describe
 from .history import format_duration, local_time
 
 
@@ -89,6 +90,7 @@ def render(tx: dict[str, Any]) -> str:
         if m["output_tail"]:
             lines += ["", f"Output of {m['name']} (last lines):"]
             lines += ["  " + line for line in m["output_tail"].rstrip("\n").split("\n")]
+    lines += ["", *render_net(tx["net"])]
     lines += [
         "",
         "Events:",
@@ -108,6 +110,35 @@ def render(tx: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def render_net(net: dict[str, Any]) -> list[str]:
+    """The network guard's part of `show`: states before and after, gate, changes."""
+    if not net["guarded"]:
+        return ["Network guard: not guarded (guard off, or the run stopped before the capture)"]
+    lines = [f"Network guard: {net['outcome']} (interfaces: {', '.join(net['interfaces'])})"]
+    if net["preflight"]:
+        pre = net["preflight"]
+        found = pre.get("error") or f"{pre['host']} via {pre.get('gateway') or 'on-link'}"
+        lines.append(f"  preflight {pre['status']}: {found}")
+    for title, state in (("before", net["before"]), ("after", net["after"])):
+        if state is not None:
+            lines += [f"  {title}:"] + [f"    {line}" for line in describe(state)]
+    if net["gate"]:
+        problems = "; ".join(net["gate"]["problems"]) or "the network held"
+        lines.append(f"  gate {net['gate']['status']}: {problems}")
+    if net["actions"]:
+        lines.append("  changes made by the guard:")
+        for action in net["actions"]:
+            error = f" ({action['error']})" if action.get("error") else ""
+            lines.append(f"    {action['status']:<7} {action['command']}{error}")
+    if net["restored"] is not None:
+        lines += ["  after the restore:"] + [f"    {line}" for line in describe(net["restored"])]
+    check = net["check"]
+    if check and check["status"] == "failed":
+        lines.append(f"  NOT RESTORED: {'; '.join(check['problems'])}")
+        lines += ["  restore by hand:"] + [f"    {c}" for c in check["commands"]]
+    return lines
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> str:

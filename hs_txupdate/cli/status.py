@@ -54,4 +54,15 @@ def render(info: dict[str, Any]) -> str:
         lines.append("ROLLBACK FAILED " + _tx_line(tx) + f" (see: hs-tx show {tx['id']})")
     last = info["last_transaction"]
     lines.append("last: " + (_tx_line(last) if last else "no transactions yet"))
+    lines += _net_lines(info["net"])
     return "\n".join(lines)
+
+
+def _net_lines(net: dict[str, Any]) -> list[str]:
+    """The guarded network now, one line per link and default route."""
+    if not net["guard"]:
+        return ["network guard: off"]
+    lines = ["network guard: on; guarded now:"] + [f"  {line}" for line in net["lines"]]
+    if net["error"]:
+        lines.append(f"  error: {net['error']}")
+    return lines

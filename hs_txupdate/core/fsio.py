@@ -53,6 +53,24 @@ def ensure_private_dir(path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def syncfs(path: str | os.PathLike[str]) -> None:
+    """Flush every dirty page and inode of the filesystem holding `path` to disk.
+
+    Modules write without fsync; before a transaction commits, whatever they
+    wrote must be as durable as the commit record that claims it.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
 _RENAME_EXCHANGE = 2
 
 

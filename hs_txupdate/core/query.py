@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..journal import TxInfo
+from ..journal import EventInfo, TxInfo
 from .context import Context
 from .errors import UsageError
 
@@ -97,4 +97,47 @@ def detail(ctx: Context, tx_id: int) -> dict[str, Any]:
         }
         for e in info.events
     ]
+    out["net"] = net_detail(info)
     return out
+
+
+def net_detail(info: TxInfo) -> dict[str, Any]:
+    """What the network guard saw and did in one transaction (`show`'s key `net`).
+
+    `outcome`: `not guarded`, `captured` (it stopped before the gate), `held`,
+    `restored` (the guard put the network back), `restored by the rollback`
+    (restoring the files and restarting the services was enough) or
+    `not restored` (see `check.commands` for the `ip` commands to run by hand).
+    """
+    last = {e.step: e for e in info.events if e.phase == "net"}
+    gate, check, preflight = last.get("gate"), last.get("check"), last.get("preflight")
+    actions = info.net_actions or []
+    return {
+        "guarded": info.net_before is not None,
+        "interfaces": (info.net_before or {}).get("interfaces", []),
+        "before": info.net_before,
+        "after": info.net_after,
+        "preflight": _step(preflight),
+        "gate": _step(gate),
+        "actions": actions,
+        "restored": info.net_restored,
+        "check": _step(check),
+        "outcome": _net_outcome(info, gate is not None and gate.status == "failed", check),
+    }
+
+
+def _step(event: EventInfo | None) -> dict[str, Any] | None:
+    """A journaled guard step as `{"status": ..., **detail}`, or None if it never ran."""
+    return {"status": event.status, **(event.detail or {})} if event else None
+
+
+def _net_outcome(info: TxInfo, gate_failed: bool, check: EventInfo | None) -> str:
+    if info.net_before is None:
+        return "not guarded"
+    if check is not None and check.status == "failed":
+        return "not restored"
+    if info.net_actions:
+        return "restored"
+    if gate_failed:
+        return "restored by the rollback"
+    return "held" if info.net_after is not None else "captured"

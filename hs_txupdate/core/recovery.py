@@ -13,6 +13,7 @@ from ..journal import TxInfo, now_iso
 from .context import Context
 from .errors import EXIT_DAMAGED, EXIT_OK, HsTxError
 from .fsio import durable_write
+from .proc import CommandError
 from .snapshots import delete_snapshots, remove_stage_dirs
 from .transaction import CHANGING_PHASES, finish_commit, roll_back
 
@@ -38,6 +39,12 @@ def recover_all(ctx: Context, always_record: bool = False) -> int:
             code = EXIT_DAMAGED
         after = ctx.journal.transaction(info.id)
         outcomes.append({"id": info.id, "was": info.state, "now": after.state if after else None})
+    for info in ctx.journal.final_with_snapshots():
+        # snapshots of a rolled-back or aborted run can never serve an undo
+        try:
+            delete_snapshots(ctx.config, ctx.journal, info.id, info.paths)
+        except (OSError, CommandError) as exc:
+            ctx.log(f"hs-tx: warning: could not delete the snapshots of {info.id}: {exc}")
     if outcomes or always_record:
         report = {"at": now_iso(), "exit_code": code, "transactions": outcomes}
         path = ctx.config.state_dir / RECOVERY_REPORT

@@ -7,6 +7,7 @@ import json
 import os
 from typing import Any
 
+from ..net.guard import current as current_network
 from .context import Context
 from .errors import EXIT_DAMAGED, EXIT_OK
 from .query import summary
@@ -34,7 +35,9 @@ def lock_holder(ctx: Context) -> str | None:
 
 def status(ctx: Context) -> tuple[dict[str, Any], int]:
     """The status as a JSON-ready dict, and the exit code: 3 when something needs repair
-    (an unfinished transaction nobody is running, a failed rollback, a failed recovery)."""
+    (an unfinished transaction nobody is running, a failed rollback, a failed recovery).
+
+    `net` is the guarded network as captured now (see net.guard.current)."""
     config = ctx.config
     out: dict[str, Any] = {
         "state_dir": str(config.state_dir),
@@ -43,6 +46,7 @@ def status(ctx: Context) -> tuple[dict[str, Any], int]:
         "unfinished": [],
         "rollback_failed": [],
         "last_transaction": None,
+        "net": current_network(config),
     }
     report = config.state_dir / RECOVERY_REPORT
     if report.is_file():

@@ -8,12 +8,14 @@ finishes the transaction the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..journal import TxInfo
 from ..snapshot.tree import tree_fingerprint
 from .context import Context
 from .errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, exit_code_for
+from .fsio import syncfs
 from .proc import CommandError
 from .snapshots import (
     delete_snapshots,
@@ -35,8 +37,23 @@ def commit(ctx: Context, tx_id: int) -> int:
         # the fingerprint lets a later undo notice changes made outside hs-tx
         fingerprint = tree_fingerprint(Path(path.path)) if changed else None
         journal.update_path(tx_id, path.n, changed=changed, fingerprint=fingerprint)
+    _sync_scope(info)
     journal.event(tx_id, "commit", "decision", "done", {"outcome": "commit"})
     return finish_commit(ctx, tx_id)
+
+
+def _sync_scope(info: TxInfo) -> None:
+    """Make what the run wrote durable before the commit record claims it: one
+    syncfs per filesystem the scope lives on."""
+    seen = set()
+    for path in info.paths:
+        probe = Path(path.path)
+        while not probe.exists():
+            probe = probe.parent
+        dev = probe.stat().st_dev
+        if dev not in seen:
+            seen.add(dev)
+            syncfs(probe)
 
 
 def finish_commit(ctx: Context, tx_id: int) -> int:
@@ -57,11 +74,20 @@ def apply_retention(ctx: Context, tx_id: int) -> None:
             ctx.log(f"hs-tx: warning: could not delete the snapshots of {old.id}: {exc}")
 
 
-def roll_back(ctx: Context, tx_id: int, reason: str, exit_code: int = EXIT_FAILED) -> int:
+def roll_back(
+    ctx: Context,
+    tx_id: int,
+    reason: str,
+    exit_code: int = EXIT_FAILED,
+    after_restore: Callable[[], str | None] | None = None,
+) -> int:
     """Restore every scope path of `tx_id`, restart its modules' services, finish it.
 
+    `after_restore` runs once the files and services are back (the network
+    guard's repair); it returns None, or what it could not put back.
     Idempotent: recovery calls it again for a rollback that was cut off.
-    Returns `exit_code`, or 3 when a path could not be restored.
+    Returns `exit_code`, or 3 when a path (or what `after_restore` guards)
+    could not be restored.
     """
     journal = ctx.journal
     ctx.log(f"hs-tx: {reason}")
@@ -84,10 +110,31 @@ def roll_back(ctx: Context, tx_id: int, reason: str, exit_code: int = EXIT_FAILE
         return EXIT_DAMAGED
     remove_stage_dirs(tx_id, info.paths, ctx.config.modules_dir)
     restart_services(ctx, tx_id, services_of(info))
+    damage = _after_restore(after_restore)
+    if damage is not None:
+        error = f"{reason}; the files were restored, but {damage}"
+        journal.set_state(tx_id, "rollback_failed", error=error, exit_code=EXIT_DAMAGED)
+        ctx.log(f"hs-tx: error: {damage}")
+        ctx.log(
+            f"hs-tx: transaction {tx_id} rollback_failed: every path in scope is as before,"
+            " the rest is not (see above)"
+        )
+        _discard_snapshots(ctx, tx_id, info)
+        return EXIT_DAMAGED
     journal.set_state(tx_id, "rolled_back", exit_code=exit_code)
     ctx.log(f"hs-tx: transaction {tx_id} rolled back; every path in scope is as before")
     _discard_snapshots(ctx, tx_id, info)
     return exit_code
+
+
+def _after_restore(check: Callable[[], str | None] | None) -> str | None:
+    """Run the post-restore step; an unexpected failure of it is damage, not a crash."""
+    if check is None:
+        return None
+    try:
+        return check()
+    except Exception as exc:
+        return f"the step after the restore failed: {type(exc).__name__}: {exc}"
 
 
 def services_of(info: TxInfo) -> list[str]:

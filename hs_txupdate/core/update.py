@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..modules.discovery import discover
+from ..net import guard as netguard
 from . import phase3
 from .config import require_modules_dir
 from .context import Context, who
@@ -72,6 +73,8 @@ def _run_update(
     try:
         ctx.journal.set_state(tx_id, "running")
         failure = _run_phases(ctx, tx_id, plan)
+        if failure is None:
+            failure = netguard.gate(ctx, tx_id)
         if failure is None and plan.self_update is not None:
             _self_update(ctx, tx_id, plan, lock)  # returns only if it failed
     except Interrupted as exc:
@@ -82,15 +85,25 @@ def _run_update(
         failure = f"internal error: {type(exc).__name__}: {exc}"
     guard.disarm()
     if failure is not None:
-        return roll_back(ctx, tx_id, failure)
+        return _roll_back(ctx, tx_id, failure)
     return commit(ctx, tx_id)
 
 
+def _roll_back(ctx: Context, tx_id: int, failure: str) -> int:
+    """Roll the files back; then the network guard brings the network back (or says how)."""
+    return roll_back(ctx, tx_id, failure, after_restore=lambda: netguard.repair(ctx, tx_id))
+
+
 def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> _Plan:
-    """Fetch, plan the phases and the scope, snapshot it. Changes nothing on the system."""
+    """Capture the network, fetch, plan the phases and the scope, snapshot it.
+
+    Changes nothing on the system.
+    """
     installed = {m.name: m for m in discover(require_modules_dir(ctx.config))}
     plan = _Plan()
+    netguard.capture_before(ctx, tx_id)
     if ctx.config.source is not None:
+        netguard.preflight(ctx, tx_id)
         state = fetch_source(ctx, tx_id, options.accept_rewritten_source)
         plan.schema = plan_schema_updates(ctx, state, installed, options.allow_downgrade)
         plan.self_update, note = phase3.plan(state)
@@ -173,7 +186,14 @@ def _resume(ctx: Context, tx_id: int) -> int:
             tx_id, "self-update", "exec", "done", {"version": __version__, "pid": os.getpid()}
         )
         ctx.log(f"hs-tx: hs-tx {__version__} resumed transaction {tx_id}")
+        try:
+            failure = netguard.gate(ctx, tx_id)
+        except Interrupted as exc:
+            failure = str(exc)
         guard.disarm()
+        if failure is not None:
+            phase3.preload()  # the rollback replaces this code on disk: keep running this one
+            return _roll_back(ctx, tx_id, failure)
         return commit(ctx, tx_id)
 
 

@@ -26,6 +26,7 @@ from .schema import create_journal_engine
 _Info = TypeVar("_Info")
 RUNNING_STATES = ("open", "snapshotted", "running", "rolling_back")
 FINAL_STATES = ("committed", "rolled_back", "rollback_failed", "aborted")
+_NET_COLUMNS = frozenset({"before", "after", "restored", "actions"})
 
 
 _DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -125,6 +126,10 @@ class TxInfo:
     snapshots_pruned_at: str | None
     source_before: str | None
     source_after: str | None
+    net_before: dict[str, Any] | None = None
+    net_after: dict[str, Any] | None = None
+    net_restored: dict[str, Any] | None = None
+    net_actions: list[dict[str, Any]] | None = None
     paths: list[PathInfo] = field(default_factory=list)
     modules: list[ModuleRunInfo] = field(default_factory=list)
     events: list[EventInfo] = field(default_factory=list)
@@ -237,6 +242,24 @@ class Journal:
                 .order_by(Transaction.id.desc())
                 .limit(1)
             )
+
+    def set_net(self, tx_id: int, **states: Any) -> None:
+        """Record network guard data of a transaction, as JSON: any of `before`,
+        `after`, `restored` (captured states) and `actions` (the changes it made)."""
+        unknown = set(states) - _NET_COLUMNS
+        assert not unknown, f"unknown network guard data: {sorted(unknown)}"
+        values = {f"net_{k}": json.dumps(v, sort_keys=True) for k, v in states.items()}
+        with _signals_deferred(), self._session() as s, s.begin():
+            s.execute(update(Transaction).where(Transaction.id == tx_id).values(**values))
+
+    def net(self, tx_id: int) -> dict[str, Any]:
+        """The network guard data of a transaction: `before`, `after`, `restored`,
+        `actions`, each None when never recorded."""
+        with self._session() as s:
+            row = s.get(Transaction, tx_id)
+            if row is None:
+                return dict.fromkeys(_NET_COLUMNS)
+            return {k: _loads(getattr(row, f"net_{k}")) for k in _NET_COLUMNS}
 
     def set_undoes(self, tx_id: int, undoes: int) -> None:
         """Record that transaction `tx_id` undoes transaction `undoes`."""
@@ -382,6 +405,22 @@ class Journal:
             )
         return [info for i in ids if (info := self.transaction(i)) is not None]
 
+    def final_with_snapshots(self) -> list[TxInfo]:
+        """Rolled-back or aborted transactions whose snapshots were never deleted
+        (hs-tx stopped between the final state and the deletion), with paths."""
+        with self._session() as s:
+            ids = list(
+                s.scalars(
+                    select(Transaction.id)
+                    .where(
+                        Transaction.state.in_(("rolled_back", "aborted")),
+                        Transaction.snapshots_pruned_at.is_(None),
+                    )
+                    .order_by(Transaction.id)
+                )
+            )
+        return [info for i in ids if (info := self.transaction(i)) is not None]
+
     def last_module_runs(self) -> dict[str, LastRunInfo]:
         """For every module that ever ran: its newest run (main or maintenance), by name."""
         with self._session() as s:
@@ -468,8 +507,12 @@ def _tx_info(row: Transaction, undone_by: int | None) -> TxInfo:
         snapshots_pruned_at=row.snapshots_pruned_at,
         source_before=row.source_before,
         source_after=row.source_after,
+        net_before=_loads(row.net_before),
+        net_after=_loads(row.net_after),
+        net_restored=_loads(row.net_restored),
+        net_actions=_loads(row.net_actions),
     )
 
 
-def _loads(text: str | None) -> dict[str, Any] | None:
+def _loads(text: str | None) -> Any:
     return json.loads(text) if text else None

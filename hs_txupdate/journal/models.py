@@ -38,6 +38,12 @@ class Transaction(Base):
     snapshots_pruned_at: Mapped[str | None] = mapped_column(String, nullable=True)
     source_before: Mapped[str | None] = mapped_column(String, nullable=True)
     source_after: Mapped[str | None] = mapped_column(String, nullable=True)
+    # network guard, JSON text: captured state before and after the run, the state
+    # after the guard restored it, and every change the guard made
+    net_before: Mapped[str | None] = mapped_column(Text, nullable=True)
+    net_after: Mapped[str | None] = mapped_column(Text, nullable=True)
+    net_restored: Mapped[str | None] = mapped_column(Text, nullable=True)
+    net_actions: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class ScopePath(Base):
