@@ -130,7 +130,7 @@ def main() -> int:
         print("bench: needs root for loop devices; run as root", file=sys.stderr)
         return 2
     top = Path(tempfile.mkdtemp(prefix="hs-tx-bench-"))
-    size_mb = max(1024, args.files * args.size_kib * 3 // 1024)
+    size_mb = max(1024, args.files * args.size_kib * 6 // 1024)
     rows: list = []
     loops = []
     try:
