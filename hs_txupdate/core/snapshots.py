@@ -19,6 +19,7 @@ from ..snapshot.tree import (
     Manifest,
     build_manifest,
     diff,
+    manifest_fingerprint,
     needed_entries,
     remove_entry,
 )
@@ -40,6 +41,8 @@ def capture_scope(config: Config, journal: Journal, tx_id: int, entries: list[Sc
     """Record and snapshot every scope path, each announced before it acts."""
     for n, entry in enumerate(entries):
         journal.add_path(tx_id, n, str(entry.path), entry.existed, entry.backend)
+        if not entry.existed:
+            journal.update_path(tx_id, n, fingerprint_before=manifest_fingerprint(None))
     for n, entry in enumerate(entries):
         if not entry.existed:
             continue
@@ -62,6 +65,7 @@ def capture_scope(config: Config, journal: Journal, tx_id: int, entries: list[Sc
             checksum=captured.checksum,
             manifest=str(where),
             manifest_sha256=hashlib.sha256(data).hexdigest(),
+            fingerprint_before=manifest_fingerprint(manifest),
         )
         journal.event(tx_id, "snapshot", "capture", "done", detail)
 

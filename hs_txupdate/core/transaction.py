@@ -109,6 +109,7 @@ def roll_back(
         ctx.log(f"hs-tx: snapshots are kept; see `hs-tx show {tx_id}` for each path's snapshot")
         return EXIT_DAMAGED
     remove_stage_dirs(tx_id, info.paths, ctx.config.modules_dir)
+    _record_restored_state(ctx, info)
     restart_services(ctx, tx_id, services_of(info))
     damage = _after_restore(after_restore)
     if damage is not None:
@@ -125,6 +126,20 @@ def roll_back(
     ctx.log(f"hs-tx: transaction {tx_id} rolled back; every path in scope is as before")
     _discard_snapshots(ctx, tx_id, info)
     return exit_code
+
+
+def _record_restored_state(ctx: Context, info: TxInfo) -> None:
+    """Fingerprint the paths a rollback put back, so a later undo does not take hs-tx's
+    own restore for a change made outside hs-tx — but only for paths that were, when
+    this transaction snapshotted them, in the state hs-tx last left them in."""
+    latest: dict[str, str] = {}
+    for tx, path, fingerprint in ctx.journal.latest_fingerprints():  # newest first
+        if tx != info.id:
+            latest.setdefault(path, fingerprint)
+    for path in info.paths:
+        if path.fingerprint_before is not None and latest.get(path.path) == path.fingerprint_before:
+            fingerprint = tree_fingerprint(Path(path.path))
+            ctx.journal.update_path(info.id, path.n, fingerprint=fingerprint)
 
 
 def _after_restore(check: Callable[[], str | None] | None) -> str | None:

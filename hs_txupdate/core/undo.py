@@ -155,7 +155,7 @@ def _check_drift(ctx: Context, chain: list[TxInfo], force: bool) -> None:
     """Refuse when a path changed outside hs-tx since hs-tx last changed it."""
     paths = {p.path for info in chain for p in _changed(info)}
     latest: dict[str, tuple[str, str | None]] = {}
-    for _tx, path, fingerprint in ctx.journal.committed_changes():  # newest first
+    for _tx, path, fingerprint in ctx.journal.latest_fingerprints():  # newest first
         for wanted in paths:
             if wanted not in latest and overlaps(path, wanted):
                 latest[wanted] = (path, fingerprint)

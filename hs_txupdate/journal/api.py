@@ -64,6 +64,7 @@ class PathInfo:
     changed: bool | None
     pruned_at: str | None
     fingerprint: str | None
+    fingerprint_before: str | None
 
 
 @dataclass
@@ -438,6 +439,22 @@ class Journal:
                 select(ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
                 .join(Transaction, Transaction.id == ScopePath.tx_id)
                 .where(Transaction.state == "committed", ScopePath.changed.is_(True))
+                .order_by(ScopePath.tx_id.desc(), ScopePath.n)
+            )
+            return [(tx, path, fp) for tx, path, fp in rows]
+
+    def latest_fingerprints(self) -> list[tuple[int, str, str]]:
+        """(transaction, path, fingerprint) of every state hs-tx left a path in, newest
+        transaction first: what a committed run changed, and what a rollback put back."""
+        with self._session() as s:
+            rows = s.execute(
+                select(ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
+                .join(Transaction, Transaction.id == ScopePath.tx_id)
+                .where(
+                    ScopePath.fingerprint.is_not(None),
+                    ((Transaction.state == "committed") & ScopePath.changed.is_(True))
+                    | (Transaction.state == "rolled_back"),
+                )
                 .order_by(ScopePath.tx_id.desc(), ScopePath.n)
             )
             return [(tx, path, fp) for tx, path, fp in rows]

@@ -65,6 +65,7 @@ class ScopePath(Base):
     changed: Mapped[bool | None] = mapped_column(nullable=True)
     pruned_at: Mapped[str | None] = mapped_column(String, nullable=True)
     fingerprint: Mapped[str | None] = mapped_column(String, nullable=True)
+    fingerprint_before: Mapped[str | None] = mapped_column(String, nullable=True)
 
 
 class Event(Base):

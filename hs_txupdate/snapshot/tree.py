@@ -18,7 +18,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,13 +176,20 @@ def tree_fingerprint(root: Path) -> str:
     changes whenever anything under `root` is written, renamed, chmod-ed, ..."""
     if not os.path.lexists(root):
         return "absent"
+    return _fingerprint((rel, entry_type(st), st.st_ino, st.st_ctime_ns) for rel, st in walk(root))
+
+
+def manifest_fingerprint(manifest: Manifest | None) -> str:
+    """What tree_fingerprint said of the tree when `manifest` was taken."""
+    if manifest is None:
+        return "absent"
+    return _fingerprint((rel, e[0], e[1], e[2]) for rel, e in manifest.entries.items())
+
+
+def _fingerprint(entries: Iterable[tuple[str, str, int, int]]) -> str:
     h = hashlib.sha256()
-    for rel, st in walk(root):
-        h.update(
-            f"{rel}\0{entry_type(st)}\0{st.st_ino}\0{st.st_ctime_ns}\n".encode(
-                "utf-8", "surrogateescape"
-            )
-        )
+    for rel, kind, ino, ctime_ns in entries:
+        h.update(f"{rel}\0{kind}\0{ino}\0{ctime_ns}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
@@ -212,7 +219,7 @@ def diff(live: Path, manifest: Manifest | None) -> Changes:
             changes.extra.append("")
         return changes
     if not os.path.lexists(live):
-        changes.missing.append("")
+        changes.missing.extend(manifest.entries)  # the whole tree is gone
         return changes
     seen = set()
     for rel, st in walk(live):

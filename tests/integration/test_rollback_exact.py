@@ -184,3 +184,28 @@ def test_rollback_of_a_few_changes_in_a_larger_tree(fs_sandbox: Sandbox) -> None
     events = sbx.journal_json(1)["events"]
     restored = [e for e in events if e["step"] == "restore" and e["status"] == "done"]
     assert restored and restored[0]["detail"]["entries"] >= 6
+
+
+def test_rollback_brings_back_a_whole_deleted_tree(fs_sandbox: Sandbox) -> None:
+    sbx = fs_sandbox
+    tree = sbx.data / "tree"
+    (tree / "sub/deeper").mkdir(parents=True)
+    (tree / "top.txt").write_text("top")
+    (tree / "sub/deeper/leaf.bin").write_bytes(b"\0leaf" * 100)
+    os.chmod(tree / "sub", 0o750)
+    sbx.module(
+        "wipe",
+        f"""
+        import shutil
+        def main(args):
+            shutil.rmtree({str(tree)!r})
+            return {{"success": False, "error": "wiped and failed"}}
+        """,
+        backup_paths=[tree],
+    )
+    before = tree_state(tree)
+
+    result = sbx.hs_tx("update")
+
+    assert result.returncode == 1, result.stderr
+    assert tree_state(tree) == before

@@ -152,3 +152,38 @@ def test_a_damaged_snapshot_is_exit_3_with_nothing_changed(
     assert ("is missing" if damage == "missing" else "fails its checksum") in result.stderr
     assert tree_state(sbx.data / "a") == after
     assert sorted(history(sbx)) == [1]
+
+
+FAIL = "def main(args):\n    return {'success': False, 'error': 'later run fails'}\n"
+
+
+def test_a_rolled_back_run_in_between_is_not_drift(tar_sandbox: Sandbox) -> None:
+    sbx = tar_sandbox
+    (sbx.data / "a").mkdir()
+    (sbx.data / "a/f").write_text("v0\n")
+    before = tree_state(sbx.data / "a")
+    writer(sbx, "w", sbx.data / "a/f", "v1")
+    assert sbx.hs_tx("update").returncode == 0
+    sbx.module("zz_fail", FAIL)
+    assert sbx.hs_tx("update").returncode == 1  # w wrote again, then all was rolled back
+
+    result = sbx.hs_tx("undo", "1")
+
+    assert result.returncode == 0, result.stderr
+    assert tree_state(sbx.data / "a") == before
+
+
+def test_drift_before_a_rolled_back_run_is_still_drift(tar_sandbox: Sandbox) -> None:
+    sbx = tar_sandbox
+    (sbx.data / "a").mkdir()
+    (sbx.data / "a/f").write_text("v0\n")
+    writer(sbx, "w", sbx.data / "a/f", "v1")
+    assert sbx.hs_tx("update").returncode == 0
+    (sbx.data / "a/by-hand.txt").write_text("an operator's edit")
+    sbx.module("zz_fail", FAIL)
+    assert sbx.hs_tx("update").returncode == 1
+
+    result = sbx.hs_tx("undo", "1")
+
+    assert result.returncode == 2
+    assert "changed outside hs-tx" in result.stderr
