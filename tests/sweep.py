@@ -47,7 +47,7 @@ from tests.helpers import Sandbox, sh, tree_state, wait_gone
 
 SWEEP_ALL = os.environ.get("HS_TX_SWEEP_ALL") == "1"
 # How many N between the first and the last a sampled sweep takes.
-SAMPLE = 6
+SAMPLE = 4
 FINAL_STATES = ("committed", "rolled_back", "rollback_failed", "aborted")
 # Armed but never reached: the full run takes the same code path as a crashing one.
 NEVER = 1_000_000

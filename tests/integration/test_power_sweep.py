@@ -50,13 +50,12 @@ import pytest
 
 from hs_txupdate.journal import Journal, TxInfo
 from tests.helpers import LoopFs, Sandbox, need, sh, tree_state, wait_gone
+from tests.sweep import SWEEP_ALL, points
 
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 
-SWEEP_ALL = os.environ.get("HS_TX_SWEEP_ALL") == "1"
-# (backend, scenario) swept at every N by default; the rest at SAMPLE_SPREAD + 2 values.
+# (backend, scenario) swept at every N by default; the rest at a sample (tests.sweep.points).
 FULL_BY_DEFAULT = {("btrfs", "rollback"), ("ext4", "commit")}
-SAMPLE_SPREAD = 6
 INNER_MB = {"btrfs": 256, "ext4": 128}
 # A long commit interval: only what hs-tx makes durable reaches the disk in time.
 MOUNT_OPTS = {"btrfs": "commit=300", "ext4": "user_xattr,acl,commit=300"}
@@ -498,14 +497,6 @@ def sweep_point(rig: Rig, base: Path, ref: Reference, scenario: str, n: int) -> 
         if cut is not None:
             cut.discard()
         disk.discard()
-
-
-def points(count: int, full: bool) -> list[int]:
-    """Every N from 1 to count, or the first, the last and SAMPLE_SPREAD spread between."""
-    if full or count <= SAMPLE_SPREAD + 2:
-        return list(range(1, count + 1))
-    step = (count - 1) / (SAMPLE_SPREAD + 1)
-    return sorted({1, count} | {1 + round(i * step) for i in range(1, SAMPLE_SPREAD + 1)})
 
 
 @pytest.mark.parametrize("scenario", ["commit", "rollback"])
