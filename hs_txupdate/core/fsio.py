@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -24,14 +25,9 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
     _fsync(path, os.O_NOFOLLOW)
 
 
-def durable_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` atomically and durably.
-
-    Writes a temp file beside it, fsyncs it, renames it over `path` and fsyncs
-    the directory, so a crash leaves either the old or the new file, never a mix.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+def write_new(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
+    """Create the file `path` (it must not exist yet) with `data` and `mode`, fsynced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.fchmod(fd, mode)  # whatever the umask says
         view = memoryview(data)
@@ -40,7 +36,26 @@ def durable_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.rename(tmp, path)
+
+
+def durable_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically and durably.
+
+    Writes a temp file beside it, fsyncs it, renames it over `path` and fsyncs
+    the directory, so a crash leaves either the old or the new file, never a mix.
+    Raises OSError on failure (the temp file is removed).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # left by an earlier process with the same pid
+    try:
+        write_new(tmp, data, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
     fsync_dir(path.parent)
 
 

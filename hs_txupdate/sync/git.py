@@ -14,7 +14,7 @@ from pathlib import Path
 import git
 
 from ..core.errors import HsTxError
-from ..core.fsio import fsync_dir
+from ..core.fsio import fsync_dir, write_new
 
 # Every network operation ends after this long; git itself aborts a stalled transfer sooner.
 FETCH_TIMEOUT_S = 300
@@ -199,13 +199,4 @@ def _write_blob(blob: git.Blob, target: Path) -> None:
     if stat.S_ISLNK(blob.mode):
         os.symlink(os.fsdecode(data), target)
         return
-    mode = 0o755 if blob.mode & 0o111 else 0o644
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(target, mode)
+    write_new(target, data, 0o755 if blob.mode & 0o111 else 0o644)

@@ -194,26 +194,8 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
 
 
 def write_durably(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` atomically and durably.
+    """Replace `path` with `data` atomically and durably (hs-tx's own durable write:
+    temp file, fsync, rename, fsync dir). Raises OSError on failure."""
+    from hs_txupdate.core.fsio import durable_write
 
-    Writes a temp file beside it, fsyncs it, renames it over `path` and
-    fsyncs the directory, so a crash leaves the old or the new content,
-    never a torn file. Raises OSError on failure (the temp file is removed).
-    """
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(target.parent)
+    durable_write(path, data, mode)
