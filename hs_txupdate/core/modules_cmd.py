@@ -20,14 +20,13 @@ from ..modules.discovery import Listed, check_module_name, discover_all, is_inst
 from ..sync.git import fetched_state, open_existing, read_blob
 from .config import Config, require_modules_dir
 from .context import Context, who
-from .errors import EXIT_DAMAGED, EXIT_OK, HsTxError, ModuleDefinitionError, UsageError
+from .errors import EXIT_DAMAGED, EXIT_OK, ModuleDefinitionError, UsageError
 from .fsio import durable_write
 from .phase1 import SOURCE_MODULES
 from .recovery import recover_all
 from .scope import check_scope
-from .signals import SignalGuard
 from .snapshots import capture_scope
-from .transaction import abort, commit, roll_back
+from .transaction import run_transaction
 
 # --- list ------------------------------------------------------------------------------
 
@@ -142,8 +141,7 @@ def set_enabled(ctx: Context, name: str, enabled: bool, wait: bool = False) -> i
         tx_id = ctx.journal.begin("config", ctx.argv, user, host)
         lock.set_holder(tx_id)
         ctx.log(f"hs-tx: transaction {tx_id} opened")
-        with SignalGuard() as guard:
-            return _run_config(ctx, tx_id, guard, index_file, index, enabled)
+        return _run_config(ctx, tx_id, index_file, index, enabled)
 
 
 def _index_file(config: Config, name: str) -> Path:
@@ -195,31 +193,15 @@ def read_index(index_file: Path) -> dict[str, Any]:
 
 
 def _run_config(
-    ctx: Context,
-    tx_id: int,
-    guard: SignalGuard,
-    index_file: Path,
-    index: dict[str, Any],
-    enabled: bool,
+    ctx: Context, tx_id: int, index_file: Path, index: dict[str, Any], enabled: bool
 ) -> int:
     """Snapshot the module dir, rewrite its index.json, then commit or roll back."""
-    try:
-        _snapshot(ctx, tx_id, index_file.parent)
-    except BaseException as exc:
-        guard.disarm()
-        return abort(ctx, tx_id, exc)
-    failure = None
-    try:
-        ctx.journal.set_state(tx_id, "running")
-        _write_enabled(ctx, tx_id, index_file, index, enabled)
-    except HsTxError as exc:  # Interrupted included
-        failure = str(exc)
-    except Exception as exc:
-        failure = f"internal error: {type(exc).__name__}: {exc}"
-    guard.disarm()
-    if failure is not None:
-        return roll_back(ctx, tx_id, failure)
-    return commit(ctx, tx_id)
+    return run_transaction(
+        ctx,
+        tx_id,
+        lambda: _snapshot(ctx, tx_id, index_file.parent),
+        lambda _plan: _write_enabled(ctx, tx_id, index_file, index, enabled),
+    )
 
 
 def _snapshot(ctx: Context, tx_id: int, module_dir: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from ..journal import TxInfo
 from ..snapshot.tree import tree_fingerprint
@@ -17,6 +18,7 @@ from .context import Context
 from .errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, exit_code_for
 from .fsio import syncfs
 from .proc import CommandError
+from .signals import SignalGuard
 from .snapshots import (
     delete_snapshots,
     path_changes,
@@ -24,8 +26,46 @@ from .snapshots import (
     restore_path,
 )
 
+_Plan = TypeVar("_Plan")
+
 # Phases whose events mean the system may have been changed.
 CHANGING_PHASES = ("schema", "modules", "self-update", "config", "undo", "rollback")
+
+
+def run_transaction(
+    ctx: Context,
+    tx_id: int,
+    prepare: Callable[[], _Plan],
+    body: Callable[[_Plan], str | None],
+    rollback: Callable[[str], int] | None = None,
+) -> int:
+    """The skeleton every kind of transaction shares; returns the exit code.
+
+    `prepare` plans and snapshots (nothing on the system changes, so a failure
+    aborts); `body` changes things (an error, an interruption or a returned
+    reason rolls back, through `rollback` when given); else the transaction
+    commits. SIGINT/SIGTERM/SIGHUP interrupt `prepare` and `body`, never the
+    rollback or the commit.
+    """
+    with SignalGuard() as guard:
+        try:
+            plan = prepare()
+        except BaseException as exc:
+            guard.disarm()
+            return abort(ctx, tx_id, exc)
+        try:
+            ctx.journal.set_state(tx_id, "running")
+            failure = body(plan)
+        except HsTxError as exc:  # Interrupted among them
+            failure = str(exc)
+        except OSError as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            failure = f"internal error: {type(exc).__name__}: {exc}"
+        guard.disarm()
+        if failure is not None:
+            return rollback(failure) if rollback else roll_back(ctx, tx_id, failure)
+        return commit(ctx, tx_id)
 
 
 def commit(ctx: Context, tx_id: int) -> int:

@@ -16,12 +16,11 @@ from pathlib import Path
 from ..journal import TxInfo
 from ..snapshot.tree import tree_fingerprint
 from .context import Context, who
-from .errors import EXIT_DAMAGED, EXIT_OK, HsTxError, Interrupted, UsageError
+from .errors import EXIT_DAMAGED, EXIT_OK, UsageError
 from .recovery import recover_all
 from .scope import check_scope, fold
-from .signals import SignalGuard
 from .snapshots import capture_scope, restore_path, verify_snapshot
-from .transaction import abort, commit, restart_services, roll_back, services_of
+from .transaction import restart_services, run_transaction, services_of
 
 
 @dataclass(frozen=True)
@@ -62,36 +61,26 @@ def undo(ctx: Context, tx_id: int, options: UndoOptions | None = None) -> int:
         ctx.journal.link_undo(undo_id, [info.id for info in chain])
         lock.set_holder(undo_id)
         ctx.log(f"hs-tx: transaction {undo_id} opened to undo {_ids(chain)}")
-        with SignalGuard() as guard:
-            return _run_undo(ctx, undo_id, chain, guard)
+        return _run_undo(ctx, undo_id, chain)
 
 
-def _run_undo(ctx: Context, undo_id: int, chain: list[TxInfo], guard: SignalGuard) -> int:
+def _run_undo(ctx: Context, undo_id: int, chain: list[TxInfo]) -> int:
     paths = fold(Path(p.path) for info in chain for p in _changed(info))
-    try:
+
+    def prepare() -> None:
         ctx.journal.event(undo_id, "plan", "scope", "done", {"paths": [str(p) for p in paths]})
         capture_scope(ctx.config, ctx.journal, undo_id, check_scope(ctx.config, paths))
         ctx.journal.set_state(undo_id, "snapshotted")
-    except BaseException as exc:
-        guard.disarm()
-        return abort(ctx, undo_id, exc)
-    failure = None
-    try:
-        ctx.journal.set_state(undo_id, "running")
+
+    def body(_plan: None) -> None:
         for info in chain:
             ctx.log(f"hs-tx: putting back what transaction {info.id} changed")
             for path in _changed(info):
                 restore_path(ctx.config, ctx.journal, undo_id, path, phase="undo")
-    except Interrupted as exc:
-        failure = str(exc)
-    except (HsTxError, OSError) as exc:
-        failure = f"undo failed: {exc}"
-    guard.disarm()
-    if failure is not None:
-        return roll_back(ctx, undo_id, failure)
-    units = [u for info in chain for u in services_of(info)]
-    restart_services(ctx, undo_id, list(dict.fromkeys(units)))
-    return commit(ctx, undo_id)
+        units = [u for info in chain for u in services_of(info)]
+        restart_services(ctx, undo_id, list(dict.fromkeys(units)))
+
+    return run_transaction(ctx, undo_id, prepare, body)
 
 
 def _changed(info: TxInfo) -> list:

@@ -22,7 +22,7 @@ from .scope import check_scope, plan_paths
 from .signals import SignalGuard
 from .snapshots import capture_scope
 from .source import fetch_source, plan_schema_updates
-from .transaction import abort, commit, roll_back
+from .transaction import commit, roll_back, run_transaction
 
 
 @dataclass(frozen=True)
@@ -58,35 +58,20 @@ def update(ctx: Context, options: UpdateOptions | None = None) -> int:
         tx_id = ctx.journal.begin("update", ctx.argv, user, host)
         lock.set_holder(tx_id)
         ctx.log(f"hs-tx: transaction {tx_id} opened")
-        with SignalGuard() as guard:
-            return _run_update(ctx, tx_id, guard, options, lock)
 
+        def body(plan: _Plan) -> str | None:
+            failure = _run_phases(ctx, tx_id, plan) or netguard.gate(ctx, tx_id)
+            if failure is None and plan.self_update is not None:
+                _self_update(ctx, tx_id, plan, lock)  # returns only by raising
+            return failure
 
-def _run_update(
-    ctx: Context, tx_id: int, guard: SignalGuard, options: UpdateOptions, lock: StateLock
-) -> int:
-    try:
-        plan = _plan_and_snapshot(ctx, tx_id, options)
-    except BaseException as exc:
-        guard.disarm()
-        return abort(ctx, tx_id, exc)
-    try:
-        ctx.journal.set_state(tx_id, "running")
-        failure = _run_phases(ctx, tx_id, plan)
-        if failure is None:
-            failure = netguard.gate(ctx, tx_id)
-        if failure is None and plan.self_update is not None:
-            _self_update(ctx, tx_id, plan, lock)  # returns only if it failed
-    except Interrupted as exc:
-        failure = str(exc)
-    except phase3.SelfUpdateError as exc:
-        failure = str(exc)
-    except Exception as exc:
-        failure = f"internal error: {type(exc).__name__}: {exc}"
-    guard.disarm()
-    if failure is not None:
-        return _roll_back(ctx, tx_id, failure)
-    return commit(ctx, tx_id)
+        return run_transaction(
+            ctx,
+            tx_id,
+            lambda: _plan_and_snapshot(ctx, tx_id, options),
+            body,
+            lambda failure: _roll_back(ctx, tx_id, failure),
+        )
 
 
 def _roll_back(ctx: Context, tx_id: int, failure: str) -> int:
