@@ -47,8 +47,15 @@ class NetNs:
 
     name: str
 
+    @property
+    def enter(self) -> list[str]:
+        """A command prefix that runs inside the namespace. nsenter only joins it;
+        `ip netns exec` / `ip -n` also remount / and /sys, which fails where / is
+        not a mount point (a chroot)."""
+        return ["nsenter", f"--net=/run/netns/{self.name}"]
+
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return sh("ip", "-n", self.name, *args, check=check)
+        return sh(*self.enter, "ip", *args, check=check)
 
     def ip_json(self, *args: str) -> list[dict[str, Any]]:
         return json.loads(self.ip("-j", *args).stdout or "[]")
@@ -140,7 +147,7 @@ def hs_tx(ns: NetNs, sbx: Sandbox, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     command = [sys.executable, "-m", "hs_txupdate.cli", "--config", str(sbx.config), *args]
     return subprocess.run(
-        ["ip", "netns", "exec", ns.name, *command],
+        [*ns.enter, *command],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -441,7 +448,7 @@ def test_gate_after_a_self_update_rolls_back_to_the_old_code(
     command = [venv / "bin" / "hs-tx", "--config", sbx.config]
 
     result = subprocess.run(
-        ["ip", "netns", "exec", netns.name, *map(str, command), "update"],
+        [*netns.enter, *map(str, command), "update"],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
