@@ -55,7 +55,7 @@ from tests.sweep import SWEEP_ALL, points
 pytestmark = [pytest.mark.root, pytest.mark.btrfs]
 
 # (backend, scenario) swept at every N by default; the rest at a sample (tests.sweep.points).
-FULL_BY_DEFAULT = {("btrfs", "rollback"), ("ext4", "commit")}
+FULL_BY_DEFAULT = {("btrfs", "rollback")}
 INNER_MB = {"btrfs": 256, "ext4": 128}
 # A long commit interval: only what hs-tx makes durable reaches the disk in time.
 MOUNT_OPTS = {"btrfs": "commit=300", "ext4": "user_xattr,acl,commit=300"}
