@@ -161,6 +161,23 @@ class Sandbox:
             (path / rel).write_text(textwrap.dedent(text))
         return path
 
+    def writer_module(self) -> None:
+        """Module `w`: data/f holds "before" and the run writes "after" into it.
+
+        A full run writes 7 durable events: the plan, capture intent and done for
+        the module dir and data, the module's intent and done.
+        """
+        (self.data / "f").write_text("before")
+        self.module(
+            "w",
+            f"""
+            def main(args):
+                open({str(self.data / "f")!r}, "w").write("after")
+                return {{"success": True}}
+            """,
+            backup_paths=[self.data],
+        )
+
     def hs_tx(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 300
     ) -> subprocess.CompletedProcess:

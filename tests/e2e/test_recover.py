@@ -18,16 +18,7 @@ def test_recover_with_nothing_to_do(tar_sandbox: Sandbox) -> None:
 
 def test_recover_twice_after_a_crash(tar_sandbox: Sandbox) -> None:
     sbx = tar_sandbox
-    (sbx.data / "f").write_text("before")
-    sbx.module(
-        "w",
-        f"""
-        def main(args):
-            open({str(sbx.data / "f")!r}, "w").write("after")
-            return {{"success": True}}
-        """,
-        backup_paths=[sbx.data],
-    )
+    sbx.writer_module()
     before = tree_state(sbx.data)
     assert sbx.hs_tx("update", env={"HS_TX_CRASH_AT": "7"}).returncode == -9
     unfinished = sbx.hs_tx("status")

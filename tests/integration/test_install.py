@@ -60,16 +60,7 @@ def test_install_script_installs_and_enables_everything(tmp_path: Path) -> None:
 
 def test_recovery_unit_command_line_repairs_a_crashed_update(tar_sandbox: Sandbox) -> None:
     sbx = tar_sandbox
-    (sbx.data / "f").write_text("before")
-    sbx.module(
-        "w",
-        f"""
-        def main(args):
-            open({str(sbx.data / "f")!r}, "w").write("after")
-            return {{"success": True}}
-        """,
-        backup_paths=[sbx.data],
-    )
+    sbx.writer_module()
     before = tree_state(sbx.data)
     # events: plan, 2 x (capture intent + done), module intent, module done -> crash at 7
     crashed = sbx.hs_tx("update", env={"HS_TX_CRASH_AT": "7"})
