@@ -24,7 +24,7 @@ from tabulate import tabulate
 from hs_txupdate.core.config import Config
 from hs_txupdate.core.scope import ScopeEntry
 from hs_txupdate.core.snapshots import capture_scope, restore_path
-from hs_txupdate.journal import Journal
+from hs_txupdate.journal import Journal, Kind
 from hs_txupdate.modules.discovery import load_module
 from hs_txupdate.modules.runner import run_module
 
@@ -77,7 +77,7 @@ def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list) -> None:
     entry = [ScopeEntry(tree, True, backend, 0)]
 
     def one_tx() -> tuple[int, float]:
-        tx = journal.begin("update", ["bench"], "root", "bench")
+        tx = journal.begin(Kind.UPDATE, ["bench"], "root", "bench")
         return tx, timed(lambda: capture_scope(config, journal, tx, entry))
 
     tx, t_capture = one_tx()

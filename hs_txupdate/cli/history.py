@@ -9,11 +9,11 @@ from datetime import datetime
 
 from tabulate import tabulate
 
-from ..core.context import Context
-from ..core.query import history
+from ..commands.context import Context
+from ..commands.history import history
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `history` subcommand."""
     p = sub.add_parser("history", help="list transactions, newest first")
     p.add_argument("--json", action="store_true", help="print one JSON document")

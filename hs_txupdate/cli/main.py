@@ -8,9 +8,8 @@ import sys
 import traceback
 
 from .. import __version__
-from ..core.config import load_config
-from ..core.context import Context
-from ..core.errors import EXIT_USAGE, HsTxError, exit_code_for
+from ..base.errors import EXIT_USAGE, HsTxError, exit_code_for
+from ..commands.context import open_context
 from . import history, modules, recover, show, status, undo, update
 
 COMMANDS = (update, history, show, undo, recover, status, modules)
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)
     ctx = None
     try:
-        ctx = Context(load_config(args.config), argv=["hs-tx", *argv])
+        ctx = open_context(args.config, ["hs-tx", *argv])
         return int(args.run(ctx, args))
     except HsTxError as exc:
         print(f"hs-tx: error: {exc}", file=sys.stderr)

@@ -9,13 +9,13 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..core.context import Context
-from ..core.modules_cmd import list_modules, set_enabled
+from ..commands.context import Context
+from ..commands.modules import list_modules, set_enabled
 
 HEADERS = ["Name", "Installed", "Source", "Enabled", "Group", "Last result"]
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `modules` subcommand with its `list`, `enable` and `disable` actions."""
     p = sub.add_parser("modules", help="list installed modules, enable or disable one")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)

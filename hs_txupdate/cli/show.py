@@ -9,13 +9,12 @@ from typing import Any
 
 from tabulate import tabulate
 
-from ..core.context import Context
-from ..core.query import detail
-from ..net.model import describe
+from ..commands.context import Context
+from ..commands.history import describe_network, show
 from .history import format_duration, local_time
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `show` subcommand."""
     p = sub.add_parser("show", help="everything journaled about one transaction")
     p.add_argument("id", type=int, help="transaction id (see hs-tx history)")
@@ -25,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     """Print one transaction as text, or as JSON with --json."""
-    tx = detail(ctx, args.id)
+    tx = show(ctx, args.id)
     if args.json:
         json.dump(tx, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -123,7 +122,7 @@ def render_net(net: dict[str, Any]) -> list[str]:
         lines.append(f"  preflight {pre['status']}: {found}")
     for title, state in (("before", net["before"]), ("after", net["after"])):
         if state is not None:
-            lines += [f"  {title}:"] + [f"    {line}" for line in describe(state)]
+            lines += [f"  {title}:"] + [f"    {line}" for line in describe_network(state)]
     if net["gate"]:
         problems = "; ".join(net["gate"]["problems"]) or "the network held"
         lines.append(f"  gate {net['gate']['status']}: {problems}")
@@ -133,7 +132,9 @@ def render_net(net: dict[str, Any]) -> list[str]:
             error = f" ({action['error']})" if action.get("error") else ""
             lines.append(f"    {action['status']:<7} {action['command']}{error}")
     if net["restored"] is not None:
-        lines += ["  after the restore:"] + [f"    {line}" for line in describe(net["restored"])]
+        lines += ["  after the restore:"] + [
+            f"    {line}" for line in describe_network(net["restored"])
+        ]
     check = net["check"]
     if check and check["status"] == "failed":
         lines.append(f"  NOT RESTORED: {'; '.join(check['problems'])}")

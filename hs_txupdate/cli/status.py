@@ -7,12 +7,12 @@ import json
 import sys
 from typing import Any
 
-from ..core.context import Context
-from ..core.status import status
+from ..commands.context import Context
+from ..commands.status import status
 from .history import local_time
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `status` subcommand."""
     p = sub.add_parser("status", help="a run in progress, the last recovery, the last run")
     p.add_argument("--json", action="store_true", help="print one JSON document")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..core.context import Context
-from ..core.undo import UndoOptions, undo
+from ..commands.context import Context
+from ..commands.undo import UndoOptions, undo
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `undo` subcommand."""
     p = sub.add_parser("undo", help="put back what a committed transaction changed")
     p.add_argument("id", type=int, help="transaction id (see hs-tx history)")

@@ -7,12 +7,12 @@ import json
 
 from tabulate import tabulate
 
-from ..core.check import CheckReport, check
-from ..core.context import Context
-from ..core.update import UpdateOptions, update
+from ..commands.check import CheckReport, check
+from ..commands.context import Context
+from ..commands.update import UpdateOptions, update
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `update` subcommand."""
     p = sub.add_parser("update", help="run every enabled module in one transaction")
     p.add_argument(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..base.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/hs-tx/config.toml")
 CONFIG_ENV = "HS_TX_CONFIG"
@@ -144,7 +144,9 @@ def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Config:
     )
 
 
-def _check_table(table: dict[str, Any], schema: dict[str, Any], prefix: str, origin: str) -> dict:
+def _check_table(
+    table: dict[str, Any], schema: dict[str, Any], prefix: str, origin: str
+) -> dict[str, Any]:
     """Check one TOML table against its schema; return the converted values."""
     out: dict[str, Any] = {}
     for key, value in table.items():

@@ -9,9 +9,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from ..base.fsio import ensure_private_dir
 from ..journal import Journal
 from .config import Config
-from .fsio import ensure_private_dir
 from .lock import StateLock
 from .services import ServiceManager
 

@@ -13,7 +13,31 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import LockedError
+from ..base.errors import LockedError
+
+
+def _holder_text(fd: int) -> str:
+    """What the holder wrote into the lock file (pid, transaction, since when)."""
+    return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+
+
+def lock_holder(path: Path) -> str | None:
+    """Who holds the lock at `path` (its text), or None when nobody does.
+
+    Probes with a shared non-blocking flock on a separate descriptor, which
+    never disturbs the holder.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder_text(fd) or "unknown holder"
+    finally:
+        os.close(fd)
+    return None
 
 
 class StateLock:
@@ -31,7 +55,7 @@ class StateLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
         except BlockingIOError as exc:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            holder = _holder_text(fd) or "unknown"
             os.close(fd)
             raise LockedError(
                 f"another hs-tx run holds the lock ({holder})",

@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..base.errors import ModuleDefinitionError
+from ..base.fsio import durable_write, exchange, fsync_dir
+from ..journal import Phase, Step
 from ..modules.discovery import Module, check_module_name, module_from_index
 from ..modules.merge import merge_local_state
-from ..snapshot.tree import STAGE_PREFIX, remove_entry
+from ..snapshot.entries import STAGE_PREFIX, remove_entry
 from ..sync.git import SourceError, SourceState, export_tree, read_blob, subdirs
 from ..sync.versions import Version, VersionError
-from .errors import ModuleDefinitionError
-from .fsio import durable_write, exchange, fsync_dir
+from .context import Context
 
 SOURCE_MODULES = "modules"
 
@@ -165,3 +167,20 @@ def apply_change(
     else:
         os.rename(stage, live)
     fsync_dir(modules_dir)
+
+
+def run_phase1(ctx: Context, tx_id: int, schema: Phase1Plan) -> dict[str, str]:
+    """Install or replace every module of the plan, each journaled; return the
+    versions the replaced modules had, by name."""
+    versions_from = {}
+    for change in schema.changes:
+        detail = {"module": change.name, "from": change.version_from, "to": change.version_to}
+        with ctx.journal.step(tx_id, Phase.SCHEMA, Step.REPLACE, detail):
+            verb = f"replacing module {change.name} {change.version_from} ->"
+            if change.version_from is None:
+                verb = f"installing module {change.name}"
+            ctx.log(f"hs-tx: {verb} {change.version_to}")
+            apply_change(schema.state, ctx.config.modules_dir, change, f"{tx_id}-m-{change.name}")
+        if change.version_from:
+            versions_from[change.name] = change.version_from
+    return versions_from

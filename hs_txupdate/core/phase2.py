@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..base.errors import Interrupted
+from ..journal import Phase, RunStatus, Status, Step
 from ..modules.discovery import Module
 from ..modules.runner import Outcome, run_module
 from .context import Context
-from .errors import Interrupted
 
 DEFAULT_GROUP_ORDER = 99
 
@@ -60,7 +61,7 @@ def run_phase2(
     selected, notes = select_group_winners(modules, ctx.services.is_active)
     for note in notes:
         ctx.log(f"hs-tx: {note}")
-        ctx.journal.event(tx_id, "modules", "group", "done", {"note": note})
+        ctx.journal.event(tx_id, Phase.MODULES, Step.GROUP, Status.DONE, {"note": note})
     for module in selected:
         failure = _run(ctx, tx_id, module, "main", versions_from)
         if failure:
@@ -73,40 +74,35 @@ def _run(
 ) -> str | None:
     """Run one module (or its maintenance task), journaled; return why it failed."""
     journal = ctx.journal
-    step = "run" if mode == "main" else "maintenance"
+    step = Step.RUN if mode == "main" else Step.MAINTENANCE
     detail = {"module": module.name, "service": module.service_name}
-    journal.event(tx_id, "modules", step, "intent", detail)
-    run_id = journal.start_module_run(
-        tx_id,
-        module.name,
-        module.schema_version,
-        version_from=versions_from.get(module.name),
-        kind=mode,
-    )
     what = "maintenance of" if mode == "maintenance" else "module"
-    ctx.log(f"hs-tx: running {what} {module.name} ({module.schema_version})")
-    try:
-        outcome = run_module(module, None, echo=ctx.log, extra_env=module_env(ctx), mode=mode)
-    except Interrupted as exc:
-        journal.finish_module_run(run_id, status="interrupted", error=str(exc))
-        journal.event(tx_id, "modules", step, "failed", {**detail, "status": "interrupted"})
-        raise
-    _journal_outcome(ctx, run_id, outcome)
-    ok = outcome.status == "success"
-    journal.event(
-        tx_id,
-        "modules",
-        step,
-        "done" if ok else "failed",
-        {**detail, "status": outcome.status, "error": outcome.error},
-    )
-    return None if ok else f"{what} {module.name} {outcome.status}: {outcome.error}"
+    with journal.step(tx_id, Phase.MODULES, step, detail) as record:
+        run_id = journal.start_module_run(
+            tx_id,
+            module.name,
+            module.schema_version,
+            version_from=versions_from.get(module.name),
+            kind=mode,
+        )
+        ctx.log(f"hs-tx: running {what} {module.name} ({module.schema_version})")
+        try:
+            outcome = run_module(module, None, echo=ctx.log, extra_env=module_env(ctx), mode=mode)
+        except Interrupted as exc:
+            journal.finish_module_run(run_id, RunStatus.INTERRUPTED, error=str(exc))
+            record.detail["status"] = RunStatus.INTERRUPTED
+            raise
+        _journal_outcome(ctx, run_id, outcome)
+        record.detail.update(status=outcome.status, error=outcome.error)
+        if outcome.status != RunStatus.SUCCESS:
+            record.fail()
+    return None if not record.failed else f"{what} {module.name} {outcome.status}: {outcome.error}"
 
 
 def _journal_outcome(ctx: Context, run_id: int, outcome: Outcome) -> None:
     ctx.journal.finish_module_run(
         run_id,
-        status=outcome.status,
+        RunStatus(outcome.status),
         duration_s=round(outcome.duration_s, 3),
         exit_status=outcome.exit_status,
         output_tail=outcome.output_tail,

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..snapshot.tree import remove_entry
+from ..base.errors import HsTxError
+from ..base.proc import CommandError, run
+from ..journal import Phase, Status, Step
+from ..snapshot.entries import remove_entry
 from ..sync.git import SourceState, export_tree, read_blob
 from ..sync.versions import Version, VersionError
-from .errors import HsTxError
-from .proc import CommandError, run
+from .context import Context
+from .lock import StateLock
 
 RESUME_ENV = "HS_TX_RESUME"
 LOCK_FD_ENV = "HS_TX_LOCK_FD"
@@ -149,3 +152,19 @@ def reexec(update: SelfUpdate, argv: list[str], tx_id: int, lock_fd: int) -> Non
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(update.entry_point, [str(update.entry_point), *argv[1:]], env)
+
+
+def self_update(
+    ctx: Context, tx_id: int, update: SelfUpdate, state: SourceState, lock: StateLock
+) -> None:
+    """Install the new hs-tx into its environment and re-execute it to finish
+    transaction `tx_id`, journaled. Returns only by raising (SelfUpdateError,
+    OSError); on success this process becomes the new hs-tx."""
+    detail = {"from": update.version_from, "to": update.version_to, "dir": str(update.install_dir)}
+    ctx.log(f"hs-tx: updating hs-tx itself {update.version_from} -> {update.version_to}")
+    preload()
+    with ctx.journal.step(tx_id, Phase.SELF_UPDATE, Step.INSTALL, detail):
+        install(state, update, ctx.config.state_dir / f"selfupdate-{tx_id}")
+    # its `done` is written by the new code, once it runs (see commands.update)
+    ctx.journal.event(tx_id, Phase.SELF_UPDATE, Step.EXEC, Status.INTENT, detail)
+    reexec(update, ctx.argv, tx_id, lock.fd)

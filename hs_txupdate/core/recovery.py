@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 
-from ..journal import TxInfo, now_iso
+from ..base.errors import EXIT_DAMAGED, EXIT_OK, HsTxError
+from ..base.fsio import durable_write
+from ..base.proc import CommandError
+from ..journal import CHANGING_PHASES, Decision, Phase, State, Status, Step, TxInfo, now_iso
 from .context import Context
-from .errors import EXIT_DAMAGED, EXIT_OK, HsTxError
-from .fsio import durable_write
-from .proc import CommandError
 from .snapshots import delete_snapshots, remove_stage_dirs
-from .transaction import CHANGING_PHASES, finish_commit, roll_back
+from .transaction import finish_commit, roll_back
 
 RECOVERY_REPORT = "last-recovery.json"
 
@@ -54,11 +54,11 @@ def recover_all(ctx: Context, always_record: bool = False) -> int:
 
 def recover_one(ctx: Context, info: TxInfo) -> int:
     """Finish one transaction in its own row; return the exit code of that outcome."""
-    ctx.journal.event(info.id, "recover", "start", "intent", {"state": info.state})
+    ctx.journal.event(info.id, Phase.RECOVER, Step.START, Status.INTENT, {"state": info.state})
     decision = _decision(info)
-    if decision == "commit":
+    if decision == Decision.COMMIT:
         return finish_commit(ctx, info.id)
-    if decision == "rollback" or _may_have_changed(info):
+    if decision == Decision.ROLLBACK or _may_have_changed(info):
         reason = info.error or "hs-tx stopped before the transaction finished"
         if not reason.startswith("recovered: "):
             reason = f"recovered: {reason}"
@@ -66,7 +66,7 @@ def recover_one(ctx: Context, info: TxInfo) -> int:
     delete_snapshots(ctx.config, ctx.journal, info.id, info.paths)
     remove_stage_dirs(info.id, info.paths, ctx.config.modules_dir)
     ctx.journal.set_state(
-        info.id, "aborted", error="hs-tx stopped before changing anything", exit_code=1
+        info.id, State.ABORTED, error="hs-tx stopped before changing anything", exit_code=1
     )
     ctx.log(f"hs-tx: transaction {info.id} aborted; it had changed nothing")
     return EXIT_OK
@@ -74,7 +74,7 @@ def recover_one(ctx: Context, info: TxInfo) -> int:
 
 def _decision(info: TxInfo) -> str | None:
     for event in reversed(info.events):
-        if event.step == "decision" and event.status == "done" and event.detail:
+        if event.step == Step.DECISION and event.status == Status.DONE and event.detail:
             return event.detail.get("outcome")
     return None
 

@@ -13,11 +13,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base.errors import NoSpaceError, ScopeError
 from ..modules.discovery import Module
 from ..snapshot import backend_by_name, choose_backend
-from ..snapshot.tree import entry_type, join, walk
+from ..snapshot.entries import entry_type, join, walk
 from .config import Config
-from .errors import NoSpaceError, ScopeError
 
 # Beyond the estimated size: tar headers, and room for the system to keep working.
 SPACE_MARGIN = 16 << 20
@@ -104,7 +104,7 @@ def _check_tree(root: Path) -> int:
 
 def check_free_space(config: Config, entries: list[ScopeEntry]) -> None:
     """Refuse (NoSpaceError) when a filesystem lacks room for the planned snapshots."""
-    need: dict[int, list] = {}
+    need: dict[int, tuple[Path, int]] = {}  # by filesystem: a dir on it, bytes needed
     for entry in entries:
         if not entry.existed:
             continue
@@ -112,8 +112,8 @@ def check_free_space(config: Config, entries: list[ScopeEntry]) -> None:
         for directory, amount in backend.required_space(entry.path, entry.size):
             probe = _existing(directory)
             dev = os.stat(probe).st_dev
-            slot = need.setdefault(dev, [probe, 0])
-            slot[1] += amount
+            known, total = need.get(dev, (probe, 0))
+            need[dev] = (known, total + amount)
     for probe, amount in need.values():
         vfs = os.statvfs(probe)
         free = vfs.f_bavail * vfs.f_frsize

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..base.proc import CommandError, run
 from .config import Config
-from .proc import CommandError, run
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from types import FrameType, TracebackType
 
-from .errors import Interrupted
+from ..base.errors import Interrupted
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 

@@ -11,22 +11,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..journal import Journal, PathInfo
+from ..base.errors import DamagedError
+from ..base.fsio import durable_write, fsync_dir
+from ..journal import Journal, PathInfo, Phase, Status, Step
 from ..snapshot import Captured, SnapshotTarget, backend_by_name
-from ..snapshot.tree import (
-    STAGE_PREFIX,
+from ..snapshot.entries import STAGE_PREFIX, remove_entry
+from ..snapshot.manifest import (
     Changes,
     Manifest,
     build_manifest,
     diff,
     manifest_fingerprint,
     needed_entries,
-    remove_entry,
 )
-from ..snapshot.tree import restore as restore_tree
+from ..snapshot.restore import restore as restore_tree
 from .config import Config
-from .errors import DamagedError
-from .fsio import durable_write, fsync_dir
 from .scope import ScopeEntry
 
 Log = Callable[[str], None]
@@ -47,27 +46,33 @@ def capture_scope(config: Config, journal: Journal, tx_id: int, entries: list[Sc
         if not entry.existed:
             continue
         detail = {"n": n, "path": str(entry.path), "backend": entry.backend}
-        journal.event(tx_id, "snapshot", "capture", "intent", detail)
-        target = SnapshotTarget(tx_id, n, entry.path)
-        backend = backend_by_name(entry.backend, config.snapshots_dir)
-        taken_ns = time.time_ns()
-        captured = backend.capture(target)
-        manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
-        data = manifest.to_bytes()
-        where = manifest_path(config, tx_id, n)
-        where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        durable_write(where, data)
-        journal.update_path(
-            tx_id,
-            n,
-            snapshot=captured.ref,
-            size=captured.size,
-            checksum=captured.checksum,
-            manifest=str(where),
-            manifest_sha256=hashlib.sha256(data).hexdigest(),
-            fingerprint_before=manifest_fingerprint(manifest),
-        )
-        journal.event(tx_id, "snapshot", "capture", "done", detail)
+        with journal.step(tx_id, Phase.SNAPSHOT, Step.CAPTURE, detail):
+            _capture_one(config, journal, tx_id, n, entry.path, entry.backend)
+
+
+def _capture_one(
+    config: Config, journal: Journal, tx_id: int, n: int, path: Path, backend_name: str
+) -> None:
+    """Snapshot one existing scope path and record its snapshot and manifest."""
+    target = SnapshotTarget(tx_id, n, path)
+    backend = backend_by_name(backend_name, config.snapshots_dir)
+    taken_ns = time.time_ns()
+    captured = backend.capture(target)
+    manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
+    data = manifest.to_bytes()
+    where = manifest_path(config, tx_id, n)
+    where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    durable_write(where, data)
+    journal.update_path(
+        tx_id,
+        n,
+        snapshot=captured.ref,
+        size=captured.size,
+        checksum=captured.checksum,
+        manifest=str(where),
+        manifest_sha256=hashlib.sha256(data).hexdigest(),
+        fingerprint_before=manifest_fingerprint(manifest),
+    )
 
 
 def load_manifest(info: PathInfo) -> Manifest | None:
@@ -102,7 +107,7 @@ def path_changes(info: PathInfo) -> Changes:
 
 
 def restore_path(
-    config: Config, journal: Journal, tx_id: int, info: PathInfo, phase: str = "rollback"
+    config: Config, journal: Journal, tx_id: int, info: PathInfo, phase: Phase = Phase.ROLLBACK
 ) -> int:
     """Put one scope path back exactly as snapshotted; return how many entries changed.
 
@@ -111,31 +116,28 @@ def restore_path(
     again. Raises DamagedError when the snapshot needed is missing or corrupt.
     """
     manifest = load_manifest(info)
-    changes = diff(Path(info.path), manifest)
+    live = Path(info.path)
+    changes = diff(live, manifest)
     if not changes:
         return 0
-    detail = {"n": info.n, "path": info.path, "entries": changes.count}
-    journal.event(tx_id, phase, "restore", "intent", detail)
-    live = Path(info.path)
     batches = 0
 
     def announce(status: str, rels: list[str]) -> None:
         nonlocal batches
-        batches += status == "intent"
+        batches += status == Status.INTENT
         detail = {"n": info.n, "batch": batches, "entries": len(rels), "first": rels[0]}
-        journal.event(tx_id, phase, "restore-batch", status, detail)
+        journal.event(tx_id, phase, Step.RESTORE_BATCH, Status(status), detail)
 
-    if not info.existed:
-        restore_tree(live, None, changes, announce)
-    else:
-        target = SnapshotTarget(tx_id, info.n, live)
-        backend = backend_by_name(info.backend, config.snapshots_dir)
-        captured = Captured(info.snapshot or "", info.size, info.checksum)
-        assert manifest is not None
-        needed = needed_entries(changes, manifest)
-        with backend.reference(target, captured, needed) as reference:
-            restore_tree(live, reference, changes, announce)
-    journal.event(tx_id, phase, "restore", "done", detail)
+    detail = {"n": info.n, "path": info.path, "entries": changes.count}
+    with journal.step(tx_id, phase, Step.RESTORE, detail):
+        if manifest is None:
+            restore_tree(live, None, changes, announce)
+        else:
+            target = SnapshotTarget(tx_id, info.n, live)
+            backend = backend_by_name(info.backend, config.snapshots_dir)
+            captured = Captured(info.snapshot or "", info.size, info.checksum)
+            with backend.reference(target, captured, needed_entries(changes, manifest)) as ref:
+                restore_tree(live, ref, changes, announce)
     return changes.count
 
 
@@ -156,17 +158,16 @@ def delete_snapshots(
 ) -> None:
     """Delete every snapshot and manifest of `tx_id`, journaled on transaction `on_tx`."""
     on = tx_id if on_tx is None else on_tx
-    journal.event(on, "retention", "delete-snapshots", "intent", {"of": tx_id})
-    for info in paths:
-        if info.existed:
-            target = SnapshotTarget(tx_id, info.n, Path(info.path))
-            backend_by_name(info.backend, config.snapshots_dir).delete(target, info.snapshot)
-    tx_dir = config.snapshots_dir / str(tx_id)
-    if tx_dir.exists():
-        remove_entry(tx_dir)
-        fsync_dir(tx_dir.parent)
-    journal.mark_pruned(tx_id)
-    journal.event(on, "retention", "delete-snapshots", "done", {"of": tx_id})
+    with journal.step(on, Phase.RETENTION, Step.DELETE_SNAPSHOTS, {"of": tx_id}):
+        for info in paths:
+            if info.existed:
+                target = SnapshotTarget(tx_id, info.n, Path(info.path))
+                backend_by_name(info.backend, config.snapshots_dir).delete(target, info.snapshot)
+        tx_dir = config.snapshots_dir / str(tx_id)
+        if tx_dir.exists():
+            remove_entry(tx_dir)
+            fsync_dir(tx_dir.parent)
+        journal.mark_pruned(tx_id)
 
 
 def remove_stage_dirs(tx_id: int, paths: list[PathInfo], modules_dir: Path) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from ..modules.discovery import Module
+from ..journal import Phase, Step
 from ..sync.git import SourceError, SourceState, fetch, is_ancestor
 from .context import Context
-from .phase1 import Phase1Plan, plan
 
 
 def fetch_source(ctx: Context, tx_id: int, accept_rewrite: bool = False) -> SourceState:
@@ -18,11 +17,11 @@ def fetch_source(ctx: Context, tx_id: int, accept_rewrite: bool = False) -> Sour
     source = ctx.config.source
     assert source is not None
     detail = {"url": source.url, "branch": source.branch}
-    ctx.journal.event(tx_id, "source", "fetch", "intent", detail)
-    state = fetch(ctx.config.state_dir / "source", source.url, source.branch)
-    before = ctx.journal.last_applied_source()
-    ctx.journal.set_source(tx_id, before, state.commit)
-    ctx.journal.event(tx_id, "source", "fetch", "done", {**detail, "commit": state.commit})
+    with ctx.journal.step(tx_id, Phase.SOURCE, Step.FETCH, detail) as step:
+        state = fetch(ctx.config.state_dir / "source", source.url, source.branch)
+        before = ctx.journal.last_applied_source()
+        ctx.journal.set_source(tx_id, before, state.commit)
+        step.detail["commit"] = state.commit
     if before and not accept_rewrite and not is_ancestor(state, before):
         raise SourceError(
             f"the source history was rewritten: {before[:12]}, applied by the last update,"
@@ -31,13 +30,3 @@ def fetch_source(ctx: Context, tx_id: int, accept_rewrite: bool = False) -> Sour
         )
     ctx.log(f"hs-tx: source {source.url} {source.branch} at {state.commit[:12]}")
     return state
-
-
-def plan_schema_updates(
-    ctx: Context, state: SourceState, installed: dict[str, Module], allow_downgrade: bool
-) -> Phase1Plan:
-    """Work out what phase 1 will install; report what it will not. Changes nothing."""
-    schema = plan(state, ctx.config.modules_dir, installed, allow_downgrade)
-    for note in schema.notes:
-        ctx.log(f"hs-tx: note: {note}")
-    return schema

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ..journal import TxInfo
-from ..snapshot.tree import tree_fingerprint
+from ..base.errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, exit_code_for
+from ..base.fsio import syncfs
+from ..base.proc import CommandError
+from ..journal import Decision, Phase, State, Status, Step, TxInfo
+from ..snapshot.manifest import tree_fingerprint
 from .context import Context
-from .errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, exit_code_for
-from .fsio import syncfs
-from .proc import CommandError
 from .signals import SignalGuard
 from .snapshots import (
     delete_snapshots,
@@ -27,9 +27,6 @@ from .snapshots import (
 )
 
 _Plan = TypeVar("_Plan")
-
-# Phases whose events mean the system may have been changed.
-CHANGING_PHASES = ("schema", "modules", "self-update", "config", "undo", "rollback")
 
 
 def run_transaction(
@@ -54,7 +51,7 @@ def run_transaction(
             guard.disarm()
             return abort(ctx, tx_id, exc)
         try:
-            ctx.journal.set_state(tx_id, "running")
+            ctx.journal.set_state(tx_id, State.RUNNING)
             failure = body(plan)
         except HsTxError as exc:  # Interrupted among them
             failure = str(exc)
@@ -78,7 +75,7 @@ def commit(ctx: Context, tx_id: int) -> int:
         fingerprint = tree_fingerprint(Path(path.path)) if changed else None
         journal.update_path(tx_id, path.n, changed=changed, fingerprint=fingerprint)
     _sync_scope(info)
-    journal.event(tx_id, "commit", "decision", "done", {"outcome": "commit"})
+    journal.event(tx_id, Phase.COMMIT, Step.DECISION, Status.DONE, {"outcome": Decision.COMMIT})
     return finish_commit(ctx, tx_id)
 
 
@@ -98,7 +95,7 @@ def _sync_scope(info: TxInfo) -> None:
 
 def finish_commit(ctx: Context, tx_id: int) -> int:
     """Mark a transaction whose commit decision is durable committed; prune old snapshots."""
-    ctx.journal.set_state(tx_id, "committed", exit_code=EXIT_OK)
+    ctx.journal.set_state(tx_id, State.COMMITTED, exit_code=EXIT_OK)
     ctx.log(f"hs-tx: transaction {tx_id} committed")
     apply_retention(ctx, tx_id)
     return EXIT_OK
@@ -132,8 +129,9 @@ def roll_back(
     journal = ctx.journal
     ctx.log(f"hs-tx: {reason}")
     ctx.log(f"hs-tx: rolling back transaction {tx_id}")
-    journal.set_state(tx_id, "rolling_back", error=reason)
-    journal.event(tx_id, "rollback", "decision", "done", {"outcome": "rollback", "reason": reason})
+    journal.set_state(tx_id, State.ROLLING_BACK, error=reason)
+    decision = {"outcome": Decision.ROLLBACK, "reason": reason}
+    journal.event(tx_id, Phase.ROLLBACK, Step.DECISION, Status.DONE, decision)
     info = _tx(ctx, tx_id)
     problems = []
     for path in info.paths:
@@ -141,10 +139,11 @@ def roll_back(
             restore_path(ctx.config, journal, tx_id, path)
         except (HsTxError, OSError) as exc:
             problems.append(f"{path.path}: {exc}")
-            journal.event(tx_id, "rollback", "restore", "failed", {"n": path.n, "error": str(exc)})
+            failure = {"n": path.n, "error": str(exc)}
+            journal.event(tx_id, Phase.ROLLBACK, Step.RESTORE, Status.FAILED, failure)
     if problems:
         error = "rollback failed for " + "; ".join(problems)
-        journal.set_state(tx_id, "rollback_failed", error=error, exit_code=EXIT_DAMAGED)
+        journal.set_state(tx_id, State.ROLLBACK_FAILED, error=error, exit_code=EXIT_DAMAGED)
         ctx.log(f"hs-tx: {error}")
         ctx.log(f"hs-tx: snapshots are kept; see `hs-tx show {tx_id}` for each path's snapshot")
         return EXIT_DAMAGED
@@ -154,7 +153,7 @@ def roll_back(
     damage = _after_restore(after_restore)
     if damage is not None:
         error = f"{reason}; the files were restored, but {damage}"
-        journal.set_state(tx_id, "rollback_failed", error=error, exit_code=EXIT_DAMAGED)
+        journal.set_state(tx_id, State.ROLLBACK_FAILED, error=error, exit_code=EXIT_DAMAGED)
         ctx.log(f"hs-tx: error: {damage}")
         ctx.log(
             f"hs-tx: transaction {tx_id} rollback_failed: every path in scope is as before,"
@@ -162,7 +161,7 @@ def roll_back(
         )
         _discard_snapshots(ctx, tx_id, info)
         return EXIT_DAMAGED
-    journal.set_state(tx_id, "rolled_back", exit_code=exit_code)
+    journal.set_state(tx_id, State.ROLLED_BACK, exit_code=exit_code)
     ctx.log(f"hs-tx: transaction {tx_id} rolled back; every path in scope is as before")
     _discard_snapshots(ctx, tx_id, info)
     return exit_code
@@ -172,14 +171,15 @@ def _record_restored_state(ctx: Context, info: TxInfo) -> None:
     """Fingerprint the paths a rollback put back, so a later undo does not take hs-tx's
     own restore for a change made outside hs-tx — but only for paths that were, when
     this transaction snapshotted them, in the state hs-tx last left them in."""
-    latest: dict[str, str] = {}
+    latest: dict[str, str | None] = {}
     for tx, path, fingerprint in ctx.journal.latest_fingerprints():  # newest first
         if tx != info.id:
             latest.setdefault(path, fingerprint)
-    for path in info.paths:
-        if path.fingerprint_before is not None and latest.get(path.path) == path.fingerprint_before:
-            fingerprint = tree_fingerprint(Path(path.path))
-            ctx.journal.update_path(info.id, path.n, fingerprint=fingerprint)
+    for scope_path in info.paths:
+        before = scope_path.fingerprint_before
+        if before is not None and latest.get(scope_path.path) == before:
+            fingerprint = tree_fingerprint(Path(scope_path.path))
+            ctx.journal.update_path(info.id, scope_path.n, fingerprint=fingerprint)
 
 
 def _after_restore(check: Callable[[], str | None] | None) -> str | None:
@@ -196,7 +196,7 @@ def services_of(info: TxInfo) -> list[str]:
     """The services of the modules that started running in a transaction, in order."""
     units: list[str] = []
     for event in info.events:
-        if event.phase == "modules" and event.status == "intent" and event.detail:
+        if event.phase == Phase.MODULES and event.status == Status.INTENT and event.detail:
             unit = event.detail.get("service")
             if unit and unit not in units:
                 units.append(unit)
@@ -206,10 +206,11 @@ def services_of(info: TxInfo) -> list[str]:
 def restart_services(ctx: Context, tx_id: int, units: list[str]) -> None:
     """Restart each unit; a failure is journaled and warned about, never fatal."""
     for unit in units:
-        ctx.journal.event(tx_id, "services", "restart", "intent", {"unit": unit})
-        problem = ctx.services.restart(unit)
-        status = "done" if problem is None else "failed"
-        ctx.journal.event(tx_id, "services", "restart", status, {"unit": unit, "error": problem})
+        with ctx.journal.step(tx_id, Phase.SERVICES, Step.RESTART, {"unit": unit}) as step:
+            problem = ctx.services.restart(unit)
+            step.detail["error"] = problem
+            if problem is not None:
+                step.fail()
         if problem is not None:
             ctx.log(f"hs-tx: warning: service {unit} did not restart: {problem}")
 
@@ -223,7 +224,7 @@ def abort(ctx: Context, tx_id: int, exc: BaseException) -> int:
         _discard_snapshots(ctx, tx_id, info)
         remove_stage_dirs(tx_id, info.paths, ctx.config.modules_dir)
     finally:
-        ctx.journal.set_state(tx_id, "aborted", error=message, exit_code=code)
+        ctx.journal.set_state(tx_id, State.ABORTED, error=message, exit_code=code)
     ctx.log(f"hs-tx: error: {message}")
     ctx.log(f"hs-tx: transaction {tx_id} aborted; nothing was changed")
     if not isinstance(exc, Exception):

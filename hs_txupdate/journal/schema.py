@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import DatabaseError
 
-from ..core.errors import DamagedError
+from ..base.errors import DamagedError
 
 # Every revision this code knows, oldest first; the last is the head it writes.
 REVISIONS = ("0001", "0002", "0003", "0004", "0005")

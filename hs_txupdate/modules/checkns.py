@@ -21,8 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..core.errors import HsTxError
-from ..core.proc import run
+from ..base.errors import HsTxError
+from ..base.proc import run
 from .discovery import load_module
 from .runner import run_module
 
@@ -97,6 +97,10 @@ def isolate(state_dir: Path, paths: list[Path], parent: int) -> None:
         )
 
 
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(line)
+
+
 def main(argv: list[str]) -> int:
     """Entry point: isolate, run the checks, print the outcomes as JSON on stdout."""
     spec = json.loads(argv[0])
@@ -109,9 +113,7 @@ def main(argv: list[str]) -> int:
     results = []
     for name in spec["modules"]:
         module = load_module(modules_dir / name)
-        outcome = run_module(
-            module, ["--check"], echo=lambda line: sys.stderr.write(line), extra_env=spec["env"]
-        )
+        outcome = run_module(module, ["--check"], echo=_to_stderr, extra_env=spec["env"])
         results.append(
             {
                 "name": name,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import ModuleDefinitionError
+from ..base.errors import ModuleDefinitionError
 from ..sync.versions import Version, VersionError
 
 DEFAULT_PRIORITY = 100
@@ -183,14 +183,14 @@ def module_from_index(name: str, path: Path, index: Any) -> Module:
     )
 
 
-def _int_field(table: dict, key: str, default: int | None, bad: Any) -> Any:
+def _int_field(table: dict[str, Any], key: str, default: int | None, bad: Any) -> Any:
     value = table.get(key, default)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
         raise bad(f"metadata.{key}", "must be an integer")
     return value
 
 
-def _timeout(meta: dict, bad: Any) -> float:
+def _timeout(meta: dict[str, Any], bad: Any) -> float:
     value = meta.get("timeout", DEFAULT_TIMEOUT)
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if not ok or not math.isfinite(value) or value <= 0:
@@ -198,14 +198,14 @@ def _timeout(meta: dict, bad: Any) -> float:
     return float(value)
 
 
-def _opt_str(table: dict, key: str, bad: Any) -> str | None:
+def _opt_str(table: dict[str, Any], key: str, bad: Any) -> str | None:
     value = table.get(key)
     if value is not None and not isinstance(value, str):
         raise bad(key, "must be a string")
     return value or None
 
 
-def _backup_paths(config: dict, bad: Any) -> tuple[Path, ...]:
+def _backup_paths(config: dict[str, Any], bad: Any) -> tuple[Path, ...]:
     raw = config.get("backup_paths", [])
     if not isinstance(raw, list):
         raise bad("configuration.backup_paths", "must be a list of absolute paths")

@@ -71,7 +71,9 @@ def _keep_has_run(installed: dict[str, Any], merged: dict[str, Any]) -> None:
                 item["has_run"] = done[item["id"]]
 
 
-def _id_lists(node: Any, path: tuple) -> Iterator[tuple[tuple, list[dict[str, Any]]]]:
+def _id_lists(
+    node: Any, path: tuple[Any, ...]
+) -> Iterator[tuple[tuple[Any, ...], list[dict[str, Any]]]]:
     """Every list of objects-with-an-id in `node`, with its key path."""
     if isinstance(node, dict):
         for key, value in node.items():

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.proc import child_env
+from ..base.proc import child_env
 from .discovery import Module
 
 TAIL_LINES = 200
@@ -121,7 +121,7 @@ def _run_once(
     return _outcome(result, proc.returncode)
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> bool:
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     """Wait for the worker; on timeout kill its whole group. Returns True on timeout."""
     try:
         proc.wait(timeout=timeout)
@@ -135,7 +135,7 @@ def _wait(proc: subprocess.Popen, timeout: float) -> bool:
         return True
 
 
-def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
 
@@ -153,7 +153,7 @@ def _outcome(result: list[bytes], returncode: int) -> tuple[str, str, int | None
 
 
 def _pump_output(
-    proc: subprocess.Popen,
+    proc: subprocess.Popen[bytes],
     name: str,
     tail: deque[str],
     echo: Callable[[str], None] | None,

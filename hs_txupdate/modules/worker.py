@@ -40,7 +40,7 @@ def _print_traceback() -> None:
     traceback.print_exc()
 
 
-def classify(result: object) -> dict[str, str]:
+def classify(result: object) -> dict[str, object]:
     """Turn what `main` returned into an outcome (see the module contract)."""
     if result is False:
         return {"outcome": "again", "error": "main() returned False (asks to run again)"}
@@ -56,7 +56,7 @@ def classify(result: object) -> dict[str, str]:
     return {"outcome": "failed", "error": f"main() returned {type(result).__name__}, not a dict"}
 
 
-def run(modules_dir: str, name: str, args: object) -> dict[str, str]:
+def run(modules_dir: str, name: str, args: object) -> dict[str, object]:
     """Import `modules.<name>.index` and call its `main(args)`; return the outcome."""
     install_module_root(modules_dir)
     sys.argv = [os.path.join(modules_dir, name, "index.py")]
@@ -75,7 +75,8 @@ def run(modules_dir: str, name: str, args: object) -> dict[str, str]:
     except BaseException as exc:
         _print_traceback()
         return {"outcome": "failed", "error": f"main() raised {type(exc).__name__}: {exc}"}
-    return {**classify(result), "result": _jsonable(result)}
+    outcome: dict[str, object] = {**classify(result), "result": _jsonable(result)}
+    return outcome
 
 
 def _jsonable(value: object) -> object:
@@ -84,7 +85,7 @@ def _jsonable(value: object) -> object:
     return json.loads(text) if len(text) <= 65536 else {"truncated": text[:65536]}
 
 
-def run_maintenance(modules_dir: str, name: str) -> dict[str, str]:
+def run_maintenance(modules_dir: str, name: str) -> dict[str, object]:
     """Run the maintenance task of `modules.<name>.maintenance`; return the outcome."""
     install_module_root(modules_dir)
     try:
@@ -123,6 +124,7 @@ def main(argv: list[str]) -> int:
     result_fd = int(fd_text)
     # children the module starts must not hold the result pipe open
     os.set_inheritable(result_fd, False)
+    outcome: dict[str, object]
     if mode == "maintenance":
         outcome = run_maintenance(modules_dir, name)
     else:

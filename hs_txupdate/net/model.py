@@ -188,10 +188,10 @@ def plan_all(before: NetState, now: NetState) -> list[Action]:
 
 def _is_ipv6_link_local(action: Action) -> bool:
     address = action.get("address")
-    return bool(address) and address["family"] == "inet6" and address["scope"] == "link"
+    return address is not None and address["family"] == "inet6" and address["scope"] == "link"
 
 
-def missing_addresses(link: dict[str, Any], current: dict[str, Any] | None) -> list[dict]:
+def missing_addresses(link: dict[str, Any], current: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The captured addresses of `link` to re-add, given its current state (or None).
 
     Temporary addresses are the kernel's to make; host-scope ones never matter.

@@ -17,7 +17,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
 
-from ..core.errors import ConfigError, HsTxError
+from ..base.errors import ConfigError, HsTxError
 from .model import (
     ADDRESS_FLAGS,
     RESTORED_FLAGS,
@@ -139,7 +139,7 @@ def _capture(ipr: IPRoute, interfaces: Sequence[str], strict: bool) -> NetState:
 def _is_default(msg: Any) -> bool:
     """A unicast default route outside the local table."""
     table = msg.get("RTA_TABLE") or msg["table"]
-    return msg["dst_len"] == 0 and msg["type"] == _RTN_UNICAST and table != _LOCAL_TABLE
+    return bool(msg["dst_len"] == 0 and msg["type"] == _RTN_UNICAST and table != _LOCAL_TABLE)
 
 
 def _route(msg: Any, names: Mapping[int, str]) -> dict[str, Any]:
@@ -250,7 +250,7 @@ def _index(ipr: IPRoute, name: str) -> int:
     found = ipr.link_lookup(ifname=name)
     if not found:
         raise LookupError(f"interface {name} does not exist")
-    return found[0]
+    return int(found[0])
 
 
 def _address_args(index: int, address: dict[str, Any]) -> dict[str, Any]:

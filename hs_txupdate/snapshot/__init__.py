@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..core.errors import ScopeError
+from ..base.errors import ScopeError
 from .base import Backend, Captured, SnapshotTarget
 from .btrfs import BtrfsBackend, is_btrfs
 from .tar import TarBackend

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.errors import DamagedError
-from ..core.fsio import fsync_dir
-from ..core.proc import run
+from ..base.errors import DamagedError
+from ..base.fsio import fsync_dir
+from ..base.proc import run
 from .base import Captured, SnapshotTarget
-from .tree import SNAPSHOT_STORE
+from .entries import SNAPSHOT_STORE
 
 BTRFS_SUPER_MAGIC = 0x9123683E
 SUBVOLUME_ROOT_INO = 256

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.errors import DamagedError
-from ..core.fsio import fsync_dir, fsync_path
-from ..core.proc import run
+from ..base.errors import DamagedError
+from ..base.fsio import fsync_dir, publish
+from ..base.proc import run
 from .base import Captured, SnapshotTarget
-from .tree import STAGE_PREFIX, remove_entry
+from .entries import STAGE_PREFIX, remove_entry
 
 # Everything GNU tar can keep: xattrs of every namespace (capabilities, ACLs), sparse files.
 _TAR_META = ("--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner")
@@ -53,7 +53,7 @@ class TarBackend:
         return self.snapshots_dir / str(target.tx_id) / f"{target.n}.tar"
 
     def capture(self, target: SnapshotTarget) -> Captured:
-        """Archive the path (temp name, fsync, rename, fsync dir); record its checksum."""
+        """Archive the path under a temp name, record its checksum, then publish it durably."""
         final = self.archive_path(target)
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fsync_dir(final.parent.parent)
@@ -74,11 +74,9 @@ class TarBackend:
             ],
             timeout=None,
         )
-        fsync_path(partial)
         checksum = sha256_file(partial)
         size = partial.stat().st_size
-        os.rename(partial, final)
-        fsync_dir(final.parent)
+        publish(partial, final)
         return Captured(ref=str(final), size=size, checksum=checksum)
 
     def manifest_root(self, target: SnapshotTarget, captured: Captured) -> Path:

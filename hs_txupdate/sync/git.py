@@ -13,23 +13,12 @@ from pathlib import Path
 
 import git
 
-from ..core.errors import HsTxError
-from ..core.fsio import fsync_dir, write_new
+from ..base.errors import HsTxError
+from ..base.fsio import fsync_dir, write_new
+from ..base.proc import GIT_ENV_VARS
 
 # Every network operation ends after this long; git itself aborts a stalled transfer sooner.
 FETCH_TIMEOUT_S = 300
-_GIT_ENV_VARS = (
-    "GIT_DIR",
-    "GIT_WORK_TREE",
-    "GIT_INDEX_FILE",
-    "GIT_OBJECT_DIRECTORY",
-    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-    "GIT_CEILING_DIRECTORIES",
-    "GIT_NAMESPACE",
-    "GIT_CONFIG",
-    "GIT_CONFIG_PARAMETERS",
-    "GIT_CONFIG_COUNT",
-)
 # No prompt may ever wait for a person: hs-tx runs from a timer over SSH.
 _QUIET_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
@@ -60,7 +49,7 @@ class SourceState:
 
 def _scrub_environment() -> None:
     """GitPython passes os.environ on to git: drop what would redirect it."""
-    for name in _GIT_ENV_VARS:
+    for name in GIT_ENV_VARS:
         os.environ.pop(name, None)
 
 
@@ -174,6 +163,7 @@ def export_tree(state: SourceState, path: str, dest: Path) -> None:
     _mkdir(dest)
     dirs = [dest]
     for item in tree.traverse():
+        assert isinstance(item, git.Tree | git.Blob | git.Submodule)  # not a (parent, child) pair
         target = dest / (os.path.relpath(item.path, path) if path else item.path)
         if item.type == "tree":
             _mkdir(target)

@@ -43,7 +43,7 @@ class Version:
             parts = tuple(int(p) if p.isdigit() else p for p in pre.split("."))
         return cls(int(major), int(minor), int(patch), parts, text.strip())
 
-    def _key(self) -> tuple:
+    def _key(self) -> tuple[object, ...]:
         # a release sorts after its pre-releases; numeric identifiers before alphanumeric
         pre = tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in self.pre)
         return (self.major, self.minor, self.patch, 0 if self.pre else 1, pre)

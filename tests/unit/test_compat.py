@@ -251,7 +251,14 @@ def test_every_entry_point_imports_as_modules_do_and_stays_lean(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert loaded == ["hs_txupdate", "hs_txupdate.sync", "hs_txupdate.sync.versions"]
+    # nothing heavy, and of hs-tx only the base layer and version parsing
+    assert loaded == [
+        "hs_txupdate",
+        "hs_txupdate.base",
+        "hs_txupdate.base.fsio",
+        "hs_txupdate.sync",
+        "hs_txupdate.sync.versions",
+    ]
 
 
 # ---------------------------------------------------------------- permissions

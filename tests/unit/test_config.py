@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from hs_txupdate.base.errors import EXIT_USAGE, ConfigError
 from hs_txupdate.core import config as config_mod
 from hs_txupdate.core.config import CONFIG_ENV, Config, config_from_dict, load_config
-from hs_txupdate.core.errors import EXIT_USAGE, ConfigError
 
 
 def write(path: Path, text: str) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from hs_txupdate.core.errors import EXIT_USAGE, ModuleDefinitionError
+from hs_txupdate.base.errors import EXIT_USAGE, ModuleDefinitionError
 from hs_txupdate.modules.discovery import (
     DEFAULT_PRIORITY,
     DEFAULT_TIMEOUT,

@@ -14,10 +14,10 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
+from hs_txupdate.base.errors import EXIT_DAMAGED, DamagedError
 from hs_txupdate.core.config import config_from_dict
 from hs_txupdate.core.context import Context
-from hs_txupdate.core.errors import EXIT_DAMAGED, DamagedError
-from hs_txupdate.journal import Journal
+from hs_txupdate.journal import Journal, Kind, Phase, State, Status, Step
 from hs_txupdate.journal.schema import COMPAT_LEVEL, REVISIONS, create_journal_engine
 
 TABLES = {"alembic_version", "hs_tx_meta", "transactions", "paths", "events", "module_runs"}
@@ -27,9 +27,9 @@ def make_journal(path: Path) -> None:
     """Create a journal at `path` with one finished transaction in it."""
     journal = Journal(path)
     try:
-        tx = journal.begin("update", ["hs-tx", "update"], "root", "host")
-        journal.event(tx, "plan", "scope", "done", {"paths": []})
-        journal.set_state(tx, "committed", exit_code=0)
+        tx = journal.begin(Kind.UPDATE, ["hs-tx", "update"], "root", "host")
+        journal.event(tx, Phase.PLAN, Step.SCOPE, Status.DONE, {"paths": []})
+        journal.set_state(tx, State.COMMITTED, exit_code=0)
     finally:
         journal.close()
 
@@ -63,7 +63,7 @@ def test_state_dir_0700_and_journal_0600(tmp_path: Path) -> None:
     ctx = Context(config_from_dict({"state_dir": str(state)}))
     old = os.umask(0)  # the modes must not depend on the caller's umask
     try:
-        ctx.journal.begin("update", ["hs-tx"], "root", "host")
+        ctx.journal.begin(Kind.UPDATE, ["hs-tx"], "root", "host")
     finally:
         os.umask(old)
         ctx.close()
@@ -133,9 +133,9 @@ def test_newer_compatible_journal_still_opens(tmp_path: Path) -> None:
     try:
         [old] = journal.transactions()
         assert old.state == "committed"
-        new = journal.begin("update", ["hs-tx"], "root", "host")
-        journal.event(new, "plan", "scope", "done")
-        journal.set_state(new, "aborted", exit_code=2)
+        new = journal.begin(Kind.UPDATE, ["hs-tx"], "root", "host")
+        journal.event(new, Phase.PLAN, Step.SCOPE, Status.DONE)
+        journal.set_state(new, State.ABORTED, exit_code=2)
         info = journal.transaction(new)
         assert info is not None and info.state == "aborted"
         assert [e.step for e in info.events] == ["scope"]

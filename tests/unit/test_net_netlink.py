@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
-from hs_txupdate.core.errors import EXIT_FAILED
+from hs_txupdate.base.errors import EXIT_FAILED
 from hs_txupdate.net.netlink import NetGuardError, _netlink, preflight
 
 

@@ -1,4 +1,4 @@
-"""Manifests and diffs of trees (snapshot/tree.py) and folding of scope paths (core/scope.py)."""
+"""Manifests and diffs of trees (snapshot/manifest.py), folding of scope paths (core/scope.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hs_txupdate.core.errors import ScopeError
+from hs_txupdate.base.errors import ScopeError
 from hs_txupdate.core.scope import fold
-from hs_txupdate.snapshot.tree import CTIME_MARGIN_NS, Manifest, build_manifest, diff
+from hs_txupdate.snapshot.manifest import CTIME_MARGIN_NS, Manifest, build_manifest, diff
 
 
 def populate(root: Path) -> None:

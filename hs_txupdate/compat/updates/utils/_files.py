@@ -1,6 +1,6 @@
 """Filesystem helpers the shim shares: owner lookup, exact copies, private dirs,
-durable writes. Standard library only; nothing here follows a symlink it finds
-inside a tree."""
+checksums. Durable writes are hs-tx's own (`hs_txupdate.base.fsio`, which is as
+light as the shim); nothing here follows a symlink it finds inside a tree."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
+
+from hs_txupdate.base.fsio import fsync_dir, fsync_path
 
 from .index import log_message
 
@@ -175,27 +177,70 @@ def fsync_tree(root: str | os.PathLike[str]) -> None:
     Symlinks are not followed. Raises OSError on failure.
     """
     for _rel, full in _walk_sorted(Path(root)):
-        if os.path.islink(full) or not (full.is_file() or full.is_dir()):
+        if os.path.islink(full):
             continue
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if full.is_dir():
+            fsync_dir(full)
+        elif full.is_file():
+            fsync_path(full)
 
 
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    """fsync a directory so the renames inside it survive a crash. Raises OSError."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def sqlite_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy SQLite database `source` into `target` through SQLite's backup API.
+
+    Unlike a file copy this is consistent while the database is in use, and
+    restoring this way leaves no stale WAL beside the target. The source must
+    exist. Raises OSError or sqlite3.Error.
+    """
+    import sqlite3  # only modules that back up databases pay for it
+
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"no database file {source}")
+    src = sqlite3.connect(f"{Path(source).absolute().as_uri()}?mode=ro", uri=True)
     try:
-        os.fsync(fd)
+        dst = sqlite3.connect(os.fspath(target))
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
     finally:
-        os.close(fd)
+        src.close()
 
 
-def write_durably(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` atomically and durably (hs-tx's own durable write:
-    temp file, fsync, rename, fsync dir). Raises OSError on failure."""
-    from hs_txupdate.core.fsio import durable_write
+def contains(outer: str, inner: Path) -> bool:
+    """True when `inner` is `outer` or lies below it."""
+    outer_path = Path(outer)
+    return inner == outer_path or outer_path in inner.parents
 
-    durable_write(path, data, mode)
+
+def swap_in(staging: Path, slot: Path) -> None:
+    """Replace `slot` with the complete `staging` dir; the old slot is deleted after."""
+    old = slot.with_name(f".{slot.name}.old")
+    remove_path(old)
+    if os.path.lexists(slot):
+        os.rename(slot, old)
+    os.rename(staging, slot)
+    fsync_dir(slot.parent)
+    remove_path(old)
+
+
+def put_back(source: Path, path: str) -> None:
+    """Replace the live `path` with an exact copy of `source`.
+
+    The copy is made beside the target first, then renamed into place, so the
+    target is never half-written; a directory is swapped out and then deleted.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.hs-tx-restore")
+    old = target.with_name(f".{target.name}.hs-tx-old")
+    remove_path(tmp)
+    copy_exact(source, tmp)
+    if os.path.lexists(target) and (is_real_dir(target) or is_real_dir(tmp)):
+        remove_path(old)
+        os.rename(target, old)
+        os.rename(tmp, target)
+        remove_path(old)
+    else:
+        os.replace(tmp, target)  # atomic for files and symlinks
+    fsync_dir(target.parent)

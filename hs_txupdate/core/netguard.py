@@ -1,5 +1,8 @@
 """The network guard inside a transaction: capture, preflight, gate, repair; all journaled.
 
+The mechanics (capture, compare, restore over plain data) are `hs_txupdate.net`;
+this module ties them to the transaction, its context and its journal.
+
 Every function does nothing when `[net] guard = false`, and nothing reaches
 pyroute2 until one of them runs with the guard on (`netlink` is imported
 lazily), so a run without the guard pays nothing for it.
@@ -15,10 +18,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ..core.config import Config
-from ..core.context import Context
-from ..core.errors import HsTxError
-from .model import NetState, compare, describe, plan_all
+from ..base.errors import HsTxError
+from ..journal import Phase, Status, Step
+from ..net.model import NetState, compare, describe, plan_all
+from .config import Config
+from .context import Context
 
 
 def capture_before(ctx: Context, tx_id: int) -> None:
@@ -29,11 +33,13 @@ def capture_before(ctx: Context, tx_id: int) -> None:
     """
     if not ctx.config.net_guard:
         return
-    from . import netlink
+    from ..net import netlink
 
     state = netlink.capture(ctx.config.guard_interfaces, strict=True)
     ctx.journal.set_net(tx_id, before=state)
-    ctx.journal.event(tx_id, "net", "capture", "done", {"interfaces": state["interfaces"]})
+    ctx.journal.event(
+        tx_id, Phase.NET, Step.CAPTURE, Status.DONE, {"interfaces": state["interfaces"]}
+    )
 
 
 def preflight(ctx: Context, tx_id: int) -> None:
@@ -44,16 +50,18 @@ def preflight(ctx: Context, tx_id: int) -> None:
     source = ctx.config.source
     if not ctx.config.net_guard or source is None:
         return
-    from . import netlink
+    from ..net import netlink
 
     try:
         route = netlink.preflight(source.url, os.environ)
     except netlink.NoRouteError as exc:
         detail = {"url": source.url, "error": str(exc)}
-        ctx.journal.event(tx_id, "net", "preflight", "failed", detail)
+        ctx.journal.event(tx_id, Phase.NET, Step.PREFLIGHT, Status.FAILED, detail)
         raise
     if route is not None:
-        ctx.journal.event(tx_id, "net", "preflight", "done", {"url": source.url, **route})
+        ctx.journal.event(
+            tx_id, Phase.NET, Step.PREFLIGHT, Status.DONE, {"url": source.url, **route}
+        )
 
 
 def gate(ctx: Context, tx_id: int) -> str | None:
@@ -65,7 +73,7 @@ def gate(ctx: Context, tx_id: int) -> str | None:
     before = _before(ctx, tx_id)
     if before is None:
         return None
-    from . import netlink
+    from ..net import netlink
 
     try:
         after = netlink.capture(before["interfaces"])
@@ -74,9 +82,8 @@ def gate(ctx: Context, tx_id: int) -> str | None:
     else:
         ctx.journal.set_net(tx_id, after=after)
         problems = compare(before, after)
-    ctx.journal.event(
-        tx_id, "net", "gate", "failed" if problems else "done", {"problems": problems}
-    )
+    status = Status.FAILED if problems else Status.DONE
+    ctx.journal.event(tx_id, Phase.NET, Step.GATE, status, {"problems": problems})
     return f"network guard: {'; '.join(problems)}" if problems else None
 
 
@@ -90,29 +97,34 @@ def repair(ctx: Context, tx_id: int) -> str | None:
     before = _before(ctx, tx_id)
     if before is None:
         return None
-    from . import netlink
+    from ..net import netlink
 
+    now: NetState | None = None
     try:
-        now: NetState | None = netlink.capture(before["interfaces"])
+        now = netlink.capture(before["interfaces"])
     except HsTxError as exc:
-        now, problems = None, [f"cannot read the network state: {exc.message}"]
+        problems = [f"cannot read the network state: {exc.message}"]
     else:
         if ctx.journal.net(tx_id)["after"] is None:
             ctx.journal.set_net(tx_id, after=now)  # the gate never ran: a module failed
         problems = compare(before, now)
     if not problems:
-        ctx.journal.event(tx_id, "net", "check", "done", {"problems": [], "restored": True})
+        ctx.journal.event(
+            tx_id, Phase.NET, Step.CHECK, Status.DONE, {"problems": [], "restored": True}
+        )
         return None
     ctx.log(f"hs-tx: network guard: {'; '.join(problems)}; restoring the network")
     result = _restore(ctx, tx_id, before, now)
     if result["problems"]:
         commands = result["commands"]
-        ctx.journal.event(tx_id, "net", "check", "failed", {**result, "restored": False})
+        ctx.journal.event(
+            tx_id, Phase.NET, Step.CHECK, Status.FAILED, {**result, "restored": False}
+        )
         return (
             f"the network could not be restored ({'; '.join(result['problems'])});"
             f" restore it by hand with: {'; '.join(commands)}"
         )
-    ctx.journal.event(tx_id, "net", "check", "done", {**result, "restored": True})
+    ctx.journal.event(tx_id, Phase.NET, Step.CHECK, Status.DONE, {**result, "restored": True})
     ctx.log("hs-tx: network guard: the network is restored and checked")
     return None
 
@@ -120,11 +132,12 @@ def repair(ctx: Context, tx_id: int) -> str | None:
 def _restore(ctx: Context, tx_id: int, before: NetState, now: NetState | None) -> dict[str, Any]:
     """Run netlink.restore, journaling every change; return the problems left and
     the by-hand commands (both empty when the network is back)."""
-    from . import netlink
+    from ..net import netlink
 
     def record(action: dict[str, Any], status: str) -> None:
-        detail = {k: action.get(k) for k in ("kind", "dev", "command", "error") if k in action}
-        ctx.journal.event(tx_id, "net", "restore", status, detail)
+        keys = ("kind", "dev", "command", "error")
+        detail: dict[str, Any] = {k: action.get(k) for k in keys if k in action}
+        ctx.journal.event(tx_id, Phase.NET, Step.RESTORE, Status(status), detail)
 
     try:
         result = netlink.restore(before, record)
@@ -140,7 +153,8 @@ def _before(ctx: Context, tx_id: int) -> NetState | None:
     """The state captured at the start, or None when the transaction is not guarded."""
     if not ctx.config.net_guard:
         return None
-    return ctx.journal.net(tx_id)["before"]
+    before: NetState | None = ctx.journal.net(tx_id)["before"]
+    return before
 
 
 def current(config: Config) -> dict[str, Any]:
@@ -152,7 +166,7 @@ def current(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"guard": config.net_guard, "state": None, "lines": [], "error": None}
     if not config.net_guard:
         return out
-    from . import netlink
+    from ..net import netlink
 
     try:
         state = netlink.capture(config.guard_interfaces)

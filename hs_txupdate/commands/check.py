@@ -9,22 +9,19 @@ throwaway upper dir. It opens no transaction.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..base.errors import HsTxError, UsageError
+from ..base.fsio import ensure_private_dir
+from ..base.proc import CommandError, run
+from ..core.config import require_modules_dir
+from ..core.context import Context
+from ..core.phase2 import module_env, select_group_winners
+from ..core.planning import plan_run
 from ..modules.discovery import discover
 from ..sync.git import fetch
-from . import phase3
-from .config import require_modules_dir
-from .context import Context
-from .errors import HsTxError, UsageError
-from .fsio import ensure_private_dir
-from .phase1 import plan
-from .phase2 import module_env, select_group_winners
-from .proc import child_env
-from .scope import plan_paths
 
 
 @dataclass
@@ -45,30 +42,20 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
     """
     config = ctx.config
     installed = {m.name: m for m in discover(require_modules_dir(config))}
-    report = CheckReport()
-    future = dict(installed)
-    own = []
+    state = None
     if config.source is not None:
         with ctx.lock(wait):  # the fetch writes into the one source clone
             state = fetch(config.state_dir / "source", config.source.url, config.source.branch)
-        schema = plan(state, config.modules_dir, installed, allow_downgrade)
-        report.notes = schema.notes
-        future = schema.future(installed)
-        for change in schema.changes:
-            report.schema.append(
-                {
-                    "module": change.name,
-                    "installed": change.version_from,
-                    "source": change.version_to,
-                }
-            )
-        update, note = phase3.plan(state)
-        if update is not None:
-            report.self_update = {"installed": update.version_from, "source": update.version_to}
-            own.append(update.install_dir)
-        if note:
-            report.notes.append(note)
-    paths = plan_paths(config, installed.values(), future.values(), own)
+    plan = plan_run(config, installed, state, allow_downgrade)
+    report = CheckReport(notes=list(plan.notes))
+    if plan.schema is not None:
+        report.schema = [
+            {"module": c.name, "installed": c.version_from, "source": c.version_to}
+            for c in plan.schema.changes
+        ]
+    if plan.self_update is not None:
+        update = plan.self_update
+        report.self_update = {"installed": update.version_from, "source": update.version_to}
     enabled = [m for m in installed.values() if m.enabled]
     selected, group_notes = select_group_winners(enabled, ctx.services.is_active)
     report.notes.extend(group_notes)
@@ -76,7 +63,7 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
     spec = {
         "state_dir": str(config.state_dir),
         "modules_dir": str(config.modules_dir),
-        "scope": [str(p) for p in paths],
+        "scope": [str(p) for p in plan.paths],
         "modules": [m.name for m in sorted(selected, key=lambda m: m.sort_key)],
         "env": module_env(ctx),
     }
@@ -98,17 +85,18 @@ def _run_isolated(spec: dict[str, Any]) -> list[dict[str, Any]]:
         json.dumps(spec),
     ]
     try:
-        proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, env=child_env(), check=False)
-    except FileNotFoundError as exc:
+        result = run(argv, check=False, timeout=None, pass_stderr=True)
+    except CommandError as exc:
         raise UsageError("unshare is not installed", "install util-linux") from exc
-    lines = proc.stdout.strip().splitlines()
+    lines = result.stdout.strip().splitlines()
     try:
         answer = json.loads(lines[-1]) if lines else {}
     except ValueError:
         answer = {}
     if "modules" not in answer:
         reason = (
-            answer.get("error") or f"the isolated check process failed (exit {proc.returncode})"
+            answer.get("error") or f"the isolated check process failed (exit {result.returncode})"
         )
         raise HsTxError(reason, "nothing was changed")
-    return answer["modules"]
+    modules: list[dict[str, Any]] = answer["modules"]
+    return modules

@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..journal import TxInfo
-from ..snapshot.tree import tree_fingerprint
-from .context import Context, who
-from .errors import EXIT_DAMAGED, EXIT_OK, UsageError
-from .recovery import recover_all
-from .scope import check_scope, fold
-from .snapshots import capture_scope, restore_path, verify_snapshot
-from .transaction import restart_services, run_transaction, services_of
+from ..base.errors import EXIT_DAMAGED, UsageError
+from ..core.context import Context
+from ..core.scope import fold
+from ..core.snapshots import restore_path, verify_snapshot
+from ..core.start import open_transaction, recover_first, snapshot_scope
+from ..core.transaction import restart_services, run_transaction, services_of
+from ..journal import Kind, PathInfo, Phase, State, TxInfo
+from ..snapshot.manifest import tree_fingerprint
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,16 @@ def undo(ctx: Context, tx_id: int, options: UndoOptions | None = None) -> int:
     """
     options = options or UndoOptions()
     with ctx.lock(options.wait) as lock:
-        if recover_all(ctx) != EXIT_OK:
-            ctx.log("hs-tx: an earlier transaction could not be repaired; not undoing")
+        if not recover_first(ctx, "undoing"):
             return EXIT_DAMAGED
         chain = _plan_chain(ctx, tx_id, options.cascade)
         _check_drift(ctx, chain, options.force)
         for info in chain:
             for path in _changed(info):
                 verify_snapshot(ctx.config, path)
-        user, host = who()
-        undo_id = ctx.journal.begin("undo", ctx.argv, user, host)
+        undo_id = open_transaction(ctx, lock, Kind.UNDO)
         ctx.journal.set_undoes(undo_id, tx_id)
         ctx.journal.link_undo(undo_id, [info.id for info in chain])
-        lock.set_holder(undo_id)
         ctx.log(f"hs-tx: transaction {undo_id} opened to undo {_ids(chain)}")
         return _run_undo(ctx, undo_id, chain)
 
@@ -68,22 +65,20 @@ def _run_undo(ctx: Context, undo_id: int, chain: list[TxInfo]) -> int:
     paths = fold(Path(p.path) for info in chain for p in _changed(info))
 
     def prepare() -> None:
-        ctx.journal.event(undo_id, "plan", "scope", "done", {"paths": [str(p) for p in paths]})
-        capture_scope(ctx.config, ctx.journal, undo_id, check_scope(ctx.config, paths))
-        ctx.journal.set_state(undo_id, "snapshotted")
+        snapshot_scope(ctx, undo_id, paths)
 
     def body(_plan: None) -> None:
         for info in chain:
             ctx.log(f"hs-tx: putting back what transaction {info.id} changed")
             for path in _changed(info):
-                restore_path(ctx.config, ctx.journal, undo_id, path, phase="undo")
+                restore_path(ctx.config, ctx.journal, undo_id, path, phase=Phase.UNDO)
         units = [u for info in chain for u in services_of(info)]
         restart_services(ctx, undo_id, list(dict.fromkeys(units)))
 
     return run_transaction(ctx, undo_id, prepare, body)
 
 
-def _changed(info: TxInfo) -> list:
+def _changed(info: TxInfo) -> list[PathInfo]:
     return [p for p in info.paths if p.changed]
 
 
@@ -96,7 +91,7 @@ def _undoable(ctx: Context, tx_id: int) -> TxInfo:
     info = ctx.journal.transaction(tx_id)
     if info is None:
         raise UsageError(f"no transaction {tx_id}", "see hs-tx history for the ids")
-    if info.state != "committed":
+    if info.state != State.COMMITTED:
         raise UsageError(
             f"transaction {tx_id} did not commit (it is {info.state}); there is nothing to undo",
             "only committed transactions can be undone",

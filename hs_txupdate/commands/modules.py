@@ -15,18 +15,16 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from ..journal import LastRunInfo
+from ..base.errors import EXIT_DAMAGED, EXIT_OK, ModuleDefinitionError, UsageError
+from ..base.fsio import durable_write
+from ..core.config import Config, require_modules_dir
+from ..core.context import Context
+from ..core.phase1 import SOURCE_MODULES
+from ..core.start import open_transaction, recover_first, snapshot_scope
+from ..core.transaction import run_transaction
+from ..journal import Kind, LastRunInfo, Phase, Step
 from ..modules.discovery import Listed, check_module_name, discover_all, is_installed
 from ..sync.git import fetched_state, open_existing, read_blob
-from .config import Config, require_modules_dir
-from .context import Context, who
-from .errors import EXIT_DAMAGED, EXIT_OK, ModuleDefinitionError, UsageError
-from .fsio import durable_write
-from .phase1 import SOURCE_MODULES
-from .recovery import recover_all
-from .scope import check_scope
-from .snapshots import capture_scope
-from .transaction import run_transaction
 
 # --- list ------------------------------------------------------------------------------
 
@@ -130,16 +128,13 @@ def set_enabled(ctx: Context, name: str, enabled: bool, wait: bool = False) -> i
     index_file = _index_file(ctx.config, name)  # before the lock: a refusal writes nothing
     word = "enabled" if enabled else "disabled"
     with ctx.lock(wait) as lock:
-        if recover_all(ctx) != EXIT_OK:
-            ctx.log("hs-tx: an earlier transaction could not be repaired; not starting a new one")
+        if not recover_first(ctx, "starting a new one"):
             return EXIT_DAMAGED
         index = read_index(index_file)  # again: recovery may have put an older one back
         if _metadata(index).get("enabled", True) is enabled:
             ctx.log(f"hs-tx: module {name} is already {word}; nothing to do")
             return EXIT_OK
-        user, host = who()
-        tx_id = ctx.journal.begin("config", ctx.argv, user, host)
-        lock.set_holder(tx_id)
+        tx_id = open_transaction(ctx, lock, Kind.CONFIG)
         ctx.log(f"hs-tx: transaction {tx_id} opened")
         return _run_config(ctx, tx_id, index_file, index, enabled)
 
@@ -199,16 +194,9 @@ def _run_config(
     return run_transaction(
         ctx,
         tx_id,
-        lambda: _snapshot(ctx, tx_id, index_file.parent),
+        lambda: snapshot_scope(ctx, tx_id, [index_file.parent]),
         lambda _plan: _write_enabled(ctx, tx_id, index_file, index, enabled),
     )
-
-
-def _snapshot(ctx: Context, tx_id: int, module_dir: Path) -> None:
-    """Plan the scope (the module dir alone) and snapshot it. Changes nothing."""
-    ctx.journal.event(tx_id, "plan", "scope", "done", {"paths": [str(module_dir)]})
-    capture_scope(ctx.config, ctx.journal, tx_id, check_scope(ctx.config, [module_dir]))
-    ctx.journal.set_state(tx_id, "snapshotted")
 
 
 def _write_enabled(
@@ -218,9 +206,8 @@ def _write_enabled(
     name = index_file.parent.name
     before = index["metadata"].get("enabled", True)
     detail = {"module": name, "from": before, "to": enabled, "path": str(index_file)}
-    ctx.journal.event(tx_id, "config", "set-enabled", "intent", detail)
-    index["metadata"]["enabled"] = enabled
-    mode = stat.S_IMODE(os.lstat(index_file).st_mode)
-    durable_write(index_file, (json.dumps(index, indent=2) + "\n").encode(), mode)
-    ctx.journal.event(tx_id, "config", "set-enabled", "done", detail)
+    with ctx.journal.step(tx_id, Phase.CONFIG, Step.SET_ENABLED, detail):
+        index["metadata"]["enabled"] = enabled
+        mode = stat.S_IMODE(os.lstat(index_file).st_mode)
+        durable_write(index_file, (json.dumps(index, indent=2) + "\n").encode(), mode)
     ctx.log(f"hs-tx: module {name} {'enabled' if enabled else 'disabled'}")

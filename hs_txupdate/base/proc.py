@@ -11,20 +11,24 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .crashpoints import ENV_NAMES as CRASH_ENV_NAMES
 from .errors import HsTxError
 
-# Variables that must never reach a child: the crash/pause hooks of the test
-# harness belong to this process alone, and git variables would redirect git.
-_SCRUBBED_ENV = (
-    "HS_TX_CRASH_AT",
-    "HS_TX_PAUSE_AT",
+# Variables that would redirect git to another repository, work tree or config.
+GIT_ENV_VARS = (
     "GIT_DIR",
     "GIT_WORK_TREE",
     "GIT_INDEX_FILE",
     "GIT_OBJECT_DIRECTORY",
     "GIT_ALTERNATE_OBJECT_DIRECTORIES",
     "GIT_CEILING_DIRECTORIES",
+    "GIT_NAMESPACE",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
 )
+# Never reach a child: the crash points belong to this process alone.
+_SCRUBBED_ENV = frozenset((*CRASH_ENV_NAMES, *GIT_ENV_VARS))
 
 
 @dataclass(frozen=True)
@@ -56,9 +60,12 @@ def run(
     check: bool = True,
     timeout: float | None = 300,
     input_text: str | None = None,
+    pass_stderr: bool = False,
 ) -> Result:
     """Run a command given as an argument list and return its Result.
 
+    With `pass_stderr` the command's stderr goes to hs-tx's own (for output an
+    operator should see as it comes) and `Result.stderr` is empty.
     Raises CommandError when it cannot start, times out, or (with `check`)
     exits non-zero; the message names the command and its stderr.
     """
@@ -67,7 +74,8 @@ def run(
         proc = subprocess.run(
             args,
             input=input_text,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=None if pass_stderr else subprocess.PIPE,
             text=True,
             timeout=timeout,
             env=child_env(),
@@ -79,10 +87,10 @@ def run(
         ) from exc
     except subprocess.TimeoutExpired as exc:
         raise CommandError(f"{' '.join(args)} timed out after {timeout} s", "") from exc
-    result = Result(args, proc.returncode, proc.stdout, proc.stderr)
+    result = Result(args, proc.returncode, proc.stdout, proc.stderr or "")
     if check and proc.returncode != 0:
         # the first line usually names the cause; later ones often only summarise
-        detail = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
         first = detail[0] if detail else f"exit {proc.returncode}"
         raise CommandError(f"{args[0]} failed: {first}", f"command was: {' '.join(args)}")
     return result

@@ -1,4 +1,8 @@
-"""The one place hs-tx writes files durably: temp file, fsync, rename, fsync dir."""
+"""The one place hs-tx writes files durably: temp file, fsync, rename, fsync dir.
+
+Also the other kernel calls every layer needs to make changes durable or atomic:
+fsync of a directory, syncfs of a filesystem, and renameat2(RENAME_EXCHANGE).
+"""
 
 from __future__ import annotations
 
@@ -57,6 +61,14 @@ def durable_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) 
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def publish(partial: Path, final: Path) -> None:
+    """Make the complete file `partial` (written by someone else, e.g. tar) durable
+    under its final name: fsync it, rename it over `final`, fsync the directory."""
+    fsync_path(partial)
+    os.rename(partial, final)
+    fsync_dir(final.parent)
 
 
 def ensure_private_dir(path: Path) -> None:

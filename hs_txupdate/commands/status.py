@@ -2,46 +2,27 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from typing import Any
 
-from ..net.guard import current as current_network
-from .context import Context
-from .errors import EXIT_DAMAGED, EXIT_OK
-from .query import summary
-from .recovery import RECOVERY_REPORT
-
-
-def lock_holder(ctx: Context) -> str | None:
-    """Who holds the state-dir lock (its text), or None when nobody does.
-
-    Probes with a shared non-blocking flock on a separate descriptor, which
-    never disturbs the holder.
-    """
-    try:
-        fd = os.open(ctx.config.lock_path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown holder"
-    finally:
-        os.close(fd)
-    return None
+from ..base.errors import EXIT_DAMAGED, EXIT_OK
+from ..core.context import Context
+from ..core.lock import lock_holder
+from ..core.netguard import current as current_network
+from ..core.recovery import RECOVERY_REPORT
+from ..journal import State
+from .history import summary
 
 
 def status(ctx: Context) -> tuple[dict[str, Any], int]:
     """The status as a JSON-ready dict, and the exit code: 3 when something needs repair
     (an unfinished transaction nobody is running, a failed rollback, a failed recovery).
 
-    `net` is the guarded network as captured now (see net.guard.current)."""
+    `net` is the guarded network as captured now (see core.netguard.current)."""
     config = ctx.config
     out: dict[str, Any] = {
         "state_dir": str(config.state_dir),
-        "running": lock_holder(ctx),
+        "running": lock_holder(config.lock_path),
         "last_recovery": None,
         "unfinished": [],
         "rollback_failed": [],
@@ -55,7 +36,7 @@ def status(ctx: Context) -> tuple[dict[str, Any], int]:
         journal = ctx.journal
         out["unfinished"] = [summary(t) for t in journal.unfinished()]
         recent = journal.transactions(limit=50)
-        out["rollback_failed"] = [summary(t) for t in recent if t.state == "rollback_failed"]
+        out["rollback_failed"] = [summary(t) for t in recent if t.state == State.ROLLBACK_FAILED]
         out["last_transaction"] = summary(recent[0]) if recent else None
     damaged = (
         (out["unfinished"] and out["running"] is None)

@@ -1,13 +1,14 @@
-"""Read-only views of the journal for `history` and `show`, as JSON-ready dicts."""
+"""`hs-tx history` and `hs-tx show ID`: read-only views of the journal, as JSON-ready dicts."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from ..journal import EventInfo, TxInfo
-from .context import Context
-from .errors import UsageError
+from ..base.errors import UsageError
+from ..core.context import Context
+from ..journal import EventInfo, Phase, RunStatus, Status, Step, TxInfo
+from ..net.model import NetState, describe
 
 
 def duration_s(info: TxInfo) -> float | None:
@@ -20,7 +21,7 @@ def duration_s(info: TxInfo) -> float | None:
 
 def summary(info: TxInfo) -> dict[str, Any]:
     """One `history` row: the transaction without its paths and events."""
-    failed = [m for m in info.modules if m.status != "success"]
+    failed = [m for m in info.modules if m.status != RunStatus.SUCCESS]
     return {
         "id": info.id,
         "kind": info.kind,
@@ -44,13 +45,16 @@ def summary(info: TxInfo) -> dict[str, Any]:
 
 
 def history(ctx: Context, limit: int | None = None) -> list[dict[str, Any]]:
-    """`hs-tx history`: transactions newest first, at most `limit`."""
+    """`hs-tx history`: transactions newest first, at most `limit`.
+
+    Raises UsageError for a limit below 1.
+    """
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be 1 or more (got {limit})", "e.g. --limit 20")
     return [summary(info) for info in ctx.journal.transactions(limit)]
 
 
-def detail(ctx: Context, tx_id: int) -> dict[str, Any]:
+def show(ctx: Context, tx_id: int) -> dict[str, Any]:
     """`hs-tx show ID`: everything journaled about one transaction.
 
     Raises UsageError for an unknown id.
@@ -109,8 +113,8 @@ def net_detail(info: TxInfo) -> dict[str, Any]:
     (restoring the files and restarting the services was enough) or
     `not restored` (see `check.commands` for the `ip` commands to run by hand).
     """
-    last = {e.step: e for e in info.events if e.phase == "net"}
-    gate, check, preflight = last.get("gate"), last.get("check"), last.get("preflight")
+    last = {e.step: e for e in info.events if e.phase == Phase.NET}
+    gate, check, preflight = last.get(Step.GATE), last.get(Step.CHECK), last.get(Step.PREFLIGHT)
     actions = info.net_actions or []
     return {
         "guarded": info.net_before is not None,
@@ -122,7 +126,7 @@ def net_detail(info: TxInfo) -> dict[str, Any]:
         "actions": actions,
         "restored": info.net_restored,
         "check": _step(check),
-        "outcome": _net_outcome(info, gate is not None and gate.status == "failed", check),
+        "outcome": _net_outcome(info, gate is not None and gate.status == Status.FAILED, check),
     }
 
 
@@ -134,10 +138,15 @@ def _step(event: EventInfo | None) -> dict[str, Any] | None:
 def _net_outcome(info: TxInfo, gate_failed: bool, check: EventInfo | None) -> str:
     if info.net_before is None:
         return "not guarded"
-    if check is not None and check.status == "failed":
+    if check is not None and check.status == Status.FAILED:
         return "not restored"
     if info.net_actions:
         return "restored"
     if gate_failed:
         return "restored by the rollback"
     return "held" if info.net_after is not None else "captured"
+
+
+def describe_network(state: NetState) -> list[str]:
+    """One line per guarded link and default route of a captured network state."""
+    return describe(state)

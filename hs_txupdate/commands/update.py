@@ -1,0 +1,140 @@
+"""`hs-tx update`: fetch the source, then phases 1, 2 and 3 inside one transaction."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from ..base.errors import EXIT_DAMAGED, Interrupted, ScopeError
+from ..core import netguard, phase3
+from ..core.config import require_modules_dir
+from ..core.context import Context
+from ..core.lock import StateLock
+from ..core.phase1 import run_phase1
+from ..core.phase2 import run_phase2
+from ..core.planning import RunPlan, plan_run
+from ..core.signals import SignalGuard
+from ..core.source import fetch_source
+from ..core.start import open_transaction, recover_first, snapshot_scope
+from ..core.transaction import commit, roll_back, run_transaction
+from ..journal import Kind, Phase, Status, Step
+from ..modules.discovery import discover
+
+
+@dataclass(frozen=True)
+class UpdateOptions:
+    """The switches of `hs-tx update`."""
+
+    wait: bool = False
+    allow_downgrade: bool = False
+    accept_rewritten_source: bool = False
+
+
+def update(ctx: Context, options: UpdateOptions | None = None) -> int:
+    """`hs-tx update`: run the phases in one transaction; return the exit code.
+
+    0 committed, 1 rolled back or aborted, 3 damaged (see the exit codes);
+    raises ConfigError before anything is written when the modules dir is
+    missing, and LockedError when another run holds the lock.
+    """
+    options = options or UpdateOptions()
+    resumed = os.environ.pop(phase3.RESUME_ENV, None)
+    if resumed is not None:
+        return _resume(ctx, int(resumed))
+    require_modules_dir(ctx.config)  # before the lock: a refusal writes nothing
+    with ctx.lock(options.wait) as lock:
+        if not recover_first(ctx, "starting a new one"):
+            return EXIT_DAMAGED
+        tx_id = open_transaction(ctx, lock, Kind.UPDATE)
+        ctx.log(f"hs-tx: transaction {tx_id} opened")
+
+        def body(plan: RunPlan) -> str | None:
+            failure = _run_phases(ctx, tx_id, plan) or netguard.gate(ctx, tx_id)
+            if failure is None and plan.self_update is not None:
+                assert plan.schema is not None
+                # returns only by raising
+                phase3.self_update(ctx, tx_id, plan.self_update, plan.schema.state, lock)
+            return failure
+
+        return run_transaction(
+            ctx,
+            tx_id,
+            lambda: _plan_and_snapshot(ctx, tx_id, options),
+            body,
+            lambda failure: _roll_back(ctx, tx_id, failure),
+        )
+
+
+def _roll_back(ctx: Context, tx_id: int, failure: str) -> int:
+    """Roll the files back; then the network guard brings the network back (or says how)."""
+    return roll_back(ctx, tx_id, failure, after_restore=lambda: netguard.repair(ctx, tx_id))
+
+
+def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> RunPlan:
+    """Capture the network, fetch, plan the phases and the scope, snapshot it.
+
+    Changes nothing on the system.
+    """
+    installed = {m.name: m for m in discover(require_modules_dir(ctx.config))}
+    netguard.capture_before(ctx, tx_id)
+    state = None
+    if ctx.config.source is not None:
+        netguard.preflight(ctx, tx_id)
+        state = fetch_source(ctx, tx_id, options.accept_rewritten_source)
+    plan = plan_run(ctx.config, installed, state, options.allow_downgrade)
+    for note in plan.notes:
+        ctx.log(f"hs-tx: note: {note}")
+    detail = {
+        "modules": [m.name for m in plan.future.values() if m.enabled],
+        "self_update": plan.self_update.version_to if plan.self_update else None,
+    }
+    snapshot_scope(ctx, tx_id, plan.paths, detail)
+    return plan
+
+
+def _run_phases(ctx: Context, tx_id: int, plan: RunPlan) -> str | None:
+    """Phase 1 (when there is a source) and phase 2; return why they failed, or None."""
+    versions_from: dict[str, str] = {}
+    if plan.schema is not None:
+        versions_from = run_phase1(ctx, tx_id, plan.schema)
+    modules = [m for m in discover(ctx.config.modules_dir) if m.enabled]
+    for module in modules:
+        outside = [p for p in module.backup_paths if not _covered(p, plan.paths)]
+        if outside:
+            raise ScopeError(
+                f"module {module.name} declares {outside[0]}, which was not snapshotted",
+                "a module's backup_paths must not change while it runs",
+            )
+    return run_phase2(ctx, tx_id, modules, versions_from)
+
+
+def _resume(ctx: Context, tx_id: int) -> int:
+    """In the newly installed hs-tx: finish transaction `tx_id` that the old one began."""
+    fd = int(os.environ.pop(phase3.LOCK_FD_ENV))
+    lock = StateLock.adopt(ctx.config.lock_path, fd)
+    with lock, SignalGuard() as guard:
+        lock.set_holder(tx_id)
+        ctx.journal.event(
+            tx_id,
+            Phase.SELF_UPDATE,
+            Step.EXEC,
+            Status.DONE,
+            {"version": __version__, "pid": os.getpid()},
+        )
+        ctx.log(f"hs-tx: hs-tx {__version__} resumed transaction {tx_id}")
+        try:
+            failure = netguard.gate(ctx, tx_id)
+        except Interrupted as exc:
+            failure = str(exc)
+        guard.disarm()
+        if failure is not None:
+            phase3.preload()  # the rollback replaces this code on disk: keep running this one
+            return _roll_back(ctx, tx_id, failure)
+        return commit(ctx, tx_id)
+
+
+def _covered(path: Path, scope: list[Path]) -> bool:
+    """True when `path` is a scope path or lies inside one."""
+    return any(path == s or path.is_relative_to(s) for s in scope)

@@ -1,0 +1,55 @@
+"""Planning a run from the fetched source: what phases 1 and 3 will install and which
+paths the run's scope holds. `update` and `update --check` both plan here, so a
+check reports exactly what a real run would do. Changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..modules.discovery import Module
+from ..sync.git import SourceState
+from . import phase1, phase3
+from .config import Config
+from .scope import plan_paths
+
+
+@dataclass
+class RunPlan:
+    """What a run will do, planned before anything changes."""
+
+    installed: dict[str, Module]
+    schema: phase1.Phase1Plan | None = None
+    self_update: phase3.SelfUpdate | None = None
+    paths: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def future(self) -> dict[str, Module]:
+        """The modules as they will be once phase 1 ran, by name."""
+        return self.schema.future(self.installed) if self.schema else self.installed
+
+
+def plan_run(
+    config: Config,
+    installed: dict[str, Module],
+    state: SourceState | None,
+    allow_downgrade: bool = False,
+) -> RunPlan:
+    """Given the installed modules and the fetched source (None without [source]),
+    return the run's plan: phase 1 changes, the self-update, the folded scope and
+    the notes for the operator.
+
+    Raises SourceError / ModuleDefinitionError when the source is unusable.
+    """
+    plan = RunPlan(installed)
+    if state is not None:
+        plan.schema = phase1.plan(state, config.modules_dir, installed, allow_downgrade)
+        plan.notes.extend(plan.schema.notes)
+        plan.self_update, note = phase3.plan(state)
+        if note:
+            plan.notes.append(note)
+    own = [plan.self_update.install_dir] if plan.self_update else []
+    plan.paths = plan_paths(config, installed.values(), plan.future.values(), own)
+    return plan

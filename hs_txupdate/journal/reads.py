@@ -1,0 +1,197 @@
+"""Reading the journal: every query `hs-tx` runs, returning plain records.
+
+`JournalReads` is the read half of `Journal` (see api.py for the writes); it
+needs only the session factory the journal opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import Event, ModuleRun, ScopePath, Transaction, UndoLink
+from .records import (
+    EventInfo,
+    LastRunInfo,
+    ModuleRunInfo,
+    PathInfo,
+    TxInfo,
+    from_row,
+    loads,
+    tx_info,
+)
+from .vocab import RUNNING_STATES, State
+
+NET_COLUMNS = frozenset({"before", "after", "restored", "actions"})
+
+
+class JournalReads:
+    """The queries of the journal; each opens and closes its own session."""
+
+    _session: sessionmaker[Session]
+
+    def last_applied_source(self) -> str | None:
+        """The source commit of the newest committed transaction that fetched one."""
+        with self._session() as s:
+            return s.scalar(
+                select(Transaction.source_after)
+                .where(Transaction.state == State.COMMITTED, Transaction.source_after.is_not(None))
+                .order_by(Transaction.id.desc())
+                .limit(1)
+            )
+
+    def net(self, tx_id: int) -> dict[str, Any]:
+        """The network guard data of a transaction: `before`, `after`, `restored`,
+        `actions`, each None when never recorded."""
+        with self._session() as s:
+            row = s.get(Transaction, tx_id)
+            if row is None:
+                return dict.fromkeys(NET_COLUMNS)
+            return {k: loads(getattr(row, f"net_{k}")) for k in NET_COLUMNS}
+
+    # --- reading ------------------------------------------------------------------------
+    def transactions(self, limit: int | None = None) -> list[TxInfo]:
+        """Transactions newest first (at most `limit`), with their module runs."""
+        with self._session() as s:
+            query = select(Transaction).order_by(Transaction.id.desc())
+            if limit is not None:
+                query = query.limit(limit)
+            rows = list(s.scalars(query))
+            undone = self._undone_by(s, [r.id for r in rows])
+            infos = [tx_info(r, undone.get(r.id)) for r in rows]
+            for info in infos:
+                info.modules = self._modules(s, info.id)
+            return infos
+
+    def transaction(self, tx_id: int) -> TxInfo | None:
+        """One transaction with its paths, module runs and events; None if unknown."""
+        with self._session() as s:
+            row = s.get(Transaction, tx_id)
+            if row is None:
+                return None
+            info = tx_info(row, self._undone_by(s, [tx_id]).get(tx_id))
+            info.paths = self._paths(s, tx_id)
+            info.modules = self._modules(s, tx_id)
+            info.events = [
+                EventInfo(e.seq, e.phase, e.step, e.status, e.at, loads(e.detail))
+                for e in s.scalars(select(Event).where(Event.tx_id == tx_id).order_by(Event.seq))
+            ]
+            return info
+
+    def unfinished(self) -> list[TxInfo]:
+        """Transactions left in a running state, oldest first, with paths and events."""
+        with self._session() as s:
+            ids = list(
+                s.scalars(
+                    select(Transaction.id)
+                    .where(Transaction.state.in_(RUNNING_STATES))
+                    .order_by(Transaction.id)
+                )
+            )
+        return [info for i in ids if (info := self.transaction(i)) is not None]
+
+    def committed_with_snapshots(self) -> list[TxInfo]:
+        """Committed transactions whose snapshots are still kept, newest first, with paths."""
+        with self._session() as s:
+            ids = list(
+                s.scalars(
+                    select(Transaction.id)
+                    .where(
+                        Transaction.state == State.COMMITTED,
+                        Transaction.snapshots_pruned_at.is_(None),
+                    )
+                    .order_by(Transaction.id.desc())
+                )
+            )
+        return [info for i in ids if (info := self.transaction(i)) is not None]
+
+    def final_with_snapshots(self) -> list[TxInfo]:
+        """Rolled-back or aborted transactions whose snapshots were never deleted
+        (hs-tx stopped between the final state and the deletion), with paths."""
+        with self._session() as s:
+            ids = list(
+                s.scalars(
+                    select(Transaction.id)
+                    .where(
+                        Transaction.state.in_((State.ROLLED_BACK, State.ABORTED)),
+                        Transaction.snapshots_pruned_at.is_(None),
+                    )
+                    .order_by(Transaction.id)
+                )
+            )
+        return [info for i in ids if (info := self.transaction(i)) is not None]
+
+    def last_module_runs(self) -> dict[str, LastRunInfo]:
+        """For every module that ever ran: its newest run (main or maintenance), by name."""
+        with self._session() as s:
+            newest = select(func.max(ModuleRun.id)).group_by(ModuleRun.name)
+            rows = s.scalars(select(ModuleRun).where(ModuleRun.id.in_(newest)))
+            return {
+                r.name: LastRunInfo(r.name, r.tx_id, r.kind, r.status, r.started_at) for r in rows
+            }
+
+    def committed_changes(self) -> list[tuple[int, str, str | None]]:
+        """(transaction, path, fingerprint) of every path a committed transaction
+        changed, newest transaction first."""
+        with self._session() as s:
+            rows = s.execute(
+                select(ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
+                .join(Transaction, Transaction.id == ScopePath.tx_id)
+                .where(Transaction.state == State.COMMITTED, ScopePath.changed.is_(True))
+                .order_by(ScopePath.tx_id.desc(), ScopePath.n)
+            )
+            return [(tx, path, fp) for tx, path, fp in rows]
+
+    def latest_fingerprints(self) -> list[tuple[int, str, str | None]]:
+        """(transaction, path, fingerprint) of every state hs-tx left a path in, newest
+        transaction first: what a committed run changed, and what a rollback put back."""
+        with self._session() as s:
+            rows = s.execute(
+                select(ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
+                .join(Transaction, Transaction.id == ScopePath.tx_id)
+                .where(
+                    ScopePath.fingerprint.is_not(None),
+                    ((Transaction.state == State.COMMITTED) & ScopePath.changed.is_(True))
+                    | (Transaction.state == State.ROLLED_BACK),
+                )
+                .order_by(ScopePath.tx_id.desc(), ScopePath.n)
+            )
+            return [(tx, path, fp) for tx, path, fp in rows]
+
+    @classmethod
+    def _undone_by(cls, s: Session, ids: Iterable[int]) -> dict[int, int]:
+        """Map each id in `ids` to the committed undo transaction that reversed it,
+        unless that undo was itself undone later."""
+        wanted = list(ids)
+        links = list(
+            s.execute(
+                select(UndoLink.undone_tx_id, UndoLink.undo_tx_id)
+                .join(Transaction, Transaction.id == UndoLink.undo_tx_id)
+                .where(Transaction.state == State.COMMITTED)
+                .order_by(UndoLink.undo_tx_id)
+            )
+        )
+        by: dict[int, int] = {}
+        for undone, undo in links:
+            by[undone] = undo  # the newest undo wins
+
+        def live(tx: int, depth: int = 0) -> int | None:
+            undo = by.get(tx)
+            if undo is None or depth > 64:
+                return None
+            return None if live(undo, depth + 1) is not None else undo
+
+        return {i: u for i in wanted if (u := live(i)) is not None}
+
+    @staticmethod
+    def _paths(s: Session, tx_id: int) -> list[PathInfo]:
+        rows = s.scalars(select(ScopePath).where(ScopePath.tx_id == tx_id).order_by(ScopePath.n))
+        return [from_row(PathInfo, r) for r in rows]
+
+    @staticmethod
+    def _modules(s: Session, tx_id: int) -> list[ModuleRunInfo]:
+        rows = s.scalars(select(ModuleRun).where(ModuleRun.tx_id == tx_id).order_by(ModuleRun.id))
+        return [from_row(ModuleRunInfo, r) for r in rows]

@@ -1,0 +1,135 @@
+"""Entries of a tree on disk: walking it, naming types, fingerprinting and removing one.
+
+Nothing here follows a symlink. Names hs-tx itself creates inside or beside a
+tree (the btrfs snapshot store, staging dirs, temp files) are never part of it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+# Names hs-tx itself creates beside or inside scope paths; never part of a tree.
+SNAPSHOT_STORE = ".hs-tx-snapshots"
+STAGE_PREFIX = ".hs-tx-stage-"
+TMP_PREFIX = ".hs-tx-tmp-"
+_TYPES = {
+    stat.S_IFREG: "f",
+    stat.S_IFDIR: "d",
+    stat.S_IFLNK: "l",
+    stat.S_IFCHR: "c",
+    stat.S_IFBLK: "b",
+    stat.S_IFIFO: "p",
+    stat.S_IFSOCK: "s",
+}
+
+
+def entry_type(st: os.stat_result) -> str:
+    """One letter for the file type of a stat result (f, d, l, c, b, p, s)."""
+    return _TYPES.get(stat.S_IFMT(st.st_mode), "?")
+
+
+def walk(root: Path, skip_own: bool = True) -> Iterator[tuple[str, os.stat_result]]:
+    """Yield (relative path, lstat) for `root` ('' ) and everything below it.
+
+    Never follows symlinks. Directories come before their contents. With
+    `skip_own`, hs-tx's own snapshot store, staging and temp names are left out.
+    """
+    st = os.lstat(root)
+    yield "", st
+    if stat.S_ISDIR(st.st_mode):
+        yield from _walk_dir(root, "", skip_own)
+
+
+def _walk_dir(root: Path, rel: str, skip_own: bool) -> Iterator[tuple[str, os.stat_result]]:
+    with os.scandir(root / rel if rel else root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for entry in entries:
+        if skip_own and is_own_name(entry.name):
+            continue
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        st = entry.stat(follow_symlinks=False)
+        yield child, st
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk_dir(root, child, skip_own)
+
+
+def is_own_name(name: str) -> bool:
+    """True for names hs-tx creates for itself inside or beside a tree."""
+    return name == SNAPSHOT_STORE or name.startswith((STAGE_PREFIX, TMP_PREFIX))
+
+
+def join(root: Path, rel: str) -> Path:
+    """The path of entry `rel` under `root`."""
+    return root / rel if rel else root
+
+
+def with_ancestors(rel: str) -> list[str]:
+    """Given a relative path, return it with every ancestor, shortest first ('' first)."""
+    parts = rel.split("/") if rel else []
+    return ["/".join(parts[:i]) for i in range(len(parts) + 1)]
+
+
+def read_xattrs(path: Path) -> dict[str, bytes]:
+    """All extended attributes of `path` (not following symlinks), ACLs included."""
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EPERM):
+            return {}
+        raise
+    out = {}
+    for name in names:
+        try:
+            out[name] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+    return out
+
+
+def fingerprint(path: Path, st: os.stat_result | None = None) -> str:
+    """A digest of one entry's content and metadata: type, mode, owner, size,
+    mtime, device numbers, link count, xattrs, symlink target and bytes."""
+    st = st or os.lstat(path)
+    h = hashlib.sha256()
+    meta = (
+        entry_type(st),
+        st.st_mode,
+        st.st_uid,
+        st.st_gid,
+        st.st_size,
+        st.st_mtime_ns,
+        st.st_rdev if entry_type(st) in "cb" else 0,
+        st.st_nlink if entry_type(st) == "f" else 0,
+    )
+    h.update(repr(meta).encode())
+    for name, value in sorted(read_xattrs(path).items()):
+        h.update(name.encode() + b"\0" + value + b"\0")
+    if stat.S_ISLNK(st.st_mode):
+        h.update(os.fsencode(os.readlink(path)))
+    elif stat.S_ISREG(st.st_mode):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            while chunk := os.read(fd, 1 << 20):
+                h.update(chunk)
+        finally:
+            os.close(fd)
+    return h.hexdigest()
+
+
+def remove_entry(path: Path) -> None:
+    """Remove a file, symlink or whole directory tree without following symlinks."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(path)
+        return
+    with os.scandir(path) as it:
+        children = list(it)
+    for child in children:
+        remove_entry(Path(child.path))
+    os.rmdir(path)

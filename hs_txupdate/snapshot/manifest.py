@@ -1,0 +1,154 @@
+"""Manifests: what a tree looked like when it was snapshotted, and how it differs now.
+
+A *manifest* records, for every entry under a scope path, its type, inode and
+ctime. ctime cannot be set from user space: any write, chmod, chown, xattr
+change, link or rename of an entry moves it. So an entry whose inode and
+ctime still match was not touched, whatever its size and mtime say. Entries
+whose ctime was within `CTIME_MARGIN_NS` of the manifest (a later change could
+fall on the same clock tick) also get a full fingerprint (content and all
+metadata) and are compared by that instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..base.errors import ScopeError
+from .entries import entry_type, fingerprint, join, walk, with_ancestors
+
+CTIME_MARGIN_NS = 200_000_000
+Entry = tuple[str, int, int, str | None, int]  # type, inode, ctime_ns, fingerprint, links
+
+
+@dataclass
+class Manifest:
+    """What a tree looked like when it was snapshotted (see module docstring)."""
+
+    taken_ns: int
+    entries: dict[str, Entry] = field(default_factory=dict)  # by relative path
+
+    def to_bytes(self) -> bytes:
+        """Serialise to JSON bytes (names kept exact through surrogate escapes)."""
+        doc = {"taken_ns": self.taken_ns, "entries": [[k, *v] for k, v in self.entries.items()]}
+        return json.dumps(doc, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        """Parse what `to_bytes` wrote."""
+        doc = json.loads(data)
+        entries = {e[0]: (e[1], e[2], e[3], e[4], e[5]) for e in doc["entries"]}
+        return cls(doc["taken_ns"], entries)
+
+
+def build_manifest(root: Path, taken_ns: int | None = None) -> Manifest:
+    """Walk `root` and record every entry; refuse sockets (tar cannot keep them)."""
+    taken = time.time_ns() if taken_ns is None else taken_ns
+    manifest = Manifest(taken)
+    for rel, st in walk(root):
+        kind = entry_type(st)
+        if kind == "s":
+            raise ScopeError(
+                f"{join(root, rel)} is a socket, which a snapshot cannot keep",
+                "move the socket out of the path or leave the path out of backup_paths",
+            )
+        fp = None
+        if st.st_ctime_ns >= taken - CTIME_MARGIN_NS:
+            fp = fingerprint(join(root, rel), st)
+        manifest.entries[rel] = (kind, st.st_ino, st.st_ctime_ns, fp, st.st_nlink)
+    return manifest
+
+
+def tree_fingerprint(root: Path) -> str:
+    """A digest of which entries exist under `root` with which inode and ctime: it
+    changes whenever anything under `root` is written, renamed, chmod-ed, ..."""
+    if not os.path.lexists(root):
+        return "absent"
+    return _fingerprint((rel, entry_type(st), st.st_ino, st.st_ctime_ns) for rel, st in walk(root))
+
+
+def manifest_fingerprint(manifest: Manifest | None) -> str:
+    """What tree_fingerprint said of the tree when `manifest` was taken."""
+    if manifest is None:
+        return "absent"
+    return _fingerprint((rel, e[0], e[1], e[2]) for rel, e in manifest.entries.items())
+
+
+def _fingerprint(entries: Iterable[tuple[str, str, int, int]]) -> str:
+    h = hashlib.sha256()
+    for rel, kind, ino, ctime_ns in entries:
+        h.update(f"{rel}\0{kind}\0{ino}\0{ctime_ns}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+@dataclass
+class Changes:
+    """How a live tree differs from its manifest."""
+
+    changed: list[str] = field(default_factory=list)  # in both, but touched
+    extra: list[str] = field(default_factory=list)  # only live
+    missing: list[str] = field(default_factory=list)  # only in the manifest
+
+    def __bool__(self) -> bool:
+        return bool(self.changed or self.extra or self.missing)
+
+    @property
+    def count(self) -> int:
+        """How many entries differ."""
+        return len(self.changed) + len(self.extra) + len(self.missing)
+
+
+def diff(live: Path, manifest: Manifest | None) -> Changes:
+    """Compare the live tree at `live` with `manifest` (None: the path was absent)."""
+    changes = Changes()
+    if manifest is None:
+        if os.path.lexists(live):
+            changes.extra.append("")
+        return changes
+    if not os.path.lexists(live):
+        changes.missing.extend(manifest.entries)  # the whole tree is gone
+        return changes
+    seen = set()
+    for rel, st in walk(live):
+        seen.add(rel)
+        recorded = manifest.entries.get(rel)
+        if recorded is None:
+            changes.extra.append(rel)
+        elif not _unchanged(join(live, rel), st, recorded):
+            changes.changed.append(rel)
+    changes.missing.extend(rel for rel in manifest.entries if rel not in seen)
+    return changes
+
+
+def _unchanged(path: Path, st: os.stat_result, recorded: Entry) -> bool:
+    kind, ino, ctime_ns, fp, _nlink = recorded
+    if entry_type(st) != kind:
+        return False
+    if fp is not None:
+        return fingerprint(path, st) == fp
+    return st.st_ino == ino and st.st_ctime_ns == ctime_ns
+
+
+def needed_entries(changes: Changes, manifest: Manifest) -> list[str] | None:
+    """The entries a restore of `changes` reads from the reference, or None for all.
+
+    That is every changed or missing entry with its ancestors, and the parent
+    (with ancestors) of every entry the restore touches, whose times it puts
+    back. None when a file to restore had hard links: its peers are needed too.
+    """
+    wanted = {""}
+    for rel in (*changes.changed, *changes.missing):
+        recorded = manifest.entries.get(rel)
+        if recorded is not None and recorded[0] == "f" and recorded[4] > 1:
+            return None
+        wanted.update(with_ancestors(rel))
+    for rel in (*changes.changed, *changes.missing, *changes.extra):
+        wanted.update(with_ancestors(rel.rpartition("/")[0]))
+    # a new directory's parents may be new as well: the snapshot has only the old ones
+    kept = (rel for rel in wanted if rel in manifest.entries)
+    return sorted(kept, key=lambda r: (r.count("/"), r))

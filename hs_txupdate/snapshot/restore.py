@@ -1,0 +1,236 @@
+"""Restoring a tree: making the live tree exactly like a reference, touching only what changed.
+
+Every entry is built under a temp name beside its final one and renamed into
+place, so at every moment it is either the old entry or the restored one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..base.errors import ScopeError
+from ..base.fsio import fsync_dir, fsync_path
+from .entries import TMP_PREFIX, entry_type, join, read_xattrs, remove_entry, with_ancestors
+from .manifest import Changes
+
+FICLONE = 0x40049409
+
+
+@dataclass
+class _RestoreState:
+    """What one restore pass has done so far (for hard links and dir times)."""
+
+    linked: dict[tuple[int, int], Path] = field(default_factory=dict)
+    dirs_to_fix: set[str] = field(default_factory=set)
+    touched_dirs: set[Path] = field(default_factory=set)
+    counter: int = 0
+
+
+Announce = Callable[[str, list[str]], None]
+
+
+def restore(
+    live: Path,
+    reference: Path | None,
+    changes: Changes,
+    announce: Announce | None = None,
+    batch_size: int = 256,
+) -> None:
+    """Make `live` exactly like `reference` (None: make it absent), touching only `changes`.
+
+    Each file is built under a temp name beside its final one and renamed into
+    place, so every entry is either old or new. Work is done in batches;
+    `announce("intent", entries)` is called before a batch acts (so a caller can
+    journal it) and `announce("done", entries)` once it is durable. Running
+    restore again after an interruption finishes the job, since a new diff
+    finds what is left.
+    """
+    if reference is None or not os.path.lexists(reference):
+        if os.path.lexists(live):
+            _announce(announce, "intent", [""])
+            remove_entry(live)
+            fsync_dir(live.parent)
+            _announce(announce, "done", [""])
+        return
+    state = _RestoreState()
+    work = _plan(live, reference, changes)
+    for start in range(0, len(work), batch_size):
+        chunk = work[start : start + batch_size]
+        rels = [rel for _, rel in chunk]
+        _announce(announce, "intent", rels)
+        for action, rel in chunk:
+            _apply(action, rel, live, reference, state)
+        _flush(state)
+        _announce(announce, "done", rels)
+    fix = sorted(state.dirs_to_fix, key=lambda r: (-r.count("/"), r))
+    for start in range(0, len(fix), batch_size):
+        dirs = fix[start : start + batch_size]
+        rels = [f"{rel}/" for rel in dirs]
+        _announce(announce, "intent", rels)
+        for rel in dirs:
+            target = join(live, rel)
+            if os.path.isdir(target) and not os.path.islink(target):
+                apply_metadata(join(reference, rel), target)
+                state.touched_dirs.add(target)
+        _flush(state)
+        _announce(announce, "done", rels)
+
+
+def _announce(announce: Announce | None, status: str, rels: list[str]) -> None:
+    if announce is not None:
+        announce(status, rels)
+
+
+def _plan(live: Path, reference: Path, changes: Changes) -> list[tuple[str, str]]:
+    """Order the work: removals first (deepest first), then creations top-down."""
+    ref_types = {rel: _lexists_type(join(reference, rel)) for rel in changes.changed}
+    removals = set(changes.extra)
+    for rel in changes.changed:
+        live_type = _lexists_type(join(live, rel))
+        if live_type != ref_types[rel]:
+            removals.add(rel)
+    # an entry below a removed directory goes with it
+    pruned = [r for r in removals if not any(a in removals for a in with_ancestors(r)[:-1])]
+    work = [("remove", r) for r in sorted(pruned, key=lambda r: (-r.count("/"), r))]
+    create = sorted(set(changes.changed) | set(changes.missing), key=lambda r: (r.count("/"), r))
+    work.extend(("put", r) for r in create)
+    return work
+
+
+def _lexists_type(path: Path) -> str | None:
+    try:
+        return entry_type(os.lstat(path))
+    except FileNotFoundError:
+        return None
+
+
+def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreState) -> None:
+    target = join(live, rel)
+    if action == "remove":
+        if os.path.lexists(target):
+            remove_entry(target)
+        _parent_touched(rel, target, state)
+        return
+    source = join(reference, rel)
+    st = os.lstat(source)
+    if stat.S_ISDIR(st.st_mode):
+        if not (os.path.isdir(target) and not os.path.islink(target)):
+            if os.path.lexists(target):
+                remove_entry(target)
+            os.mkdir(target, 0o700)
+            _parent_touched(rel, target, state)
+        state.dirs_to_fix.add(rel)
+        return
+    tmp = target.with_name(f"{TMP_PREFIX}{os.getpid()}-{state.counter}")
+    state.counter += 1
+    key = (st.st_dev, st.st_ino)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in state.linked:
+        os.link(state.linked[key], tmp)
+    else:
+        materialize(source, tmp, st)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            state.linked[key] = target
+    if os.path.isdir(target) and not os.path.islink(target):
+        remove_entry(target)
+    os.rename(tmp, target)
+    _parent_touched(rel, target, state)
+
+
+def _parent_touched(rel: str, target: Path, state: _RestoreState) -> None:
+    """Remember that the directory holding `rel` needs its times (and fsync) put back."""
+    state.touched_dirs.add(target.parent)
+    if rel:
+        state.dirs_to_fix.add(rel.rpartition("/")[0])
+
+
+def _flush(state: _RestoreState) -> None:
+    for directory in state.touched_dirs:
+        if os.path.isdir(directory):
+            fsync_dir(directory)
+    state.touched_dirs.clear()
+
+
+def materialize(source: Path, dest: Path, st: os.stat_result | None = None) -> None:
+    """Create `dest` as an exact copy of the non-directory entry `source`.
+
+    Regular files are reflinked where the filesystem can, else copied keeping
+    holes; then owner, mode, xattrs (ACLs, capabilities) and times are set and
+    the file is fsynced.
+    """
+    st = st or os.lstat(source)
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        _copy_file(source, dest)
+    elif stat.S_ISLNK(mode):
+        os.symlink(os.readlink(source), dest)
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(dest, 0o600)
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        os.mknod(dest, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+    else:
+        raise ScopeError(f"cannot restore {source}: unsupported file type", "")
+    apply_metadata(source, dest, st)
+    if stat.S_ISREG(mode):
+        fsync_path(dest)
+
+
+def _copy_file(source: Path, dest: Path) -> None:
+    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            try:
+                fcntl.ioctl(dst, FICLONE, src)
+            except OSError:
+                _sparse_copy(src, dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _sparse_copy(src: int, dst: int) -> None:
+    """Copy only the data regions of `src`, so holes stay holes."""
+    size = os.fstat(src).st_size
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(src, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        end = os.lseek(src, start, os.SEEK_HOLE)
+        while start < end:
+            copied = os.copy_file_range(src, dst, end - start, start, start)
+            if copied == 0:
+                break
+            start += copied
+        offset = end
+    os.ftruncate(dst, size)
+
+
+def apply_metadata(source: Path, dest: Path, st: os.stat_result | None = None) -> None:
+    """Give `dest` the owner, mode, xattrs and times of `source` (no symlink following).
+
+    Order matters: chown clears set-id bits and file capabilities, so mode and
+    xattrs come after it, and times come last.
+    """
+    st = st or os.lstat(source)
+    os.chown(dest, st.st_uid, st.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(st.st_mode):
+        os.chmod(dest, stat.S_IMODE(st.st_mode))
+    wanted = read_xattrs(source)
+    present = read_xattrs(dest)
+    for name in present.keys() - wanted.keys():
+        os.removexattr(dest, name, follow_symlinks=False)
+    for name, value in wanted.items():
+        if present.get(name) != value:
+            os.setxattr(dest, name, value, follow_symlinks=False)
+    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
