@@ -123,6 +123,10 @@ def write_setup(root: Path) -> tuple[Path, Path, Path]:
             [snapshot]
             backend = "auto"
             keep = 5
+            [scope]
+            watch = ["{root / "srv"}"]
+            [runtime]
+            path = "{root / "runtime"}"
             [net]
             guard = false
             [services]

@@ -76,6 +76,8 @@ class Sandbox:
     extra_paths: list[str] = field(default_factory=list)
     source_url: str | None = None
     source_branch: str = "master"
+    watch: list[str] | None = None  # the write audit's roots; default: data/
+    extra_config: str = ""  # more TOML, appended
 
     @property
     def state(self) -> Path:
@@ -107,6 +109,7 @@ class Sandbox:
             "#!/bin/sh\n"
             f'echo "$1 $2" >> {self.service_log}\n'
             'case "$2" in broken*) exit 1;; esac\n'
+            'if test "$1" = stop; then rm -f "' + str(self.root) + '/active-$2"; exit 0; fi\n'
             'test "$1" = restart || test -e "' + str(self.root) + '/active-$2"\n'
         )
         svc.chmod(0o755)
@@ -115,6 +118,7 @@ class Sandbox:
 
     def write_config(self, **overrides: Any) -> None:
         extra = json.dumps(self.extra_paths)
+        watch = json.dumps(self.watch if self.watch is not None else [str(self.data)])
         text = textwrap.dedent(
             f"""\
             state_dir = "{self.state}"
@@ -124,14 +128,19 @@ class Sandbox:
             keep = {overrides.get("keep", self.keep)}
             [scope]
             extra_paths = {extra}
+            watch = {watch}
+            [runtime]
+            path = "{self.root}/runtime"
             [net]
             guard = false
             [services]
             manager = "command"
             restart = ["{self.root}/svc", "restart", "{{unit}}"]
             is_active = ["{self.root}/svc", "is-active", "{{unit}}"]
+            stop = ["{self.root}/svc", "stop", "{{unit}}"]
             """
         )
+        text += self.extra_config
         if self.source_url:
             text += f'[source]\nurl = "{self.source_url}"\nbranch = "{self.source_branch}"\n'
         self.config.write_text(text)
@@ -164,8 +173,8 @@ class Sandbox:
     def writer_module(self) -> None:
         """Module `w`: data/f holds "before" and the run writes "after" into it.
 
-        A full run writes 7 durable events: the plan, capture intent and done for
-        the module dir and data, the module's intent and done.
+        A full run writes 8 durable events: the plan, capture intent and done for
+        the module dir and data, the write audit's start, the module's intent and done.
         """
         (self.data / "f").write_text("before")
         self.module(
@@ -194,6 +203,26 @@ class Sandbox:
         result = self.hs_tx("show", str(tx_id), "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
+
+
+# Source for modules that report their pids: hs-tx runs modules in a pid namespace of
+# the run's own (for the write audit), where os.getpid() is not the host's pid.
+HOST_PID_SRC = """
+def host_pid(pid):
+    import os
+    ns = os.readlink("/proc/self/ns/pid")
+    for entry in os.listdir("/proc"):
+        try:
+            if not entry.isdigit() or os.readlink(f"/proc/{entry}/ns/pid") != ns:
+                continue
+            with open(f"/proc/{entry}/status") as status:
+                for line in status:
+                    if line.startswith("NSpid:") and int(line.split()[-1]) == pid:
+                        return int(entry)
+        except OSError:
+            pass
+    return pid
+"""
 
 
 def tree_state(root: Path) -> dict[str, Any]:

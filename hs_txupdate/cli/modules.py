@@ -1,4 +1,5 @@
-"""`hs-tx modules list [--json]`, `hs-tx modules enable|disable NAME [--wait]`."""
+"""`hs-tx modules list [--json]`, `hs-tx modules enable|disable NAME [--wait]`,
+`hs-tx modules scope NAME [--json] [--forget PATH [--wait]]`."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from tabulate import tabulate
 
 from ..commands.context import Context
-from ..commands.modules import list_modules, set_enabled
+from ..commands.modules import forget, list_modules, module_scope, set_enabled
 
 HEADERS = ["Name", "Installed", "Source", "Enabled", "Group", "Last result"]
 
@@ -29,6 +30,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "--wait", action="store_true", help="wait for another run instead of exit 75"
         )
         q.set_defaults(run=run_set, enabled=action == "enable")
+    scope = actions.add_parser("scope", help="the paths a module's runs snapshot, and why")
+    scope.add_argument("name", metavar="NAME", help="the module's directory name")
+    scope.add_argument("--json", action="store_true", help="print one JSON document")
+    scope.add_argument("--forget", metavar="PATH", help="drop a path learned from earlier runs")
+    scope.add_argument("--wait", action="store_true", help="with --forget: wait for the lock")
+    scope.set_defaults(run=run_scope)
 
 
 def run_list(ctx: Context, args: argparse.Namespace) -> int:
@@ -67,3 +74,17 @@ def _cells(row: dict[str, Any]) -> list[str]:
 def run_set(ctx: Context, args: argparse.Namespace) -> int:
     """Enable or disable one module; progress goes to stderr."""
     return set_enabled(ctx, args.name, args.enabled, args.wait)
+
+
+def run_scope(ctx: Context, args: argparse.Namespace) -> int:
+    """Print a module's scope with each path's origin, or forget a learned path."""
+    if args.forget:
+        return forget(ctx, args.name, args.forget, args.wait)
+    rows = module_scope(ctx, args.name)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    cells = [[r["path"], r["origin"], "" if r["exists"] else "(absent)"] for r in rows]
+    print(tabulate(cells, headers=["Path", "Origin", ""], tablefmt="simple"))
+    return 0

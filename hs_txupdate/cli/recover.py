@@ -12,9 +12,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `recover` subcommand."""
     p = sub.add_parser("recover", help="finish transactions an earlier run left unfinished")
     p.add_argument("--wait", action="store_true", help="wait for another run instead of exit 75")
+    p.add_argument(
+        "--accept-current",
+        action="store_true",
+        help="declare the current state good for every failed rollback (journaled)",
+    )
     p.set_defaults(run=run)
 
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     """Recover under the lock; 0 when everything is final afterwards, 3 otherwise."""
-    return recover(ctx, args.wait)
+    return recover(ctx, args.wait, args.accept_current)

@@ -61,12 +61,14 @@ def render(tx: dict[str, Any]) -> str:
                     p["backend"],
                     p["snapshot"] or "",
                     {True: "yes", False: "no", None: ""}[p["changed"]],
+                    _origin(p),
                 ]
                 for p in tx["paths"]
             ],
-            ["Path", "Existed", "Backend", "Snapshot", "Changed"],
+            ["Path", "Existed", "Backend", "Snapshot", "Changed", "Origin"],
         ),
     ]
+    lines += ["", *render_outside(tx)]
     lines += [
         "",
         "Modules:",
@@ -109,6 +111,34 @@ def render(tx: dict[str, Any]) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _origin(path: dict[str, Any]) -> str:
+    origin = path.get("origin") or ""
+    return f"{origin} ({path['added_by']})" if path.get("added_by") else origin
+
+
+def render_outside(tx: dict[str, Any]) -> list[str]:
+    """What the run changed outside its scope, and how the write audit watched."""
+    audit = tx["audit"]
+    if audit["method"] is None:
+        return ["Write audit: none (the run changed nothing but its scope, or predates it)"]
+    lines = [f"Write audit: {audit['method']}, {audit['others'] or 0} write(s) by other processes"]
+    if audit["reason"]:
+        lines.append(f"  note: {audit['reason']}")
+    if not tx["outside_scope"]:
+        return [*lines, "Changed outside the scope: nothing"]
+    rows = [
+        [
+            o["path"],
+            o["change"] + (f" ({o['count']} entries)" if o["count"] > 1 else ""),
+            o["module"] or "(the run)",
+            {True: "yes", False: "NO", None: ""}[o["restored"]],
+        ]
+        for o in tx["outside_scope"]
+    ]
+    table = _table(rows, ["Path", "Change", "Module", "Restored"])
+    return [*lines, "Changed outside the scope:", table]
 
 
 def render_net(net: dict[str, Any]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 from ..base.errors import HsTxError, UsageError
@@ -20,6 +20,7 @@ from ..core.config import require_modules_dir
 from ..core.context import Context
 from ..core.phase2 import module_env, select_group_winners
 from ..core.planning import plan_run
+from ..core.runtime import module_runtime
 from ..modules.discovery import discover
 from ..sync.git import fetch
 
@@ -46,7 +47,8 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
     if config.source is not None:
         with ctx.lock(wait):  # the fetch writes into the one source clone
             state = fetch(config.state_dir / "source", config.source.url, config.source.branch)
-    plan = plan_run(config, installed, state, allow_downgrade)
+    learned = _learned(ctx)
+    plan = plan_run(config, installed, state, allow_downgrade, learned)
     report = CheckReport(notes=list(plan.notes))
     if plan.schema is not None:
         report.schema = [
@@ -63,12 +65,20 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
     spec = {
         "state_dir": str(config.state_dir),
         "modules_dir": str(config.modules_dir),
-        "scope": [str(p) for p in plan.paths],
+        "scope": [str(p.path) for p in plan.paths],
         "modules": [m.name for m in sorted(selected, key=lambda m: m.sort_key)],
         "env": module_env(ctx),
+        "runtime": list(astuple(module_runtime(config))),
     }
     report.modules = _run_isolated(spec)
     return report
+
+
+def _learned(ctx: Context) -> list[tuple[str, str]]:
+    """The learned footprints, without creating a journal where there is none."""
+    if not ctx.config.journal_path.exists():
+        return []
+    return [(m, p) for m, p, _tx in ctx.journal.footprints()]
 
 
 def _run_isolated(spec: dict[str, Any]) -> list[dict[str, Any]]:

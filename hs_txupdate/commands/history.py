@@ -73,9 +73,26 @@ def show(ctx: Context, tx_id: int) -> dict[str, Any]:
             "size": p.size,
             "checksum": p.checksum,
             "pruned_at": p.pruned_at,
+            "origin": p.origin,
+            "added_by": p.added_by,
         }
         for p in info.paths
     ]
+    out["outside_scope"] = [
+        {
+            "path": o.path,
+            "change": o.change,
+            "module": o.module,
+            "count": o.count,
+            "restored": o.restored,
+        }
+        for o in info.outside
+    ]
+    out["audit"] = {
+        "method": info.audit_method,
+        "reason": info.audit_reason,
+        "others": info.audit_others,
+    }
     out["modules"] = [
         {
             "name": m.name,

@@ -1,4 +1,5 @@
-"""`hs-tx modules list|enable|disable`: what is installed, and switching a module on or off.
+"""`hs-tx modules list|enable|disable|scope`: what is installed, switching a module on or
+off, and the paths its runs snapshot.
 
 `list` only reads (no lock, no transaction, no fetch). `enable` and `disable`
 rewrite one index.json inside a `config` transaction whose scope is the
@@ -20,10 +21,17 @@ from ..base.fsio import durable_write
 from ..core.config import Config, require_modules_dir
 from ..core.context import Context
 from ..core.phase1 import SOURCE_MODULES
+from ..core.scope import Planned
 from ..core.start import open_transaction, recover_first, snapshot_scope
 from ..core.transaction import run_transaction
-from ..journal import Kind, LastRunInfo, Phase, Step
-from ..modules.discovery import Listed, check_module_name, discover_all, is_installed
+from ..journal import Kind, LastRunInfo, Origin, Phase, Step
+from ..modules.discovery import (
+    Listed,
+    check_module_name,
+    discover_all,
+    is_installed,
+    load_module,
+)
 from ..sync.git import fetched_state, open_existing, read_blob
 
 # --- list ------------------------------------------------------------------------------
@@ -194,7 +202,9 @@ def _run_config(
     return run_transaction(
         ctx,
         tx_id,
-        lambda: snapshot_scope(ctx, tx_id, [index_file.parent]),
+        lambda: snapshot_scope(
+            ctx, tx_id, [Planned(index_file.parent, Origin.MODULE, index_file.parent.name)]
+        ),
         lambda _plan: _write_enabled(ctx, tx_id, index_file, index, enabled),
     )
 
@@ -211,3 +221,51 @@ def _write_enabled(
         mode = stat.S_IMODE(os.lstat(index_file).st_mode)
         durable_write(index_file, (json.dumps(index, indent=2) + "\n").encode(), mode)
     ctx.log(f"hs-tx: module {name} {'enabled' if enabled else 'disabled'}")
+
+
+# --- scope ------------------------------------------------------------------------------
+
+
+def module_scope(ctx: Context, name: str) -> list[dict[str, Any]]:
+    """`hs-tx modules scope NAME`: the paths a run snapshots for module `name` and where
+    each comes from: its dir (module), index.json's backup_paths, the config's
+    `[scope.modules.NAME] paths`, learned from earlier runs, and (added when the
+    module backs them up) its StateManager paths. Keys: path, origin, exists.
+
+    Reads only. Raises ModuleDefinitionError / UsageError for a bad or unknown name.
+    """
+    index_file = _index_file(ctx.config, name)
+    module = load_module(index_file.parent)
+    rows = [(module.path, Origin.MODULE)]
+    rows += [(p, Origin.INDEX) for p in module.backup_paths]
+    rows += [(p, Origin.CONFIG) for p in ctx.config.module_paths.get(name, ())]
+    if ctx.config.journal_path.exists():
+        rows += [(Path(p), Origin.LEARNED) for _m, p, _tx in ctx.journal.footprints(name)]
+        rows += [(Path(p), Origin.STATEMANAGER) for p in ctx.journal.backup_paths(name)]
+    seen: set[Path] = set()
+    out = []
+    for path, origin in rows:
+        if path not in seen:
+            seen.add(path)
+            out.append({"path": str(path), "origin": str(origin), "exists": path.exists()})
+    return out
+
+
+def forget(ctx: Context, name: str, path: str, wait: bool = False) -> int:
+    """`hs-tx modules scope NAME --forget PATH`: drop a learned path of module `name`.
+
+    Returns 0 (3 when an earlier transaction cannot be repaired first). Raises
+    UsageError when `name` has no such learned path, LockedError when another run
+    holds the lock and not `wait`.
+    """
+    check_module_name(name)
+    with ctx.lock(wait):
+        if not recover_first(ctx, "forgetting"):
+            return EXIT_DAMAGED
+        if ctx.journal.forget(name, str(Path(os.path.normpath(path)))) == 0:
+            raise UsageError(
+                f"module {name} has no learned path {path}",
+                f"see hs-tx modules scope {name} for its learned paths",
+            )
+    ctx.log(f"hs-tx: module {name} forgot {path}; a later run may learn it again")
+    return EXIT_OK

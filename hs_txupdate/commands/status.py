@@ -10,7 +10,6 @@ from ..core.context import Context
 from ..core.lock import lock_holder
 from ..core.netguard import current as current_network
 from ..core.recovery import RECOVERY_REPORT
-from ..journal import State
 from .history import summary
 
 
@@ -36,7 +35,7 @@ def status(ctx: Context) -> tuple[dict[str, Any], int]:
         journal = ctx.journal
         out["unfinished"] = [summary(t) for t in journal.unfinished()]
         recent = journal.transactions(limit=50)
-        out["rollback_failed"] = [summary(t) for t in recent if t.state == State.ROLLBACK_FAILED]
+        out["rollback_failed"] = [summary(t) for t in journal.failed_rollbacks()]
         out["last_transaction"] = summary(recent[0]) if recent else None
     damaged = (
         (out["unfinished"] and out["running"] is None)

@@ -13,13 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base.errors import EXIT_DAMAGED, UsageError
+from ..base.errors import EXIT_DAMAGED, EXIT_OK, UsageError
+from ..core.audit import describe
 from ..core.context import Context
-from ..core.scope import fold
+from ..core.scope import Planned, fold
+from ..core.services import put_back_services
 from ..core.snapshots import restore_path, verify_snapshot
 from ..core.start import open_transaction, recover_first, snapshot_scope
-from ..core.transaction import restart_services, run_transaction, services_of
-from ..journal import Kind, PathInfo, Phase, State, TxInfo
+from ..core.transaction import run_transaction
+from ..journal import Kind, Origin, PathInfo, Phase, State, TxInfo
 from ..snapshot.manifest import tree_fingerprint
 
 
@@ -65,17 +67,26 @@ def _run_undo(ctx: Context, undo_id: int, chain: list[TxInfo]) -> int:
     paths = fold(Path(p.path) for info in chain for p in _changed(info))
 
     def prepare() -> None:
-        snapshot_scope(ctx, undo_id, paths)
+        snapshot_scope(ctx, undo_id, [Planned(p, Origin.UNDO) for p in paths])
 
     def body(_plan: None) -> None:
         for info in chain:
             ctx.log(f"hs-tx: putting back what transaction {info.id} changed")
-            for path in _changed(info):
+            # newest snapshot first: where a StateManager backup nests, the oldest state wins
+            for path in sorted(_changed(info), key=lambda p: p.n, reverse=True):
                 restore_path(ctx.config, ctx.journal, undo_id, path, phase=Phase.UNDO)
-        units = [u for info in chain for u in services_of(info)]
-        restart_services(ctx, undo_id, list(dict.fromkeys(units)))
+        for info in chain:
+            put_back_services(ctx, undo_id, info, [Path(p.path) for p in _changed(info)])
 
-    return run_transaction(ctx, undo_id, prepare, body)
+    code = run_transaction(ctx, undo_id, prepare, body)
+    outside = [o for info in chain for o in info.outside]
+    if code == EXIT_OK and outside:
+        ctx.log(
+            f"hs-tx: every path in scope of {_ids(chain)} is back, but {len(outside)} path(s)"
+            f" changed outside the scope are not: {describe(outside)}; see hs-tx show ID"
+        )
+        return EXIT_DAMAGED
+    return code
 
 
 def _changed(info: TxInfo) -> list[PathInfo]:

@@ -9,12 +9,16 @@ from pathlib import Path
 from .. import __version__
 from ..base.errors import EXIT_DAMAGED, Interrupted, ScopeError
 from ..core import netguard, phase3
+from ..core.audit import RunAudit, describe
 from ..core.config import require_modules_dir
 from ..core.context import Context
 from ..core.lock import StateLock
 from ..core.phase1 import run_phase1
-from ..core.phase2 import run_phase2
+from ..core.phase2 import ModuleRuns, run_phase2
 from ..core.planning import RunPlan, plan_run
+from ..core.runtime import build_runtime, module_runtime
+from ..core.scope import Planned
+from ..core.services import record_services, unit_files
 from ..core.signals import SignalGuard
 from ..core.source import fetch_source
 from ..core.start import open_transaction, recover_first, snapshot_scope
@@ -51,7 +55,7 @@ def update(ctx: Context, options: UpdateOptions | None = None) -> int:
         ctx.log(f"hs-tx: transaction {tx_id} opened")
 
         def body(plan: RunPlan) -> str | None:
-            failure = _run_phases(ctx, tx_id, plan) or netguard.gate(ctx, tx_id)
+            failure = _run_audited(ctx, tx_id, plan) or netguard.gate(ctx, tx_id)
             if failure is None and plan.self_update is not None:
                 assert plan.schema is not None
                 # returns only by raising
@@ -83,7 +87,8 @@ def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> RunP
     if ctx.config.source is not None:
         netguard.preflight(ctx, tx_id)
         state = fetch_source(ctx, tx_id, options.accept_rewritten_source)
-    plan = plan_run(ctx.config, installed, state, options.allow_downgrade)
+    learned = [(m, p) for m, p, _tx in ctx.journal.footprints()]
+    plan = plan_run(ctx.config, installed, state, options.allow_downgrade, learned)
     for note in plan.notes:
         ctx.log(f"hs-tx: note: {note}")
     detail = {
@@ -91,14 +96,42 @@ def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> RunP
         "self_update": plan.self_update.version_to if plan.self_update else None,
     }
     snapshot_scope(ctx, tx_id, plan.paths, detail)
+    modules = [m for m in plan.future.values() if m.enabled]
+    record_services(ctx, tx_id, [m.service_name for m in modules if m.service_name], "module")
+    record_services(ctx, tx_id, unit_files([p.path for p in plan.paths]), "unit-file")
     return plan
 
 
-def _run_phases(ctx: Context, tx_id: int, plan: RunPlan) -> str | None:
-    """Phase 1 (when there is a source) and phase 2; return why they failed, or None."""
-    versions_from: dict[str, str] = {}
+def _run_audited(ctx: Context, tx_id: int, plan: RunPlan) -> str | None:
+    """Phases 1 and 2 under the write audit; return why they failed (or, with
+    `outside_writes = "fail"`, that they wrote outside the scope), or None."""
+    audit = RunAudit(ctx, tx_id)
+    audit.start()
+    try:
+        failure = _run_phases(ModuleRuns(ctx, tx_id, audit=audit), plan)
+    except BaseException:
+        audit.finish_anyway()  # the rollback must know what the run wrote outside its scope
+        raise
+    outside = audit.finish()
+    if outside and failure is None and ctx.config.outside_writes == "fail":
+        failure = f"the run changed {len(outside)} path(s) outside its scope: {describe(outside)}"
+    elif outside:
+        ctx.log(
+            f"hs-tx: warning: the run changed {len(outside)} path(s) outside its scope:"
+            f" {describe(outside)} (hs-tx show {tx_id}); they are in scope from the next run on"
+        )
+    return failure
+
+
+def _run_phases(runs: ModuleRuns, plan: RunPlan) -> str | None:
+    """Phase 1 (when there is a source), the module runtime, phase 2; return why they
+    failed, or None."""
+    ctx, tx_id = runs.ctx, runs.tx_id
     if plan.schema is not None:
-        versions_from = run_phase1(ctx, tx_id, plan.schema)
+        runs.versions_from = run_phase1(ctx, tx_id, plan.schema)
+    if plan.runtime is not None:
+        build_runtime(ctx, tx_id, plan.runtime)
+    runs.runtime = module_runtime(ctx.config)
     modules = [m for m in discover(ctx.config.modules_dir) if m.enabled]
     for module in modules:
         outside = [p for p in module.backup_paths if not _covered(p, plan.paths)]
@@ -107,7 +140,7 @@ def _run_phases(ctx: Context, tx_id: int, plan: RunPlan) -> str | None:
                 f"module {module.name} declares {outside[0]}, which was not snapshotted",
                 "a module's backup_paths must not change while it runs",
             )
-    return run_phase2(ctx, tx_id, modules, versions_from)
+    return run_phase2(runs, modules)
 
 
 def _resume(ctx: Context, tx_id: int) -> int:
@@ -135,6 +168,6 @@ def _resume(ctx: Context, tx_id: int) -> int:
         return commit(ctx, tx_id)
 
 
-def _covered(path: Path, scope: list[Path]) -> bool:
+def _covered(path: Path, scope: list[Planned]) -> bool:
     """True when `path` is a scope path or lies inside one."""
-    return any(path == s or path.is_relative_to(s) for s in scope)
+    return any(path.is_relative_to(s.path) for s in scope)

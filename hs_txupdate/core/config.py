@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,13 @@ DEFAULT_CONFIG_PATH = Path("/etc/hs-tx/config.toml")
 CONFIG_ENV = "HS_TX_CONFIG"
 BACKENDS = ("auto", "btrfs", "tar")
 SERVICE_MANAGERS = ("systemd", "command")
+OUTSIDE_WRITES = ("warn", "fail")
+# never watched by the write audit, wherever they lie inside a watch root
+BUILTIN_IGNORES = tuple(
+    Path(p) for p in ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log", "/var/cache")
+)
+# the service commands `[services] manager = "command"` may name, besides restart
+SERVICE_ACTIONS = ("is_active", "is_enabled", "stop", "enable", "disable", "reload")
 
 
 @dataclass(frozen=True)
@@ -39,12 +46,19 @@ class Config:
     snapshot_backend: str = "auto"
     keep: int = 10
     extra_paths: tuple[Path, ...] = ()
+    watch: tuple[Path, ...] = (Path("/"),)
+    ignore: tuple[Path, ...] = ()
+    outside_writes: str = "warn"
+    module_paths: dict[str, tuple[Path, ...]] = field(default_factory=dict)
     source: SourceConfig | None = None
+    runtime_path: Path = Path("/usr/local/lib/hs-tx/runtime")
+    runtime_wheels: Path | None = None
     net_guard: bool = True
     guard_interfaces: tuple[str, ...] = ()
     service_manager: str = "systemd"
     service_restart: tuple[str, ...] = ()
     service_is_active: tuple[str, ...] = ()
+    service_commands: dict[str, tuple[str, ...]] = field(default_factory=dict)
     origin: str = "defaults"
 
     @property
@@ -62,16 +76,33 @@ class Config:
         """Where the tar backend keeps its archives and every backend its manifests."""
         return self.state_dir / "snapshots"
 
+    @property
+    def ignores(self) -> tuple[Path, ...]:
+        """What the write audit never watches: the built-in ignores, the configured
+        ones and the state dir (an ignore counts only inside a watch root)."""
+        return (*BUILTIN_IGNORES, *self.ignore, self.state_dir)
+
 
 # key -> (type name, validator); nested sections are dicts of the same shape
 _SCHEMA: dict[str, Any] = {
     "state_dir": "abspath",
     "modules_dir": "abspath",
     "snapshot": {"backend": "backend", "keep": "keep"},
-    "scope": {"extra_paths": "abspath_list"},
+    "scope": {
+        "extra_paths": "abspath_list",
+        "watch": "abspath_list",
+        "ignore": "abspath_list",
+        "outside_writes": "outside_writes",
+        "modules": "module_tables",
+    },
+    "runtime": {"path": "abspath", "wheels": "abspath"},
     "source": {"url": "nonempty_str", "branch": "nonempty_str", "allowed_signers": "str"},
     "net": {"guard": "bool", "guard_interfaces": "str_list"},
-    "services": {"manager": "manager", "restart": "str_list", "is_active": "str_list"},
+    "services": {
+        "manager": "manager",
+        "restart": "str_list",
+        **dict.fromkeys(SERVICE_ACTIONS, "str_list"),
+    },
 }
 
 
@@ -117,6 +148,7 @@ def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Config:
     scope = values.get("scope", {})
     net = values.get("net", {})
     services = values.get("services", {})
+    runtime = values.get("runtime", {})
     source = values.get("source")
     if source is not None and "url" not in source:
         raise ConfigError(f"{origin}: key 'source.url' is missing", "set url or remove [source]")
@@ -134,12 +166,21 @@ def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Config:
         snapshot_backend=snapshot.get("backend", defaults.snapshot_backend),
         keep=snapshot.get("keep", defaults.keep),
         extra_paths=tuple(scope.get("extra_paths", ())),
+        watch=tuple(scope.get("watch", defaults.watch)),
+        ignore=tuple(scope.get("ignore", ())),
+        outside_writes=scope.get("outside_writes", defaults.outside_writes),
+        module_paths=scope.get("modules", {}),
         source=SourceConfig(**source) if source is not None else None,
+        runtime_path=runtime.get("path", defaults.runtime_path),
+        runtime_wheels=runtime.get("wheels"),
         net_guard=net.get("guard", True),
         guard_interfaces=tuple(net.get("guard_interfaces", ())),
         service_manager=manager,
         service_restart=restart,
         service_is_active=tuple(services.get("is_active", ())),
+        service_commands={
+            action: tuple(services[action]) for action in SERVICE_ACTIONS if action in services
+        },
         origin=origin,
     )
 
@@ -205,12 +246,32 @@ def _check_value(kind: str, value: Any, name: str, origin: str) -> Any:
         if value not in SERVICE_MANAGERS:
             raise bad("one of " + ", ".join(SERVICE_MANAGERS))
         return value
+    if kind == "outside_writes":
+        if value not in OUTSIDE_WRITES:
+            raise bad("one of " + ", ".join(OUTSIDE_WRITES))
+        return value
+    if kind == "module_tables":
+        return _module_tables(value, name, origin)
     raise AssertionError(f"unknown schema kind {kind}")
+
+
+def _module_tables(value: Any, name: str, origin: str) -> dict[str, tuple[Path, ...]]:
+    """`[scope.modules.NAME] paths = [...]`: the paths each named module adds to its scope."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{origin}: '{name}' must be a table ([{name}.NAME])", "")
+    out = {}
+    for module, table in value.items():
+        where = f"{name}.{module}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: '{where}' must be a table ([{where}])", "")
+        checked = _check_table(table, {"paths": "abspath_list"}, f"{where}.", origin)
+        out[module] = tuple(checked.get("paths", ()))
+    return out
 
 
 def _abspath(value: Any, name: str, bad: Any) -> Path:
     """Return value as a normalised absolute Path, or raise the `bad` error."""
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or "\0" in value:
         raise bad("an absolute path string")
     if not value.startswith("/"):
         raise bad("an absolute path", f"write {name} as an absolute path, e.g. /{value}")
@@ -218,7 +279,13 @@ def _abspath(value: Any, name: str, bad: Any) -> Path:
 
 
 def check_state_dir(config: Config) -> Config:
-    """Refuse a state dir that exists and is writable by group or others; return config."""
+    """Refuse a state dir that exists and is writable by group or others, or that holds
+    the module runtime (a rollback must be able to restore it); return config."""
+    if config.runtime_path.is_relative_to(config.state_dir):
+        raise ConfigError(
+            f"key 'runtime.path': {config.runtime_path} lies inside the state dir",
+            "put the module runtime elsewhere, e.g. /usr/local/lib/hs-tx/runtime",
+        )
     try:
         st = config.state_dir.lstat()
     except FileNotFoundError:

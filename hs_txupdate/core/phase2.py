@@ -7,13 +7,16 @@ failure stops the phase so the transaction can roll back.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..base.errors import Interrupted
 from ..journal import Phase, RunStatus, Status, Step
 from ..modules.discovery import Module
-from ..modules.runner import Outcome, run_module
+from ..modules.runner import Outcome, Runtime, run_module
+from .audit import RunAudit
 from .context import Context
+from .statemanager import BackupServer
 
 DEFAULT_GROUP_ORDER = 99
 
@@ -45,17 +48,27 @@ def _order(module: Module) -> int:
     return DEFAULT_GROUP_ORDER if module.group_order is None else module.group_order
 
 
-def run_phase2(
-    ctx: Context, tx_id: int, modules: list[Module], versions_from: dict[str, str]
-) -> str | None:
+@dataclass
+class ModuleRuns:
+    """How the modules of one transaction run: on which runtime, under which audit,
+    and the versions phase 1 replaced (by module name)."""
+
+    ctx: Context
+    tx_id: int
+    runtime: Runtime = field(default_factory=Runtime)
+    audit: RunAudit | None = None
+    versions_from: dict[str, str] = field(default_factory=dict)
+
+
+def run_phase2(runs: ModuleRuns, modules: list[Module]) -> str | None:
     """Run maintenance tasks, then every enabled module that its group lets run.
 
-    `versions_from` maps a module replaced in phase 1 to its old version.
     Returns why the phase failed, or None when everything succeeded.
     """
+    ctx, tx_id = runs.ctx, runs.tx_id
     for module in modules:
         if (module.path / "maintenance.py").is_file():
-            failure = _run(ctx, tx_id, module, "maintenance", versions_from)
+            failure = _run(runs, module, "maintenance")
             if failure:
                 return failure
     selected, notes = select_group_winners(modules, ctx.services.is_active)
@@ -63,17 +76,16 @@ def run_phase2(
         ctx.log(f"hs-tx: {note}")
         ctx.journal.event(tx_id, Phase.MODULES, Step.GROUP, Status.DONE, {"note": note})
     for module in selected:
-        failure = _run(ctx, tx_id, module, "main", versions_from)
+        failure = _run(runs, module, "main")
         if failure:
             return failure
     return None
 
 
-def _run(
-    ctx: Context, tx_id: int, module: Module, mode: str, versions_from: dict[str, str]
-) -> str | None:
-    """Run one module (or its maintenance task), journaled; return why it failed."""
-    journal = ctx.journal
+def _run(runs: ModuleRuns, module: Module, mode: str) -> str | None:
+    """Run one module (or its maintenance task), journaled and audited as its own;
+    return why it failed."""
+    ctx, tx_id, journal = runs.ctx, runs.tx_id, runs.ctx.journal
     step = Step.RUN if mode == "main" else Step.MAINTENANCE
     detail = {"module": module.name, "service": module.service_name}
     what = "maintenance of" if mode == "maintenance" else "module"
@@ -82,16 +94,30 @@ def _run(
             tx_id,
             module.name,
             module.schema_version,
-            version_from=versions_from.get(module.name),
+            version_from=runs.versions_from.get(module.name),
             kind=mode,
         )
         ctx.log(f"hs-tx: running {what} {module.name} ({module.schema_version})")
+        serve = BackupServer(ctx, tx_id, module, runs.audit)
         try:
-            outcome = run_module(module, None, echo=ctx.log, extra_env=module_env(ctx), mode=mode)
+            if runs.audit is not None:
+                runs.audit.window(module.name)
+            outcome = run_module(
+                module,
+                None,
+                echo=ctx.log,
+                extra_env=module_env(ctx),
+                mode=mode,
+                serve=serve,
+                runtime=runs.runtime,
+            )
         except Interrupted as exc:
             journal.finish_module_run(run_id, RunStatus.INTERRUPTED, error=str(exc))
             record.detail["status"] = RunStatus.INTERRUPTED
             raise
+        finally:
+            if runs.audit is not None:
+                runs.audit.window(None)
         _journal_outcome(ctx, run_id, outcome)
         record.detail.update(status=outcome.status, error=outcome.error)
         if outcome.status != RunStatus.SUCCESS:

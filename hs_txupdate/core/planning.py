@@ -6,13 +6,14 @@ check reports exactly what a real run would do. Changes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from ..journal import Origin
 from ..modules.discovery import Module
 from ..sync.git import SourceState
 from . import phase1, phase3
 from .config import Config
-from .scope import plan_paths
+from .runtime import RuntimeBuild, plan_runtime
+from .scope import Planned, plan_paths
 
 
 @dataclass
@@ -22,7 +23,8 @@ class RunPlan:
     installed: dict[str, Module]
     schema: phase1.Phase1Plan | None = None
     self_update: phase3.SelfUpdate | None = None
-    paths: list[Path] = field(default_factory=list)
+    runtime: RuntimeBuild | None = None
+    paths: list[Planned] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -36,10 +38,11 @@ def plan_run(
     installed: dict[str, Module],
     state: SourceState | None,
     allow_downgrade: bool = False,
+    learned: list[tuple[str, str]] | None = None,
 ) -> RunPlan:
-    """Given the installed modules and the fetched source (None without [source]),
-    return the run's plan: phase 1 changes, the self-update, the folded scope and
-    the notes for the operator.
+    """Given the installed modules, the fetched source (None without [source]) and
+    the learned (module, path) footprints, return the run's plan: phase 1 changes,
+    the self-update, the folded scope and the notes for the operator.
 
     Raises SourceError / ModuleDefinitionError when the source is unusable.
     """
@@ -50,6 +53,11 @@ def plan_run(
         plan.self_update, note = phase3.plan(state)
         if note:
             plan.notes.append(note)
-    own = [plan.self_update.install_dir] if plan.self_update else []
-    plan.paths = plan_paths(config, installed.values(), plan.future.values(), own)
+    plan.runtime = plan_runtime(config, state)
+    own = []
+    if plan.self_update is not None:
+        own.append(Planned(plan.self_update.install_dir, Origin.SELF))
+    if plan.runtime is not None:
+        own.append(Planned(plan.runtime.path, Origin.RUNTIME))
+    plan.paths = plan_paths(config, installed.values(), plan.future.values(), own, learned or [])
     return plan

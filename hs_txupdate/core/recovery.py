@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 
-from ..base.errors import EXIT_DAMAGED, EXIT_OK, HsTxError
+from ..base.errors import EXIT_DAMAGED, EXIT_OK, DamagedError, HsTxError
 from ..base.fsio import durable_write
 from ..base.proc import CommandError
 from ..journal import CHANGING_PHASES, Decision, Phase, State, Status, Step, TxInfo, now_iso
+from .audit import audit_cut_off
 from .context import Context
 from .snapshots import delete_snapshots, remove_stage_dirs
 from .transaction import finish_commit, roll_back
@@ -20,8 +21,9 @@ from .transaction import finish_commit, roll_back
 RECOVERY_REPORT = "last-recovery.json"
 
 
-def recover_all(ctx: Context, always_record: bool = False) -> int:
-    """Finish every unfinished transaction; 0 when all are final, 3 otherwise.
+def recover_all(ctx: Context, always_record: bool = False, retry_failed: bool = False) -> int:
+    """Finish every unfinished transaction and, with `retry_failed`, retry every failed
+    rollback; 0 when all are final (and no rollback is left failed), 3 otherwise.
 
     The caller holds the lock. When there was something to recover (or
     `always_record`), the outcome is written to `state_dir/last-recovery.json`
@@ -29,6 +31,15 @@ def recover_all(ctx: Context, always_record: bool = False) -> int:
     """
     code = EXIT_OK
     outcomes = []
+    if retry_failed:
+        for info in ctx.journal.failed_rollbacks():
+            ctx.log(f"hs-tx: retrying the failed rollback of transaction {info.id}")
+            if _retry(ctx, info) == EXIT_DAMAGED:
+                code = EXIT_DAMAGED
+            after = ctx.journal.transaction(info.id)
+            outcomes.append(
+                {"id": info.id, "was": info.state, "now": after.state if after else None}
+            )
     for info in ctx.journal.unfinished():
         ctx.log(f"hs-tx: recovering transaction {info.id} (left {info.state})")
         try:
@@ -37,8 +48,7 @@ def recover_all(ctx: Context, always_record: bool = False) -> int:
         except HsTxError as exc:
             ctx.log(f"hs-tx: error: transaction {info.id}: {exc}")
             code = EXIT_DAMAGED
-        after = ctx.journal.transaction(info.id)
-        outcomes.append({"id": info.id, "was": info.state, "now": after.state if after else None})
+        outcomes.append(_outcome(ctx, info))
     for info in ctx.journal.final_with_snapshots():
         # snapshots of a rolled-back or aborted run can never serve an undo
         try:
@@ -52,6 +62,47 @@ def recover_all(ctx: Context, always_record: bool = False) -> int:
     return code
 
 
+def _outcome(ctx: Context, info: TxInfo) -> dict[str, object]:
+    """The report line of one recovered transaction: its state before and now."""
+    after = ctx.journal.transaction(info.id)
+    return {"id": info.id, "was": info.state, "now": after.state if after else None}
+
+
+def _retry(ctx: Context, info: TxInfo) -> int:
+    """Run a failed rollback again (it is idempotent); its exit code."""
+    try:
+        return roll_back(ctx, info.id, "recover: retrying the rollback that failed")
+    except HsTxError as exc:
+        ctx.log(f"hs-tx: error: transaction {info.id}: {exc}")
+        return EXIT_DAMAGED
+
+
+def accept_current(ctx: Context) -> list[int]:
+    """Declare the current state good for every failed rollback (journaled on each);
+    return their ids. The caller holds the lock."""
+    accepted = []
+    for info in ctx.journal.failed_rollbacks():
+        detail = {"note": "the operator declared the current state good"}
+        ctx.journal.event(info.id, Phase.RECOVER, Step.ACCEPT_CURRENT, Status.DONE, detail)
+        ctx.log(f"hs-tx: transaction {info.id}: its failed rollback is accepted as it is")
+        accepted.append(info.id)
+    return accepted
+
+
+def refuse_if_rollback_failed(ctx: Context) -> None:
+    """Raise DamagedError (exit 3) while a failed rollback is not repaired or accepted:
+    nothing may be built on a half-restored system."""
+    failed = ctx.journal.failed_rollbacks()
+    if failed:
+        ids = ", ".join(str(info.id) for info in failed)
+        raise DamagedError(
+            f"the rollback of transaction {ids} failed ({failed[0].error}); nothing new starts"
+            " until it is repaired",
+            "fix the cause, then run hs-tx recover to retry it, or hs-tx recover"
+            " --accept-current to declare the current state good",
+        )
+
+
 def recover_one(ctx: Context, info: TxInfo) -> int:
     """Finish one transaction in its own row; return the exit code of that outcome."""
     ctx.journal.event(info.id, Phase.RECOVER, Step.START, Status.INTENT, {"state": info.state})
@@ -59,6 +110,7 @@ def recover_one(ctx: Context, info: TxInfo) -> int:
     if decision == Decision.COMMIT:
         return finish_commit(ctx, info.id)
     if decision == Decision.ROLLBACK or _may_have_changed(info):
+        audit_cut_off(ctx, info)
         reason = info.error or "hs-tx stopped before the transaction finished"
         if not reason.startswith("recovered: "):
             reason = f"recovered: {reason}"

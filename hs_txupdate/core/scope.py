@@ -1,7 +1,10 @@
 """Planning a transaction's scope: which paths it snapshots, and whether it may.
 
-Scope = every module dir + backup_paths of enabled modules + scope.extra_paths,
-with nested paths folded into their parents. A path is refused when it holds
+Scope = every module dir + backup_paths of enabled modules + each module's
+`[scope.modules.NAME] paths` and learned footprint + scope.extra_paths, with
+nested paths folded into their parents; each path keeps where it came from
+(journal.Origin). StateManager backups add paths while the run runs (see
+core.statemanager). A path is refused when it is `/`, when it holds
 a mount point or a nested subvolume (a snapshot would miss what is below it),
 when it holds the state dir or lies inside it, or when it holds a socket.
 """
@@ -9,11 +12,12 @@ when it holds the state dir or lies inside it, or when it holds a socket.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.errors import NoSpaceError, ScopeError
+from ..journal import Origin
 from ..modules.discovery import Module
 from ..snapshot import backend_by_name, choose_backend
 from ..snapshot.entries import entry_type, join, walk
@@ -24,6 +28,15 @@ SPACE_MARGIN = 16 << 20
 
 
 @dataclass(frozen=True)
+class Planned:
+    """A path planned into a scope: why (origin) and for which module (if any)."""
+
+    path: Path
+    origin: Origin
+    module: str | None = None
+
+
+@dataclass(frozen=True)
 class ScopeEntry:
     """One path of the scope, checked, with the backend that will snapshot it."""
 
@@ -31,6 +44,8 @@ class ScopeEntry:
     existed: bool
     backend: str
     size: int
+    origin: Origin | None = None
+    module: str | None = None
 
 
 def fold(paths: Iterable[Path]) -> list[Path]:
@@ -43,41 +58,81 @@ def fold(paths: Iterable[Path]) -> list[Path]:
     return folded
 
 
+def fold_planned(planned: Iterable[Planned]) -> list[Planned]:
+    """Like fold(): normalised, sorted, nothing inside another path; a path planned
+    twice (or inside another) keeps the origin of the first one planned."""
+    first: dict[Path, Planned] = {}
+    for item in planned:
+        first.setdefault(Path(os.path.normpath(item.path)), item)
+    return [Planned(path, first[path].origin, first[path].module) for path in fold(first.keys())]
+
+
 def plan_paths(
     config: Config,
     installed: Iterable[Module],
     future: Iterable[Module],
-    own: Iterable[Path] = (),
-) -> list[Path]:
-    """The folded scope of a run: the dirs of the modules as they will be, the backup
-    paths of every enabled module as installed and as it will be, `own` (hs-tx's
-    install dir when phase 3 replaces it) and extra_paths."""
+    own: Iterable[Planned] = (),
+    learned: Iterable[tuple[str, str]] = (),
+) -> list[Planned]:
+    """The folded scope of a run: the dirs of the modules as they will be, `own`
+    (hs-tx's install dir when phase 3 replaces it, the module runtime it rebuilds), the
+    backup paths of every enabled module as installed and as it will be, the paths
+    the config and the `learned` (module, path) footprints add for the enabled
+    modules, and extra_paths."""
     future = list(future)
-    backups = [p for m in [*installed, *future] if m.enabled for p in m.backup_paths]
-    return fold([*(m.path for m in future), *own, *backups, *config.extra_paths])
+    enabled = {m.name for m in future if m.enabled}
+    planned = [Planned(m.path, Origin.MODULE, m.name) for m in future]
+    planned += own
+    for module in (m for m in [*installed, *future] if m.enabled):
+        planned += [Planned(p, Origin.INDEX, module.name) for p in module.backup_paths]
+    for name, paths in sorted(config.module_paths.items()):
+        if name in enabled:
+            planned += [Planned(p, Origin.CONFIG, name) for p in paths]
+    planned += [Planned(Path(p), Origin.LEARNED, m) for m, p in learned if m in enabled]
+    planned += [Planned(p, Origin.EXTRA) for p in config.extra_paths]
+    return fold_planned(planned)
 
 
-def check_scope(config: Config, paths: list[Path]) -> list[ScopeEntry]:
-    """Check every path and pick its backend; return the entries.
+def check_scope(
+    config: Config, planned: list[Planned], log: Callable[[str], None] | None = None
+) -> list[ScopeEntry]:
+    """Check every planned path and pick its backend; return the entries.
 
-    Raises ScopeError (exit 2) for a path that may not be snapshotted, and
+    A learned path that may no longer be snapshotted is left out (said through
+    `log`): the write audit reports it again if the run changes it. Raises
+    ScopeError (exit 2) for any other path that may not be snapshotted, and
     NoSpaceError when the filesystems lack room for the snapshots.
     """
-    state = Path(os.path.realpath(config.state_dir))
     entries = []
-    for path in paths:
-        real = Path(os.path.realpath(path))
-        if state.is_relative_to(real) or real.is_relative_to(state):
-            raise ScopeError(
-                f"scope path {path} would hold or lie in the state dir {config.state_dir}",
-                "move state_dir elsewhere or take the path out of backup_paths/extra_paths",
-            )
-        existed = os.path.lexists(path)
-        size = _check_tree(path) if existed else 0
-        backend = choose_backend(config.snapshot_backend, path, config.snapshots_dir)
-        entries.append(ScopeEntry(path, existed, backend, size))
+    for item in planned:
+        try:
+            entries.append(check_path(config, item))
+        except ScopeError as exc:
+            if item.origin != Origin.LEARNED:
+                raise
+            if log is not None:
+                log(f"hs-tx: note: learned path {item.path} of {item.module} left out: {exc}")
     check_free_space(config, entries)
     return entries
+
+
+def check_path(config: Config, item: Planned) -> ScopeEntry:
+    """Check one path: it may be snapshotted (see the module docstring); return its
+    entry with the backend that will snapshot it. Raises ScopeError otherwise."""
+    path = item.path
+    if path == Path("/"):
+        raise ScopeError("scope path / is the whole system", "name the paths inside it instead")
+    state = Path(os.path.realpath(config.state_dir))
+    real = Path(os.path.realpath(path))
+    if state.is_relative_to(real) or real.is_relative_to(state):
+        raise ScopeError(
+            f"scope path {path} would hold or lie in the state dir {config.state_dir}",
+            "move state_dir elsewhere or take the path out of backup_paths/extra_paths",
+        )
+    existed = os.path.lexists(path)
+    size = _check_tree(path) if existed else 0
+    backend = choose_backend(config.snapshot_backend, path, config.snapshots_dir)
+    return ScopeEntry(path, existed, backend, size, item.origin, item.module)
 
 
 def _check_tree(root: Path) -> int:

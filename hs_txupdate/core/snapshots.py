@@ -25,6 +25,7 @@ from ..snapshot.manifest import (
     needed_entries,
 )
 from ..snapshot.restore import restore as restore_tree
+from ..snapshot.sqlite import SqliteBackend
 from .config import Config
 from .scope import ScopeEntry
 
@@ -39,22 +40,43 @@ def manifest_path(config: Config, tx_id: int, n: int) -> Path:
 def capture_scope(config: Config, journal: Journal, tx_id: int, entries: list[ScopeEntry]) -> None:
     """Record and snapshot every scope path, each announced before it acts."""
     for n, entry in enumerate(entries):
-        journal.add_path(tx_id, n, str(entry.path), entry.existed, entry.backend)
-        if not entry.existed:
-            journal.update_path(tx_id, n, fingerprint_before=manifest_fingerprint(None))
+        record_path(journal, tx_id, n, entry)
     for n, entry in enumerate(entries):
-        if not entry.existed:
-            continue
-        detail = {"n": n, "path": str(entry.path), "backend": entry.backend}
-        with journal.step(tx_id, Phase.SNAPSHOT, Step.CAPTURE, detail):
-            _capture_one(config, journal, tx_id, n, entry.path, entry.backend)
+        if entry.existed:
+            capture_path(config, journal, tx_id, n, entry)
+
+
+def record_path(
+    journal: Journal, tx_id: int, n: int, entry: ScopeEntry, **more: str | None
+) -> None:
+    """Journal scope path `n` (not yet snapshotted); `more`: added_by, role."""
+    origin = str(entry.origin) if entry.origin else None
+    journal.add_path(tx_id, n, str(entry.path), entry.existed, entry.backend, origin=origin, **more)
+    if not entry.existed:
+        journal.update_path(tx_id, n, fingerprint_before=manifest_fingerprint(None))
+
+
+def capture_path(
+    config: Config, journal: Journal, tx_id: int, n: int, entry: ScopeEntry, fresh: bool = False
+) -> None:
+    """Snapshot the existing scope path `n`, journaled. `fresh`: the run may have
+    changed things already, so no snapshot taken earlier in it may serve."""
+    detail = {"n": n, "path": str(entry.path), "backend": entry.backend}
+    with journal.step(tx_id, Phase.SNAPSHOT, Step.CAPTURE, detail):
+        _capture_one(config, journal, tx_id, n, entry.path, entry.backend, fresh)
 
 
 def _capture_one(
-    config: Config, journal: Journal, tx_id: int, n: int, path: Path, backend_name: str
+    config: Config,
+    journal: Journal,
+    tx_id: int,
+    n: int,
+    path: Path,
+    backend_name: str,
+    fresh: bool,
 ) -> None:
     """Snapshot one existing scope path and record its snapshot and manifest."""
-    target = SnapshotTarget(tx_id, n, path)
+    target = SnapshotTarget(tx_id, n, path, fresh)
     backend = backend_by_name(backend_name, config.snapshots_dir)
     taken_ns = time.time_ns()
     captured = backend.capture(target)
@@ -101,25 +123,41 @@ def load_manifest(info: PathInfo) -> Manifest | None:
     return Manifest.from_bytes(data)
 
 
+def never_snapshotted(info: PathInfo) -> bool:
+    """True for a path a StateManager backup added mid-run whose snapshot was cut off
+    (hs-tx stopped): there is nothing to restore it from."""
+    return info.added_by is not None and info.existed and info.manifest is None
+
+
 def path_changes(info: PathInfo) -> Changes:
     """How the live path differs from what its snapshot holds."""
     return diff(Path(info.path), load_manifest(info))
 
 
 def restore_path(
-    config: Config, journal: Journal, tx_id: int, info: PathInfo, phase: Phase = Phase.ROLLBACK
+    config: Config,
+    journal: Journal,
+    tx_id: int,
+    info: PathInfo,
+    phase: Phase = Phase.ROLLBACK,
+    only: Path | None = None,
 ) -> int:
     """Put one scope path back exactly as snapshotted; return how many entries changed.
 
     `info` may belong to an earlier transaction (undo); the events go to `tx_id`
-    under `phase`. Idempotent: an interrupted restore is finished by calling it
-    again. Raises DamagedError when the snapshot needed is missing or corrupt.
+    under `phase`. `only` (a path at or below it) restores just that part.
+    Idempotent: an interrupted restore is finished by calling it again. Raises
+    DamagedError when the snapshot needed is missing or corrupt.
     """
     manifest = load_manifest(info)
     live = Path(info.path)
     changes = diff(live, manifest)
+    if only is not None:
+        changes = changes.under("" if only == live else str(only.relative_to(live)))
     if not changes:
         return 0
+    if info.backend == "sqlite" and manifest is not None:
+        return _restore_database(config, journal, tx_id, info, phase)
     batches = 0
 
     def announce(status: str, rels: list[str]) -> None:
@@ -139,6 +177,17 @@ def restore_path(
             with backend.reference(target, captured, needed_entries(changes, manifest)) as ref:
                 restore_tree(live, ref, changes, announce)
     return changes.count
+
+
+def _restore_database(
+    config: Config, journal: Journal, tx_id: int, info: PathInfo, phase: Phase
+) -> int:
+    """Put a database captured by the sqlite backend back through the backup API."""
+    target = SnapshotTarget(tx_id, info.n, Path(info.path))
+    captured = Captured(info.snapshot or "", info.size, info.checksum)
+    with journal.step(tx_id, phase, Step.RESTORE, {"n": info.n, "path": info.path, "entries": 1}):
+        SqliteBackend(config.snapshots_dir).restore(target, captured)
+    return 1
 
 
 def verify_snapshot(config: Config, info: PathInfo) -> None:

@@ -5,23 +5,24 @@ and snapshot the scope before anything on the system changes.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..base.errors import EXIT_OK
 from ..journal import Kind, Phase, State, Status, Step
 from .context import Context, who
 from .lock import StateLock
-from .recovery import recover_all
-from .scope import check_scope
+from .recovery import recover_all, refuse_if_rollback_failed
+from .scope import Planned, check_scope
 from .snapshots import capture_scope
 
 
 def recover_first(ctx: Context, doing: str) -> bool:
     """Finish every earlier transaction before a new one starts (the caller holds
     the lock). Returns False, after saying so, when one could not be repaired;
-    `doing` names what is then not done ("starting a new one", "undoing")."""
+    `doing` names what is then not done ("starting a new one", "undoing"). Raises
+    DamagedError while an earlier rollback stays failed."""
     if recover_all(ctx) == EXIT_OK:
+        refuse_if_rollback_failed(ctx)
         return True
     ctx.log(f"hs-tx: an earlier transaction could not be repaired; not {doing}")
     return False
@@ -37,14 +38,15 @@ def open_transaction(ctx: Context, lock: StateLock, kind: Kind) -> int:
 
 
 def snapshot_scope(
-    ctx: Context, tx_id: int, paths: list[Path], plan: dict[str, Any] | None = None
+    ctx: Context, tx_id: int, planned: list[Planned], plan: dict[str, Any] | None = None
 ) -> None:
-    """Journal the planned scope (`paths`, plus what `plan` adds), check it and
+    """Journal the planned scope (its paths, plus what `plan` adds), check it and
     snapshot it; state `snapshotted`. Changes nothing on the system.
 
     Raises ScopeError / NoSpaceError when a path may not be snapshotted.
     """
-    detail = {"paths": [str(p) for p in paths], **(plan or {})}
+    detail = {"paths": [str(p.path) for p in planned], **(plan or {})}
     ctx.journal.event(tx_id, Phase.PLAN, Step.SCOPE, Status.DONE, detail)
-    capture_scope(ctx.config, ctx.journal, tx_id, check_scope(ctx.config, paths))
+    entries = check_scope(ctx.config, planned, ctx.log)
+    capture_scope(ctx.config, ctx.journal, tx_id, entries)
     ctx.journal.set_state(tx_id, State.SNAPSHOTTED)

@@ -15,12 +15,16 @@ from typing import TypeVar
 from ..base.errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, exit_code_for
 from ..base.fsio import syncfs
 from ..base.proc import CommandError
-from ..journal import Decision, Phase, State, Status, Step, TxInfo
+from ..journal import Decision, OutsideInfo, Phase, State, Status, Step, TxInfo
 from ..snapshot.manifest import tree_fingerprint
+from .audit import describe
 from .context import Context
+from .runstate import keep_run_states, read_run_states
+from .services import put_back_services
 from .signals import SignalGuard
 from .snapshots import (
     delete_snapshots,
+    never_snapshotted,
     path_changes,
     remove_stage_dirs,
     restore_path,
@@ -118,13 +122,15 @@ def roll_back(
     exit_code: int = EXIT_FAILED,
     after_restore: Callable[[], str | None] | None = None,
 ) -> int:
-    """Restore every scope path of `tx_id`, restart its modules' services, finish it.
+    """Restore every scope path of `tx_id`, put its services back, finish it.
 
-    `after_restore` runs once the files and services are back (the network
-    guard's repair); it returns None, or what it could not put back.
-    Idempotent: recovery calls it again for a rollback that was cut off.
-    Returns `exit_code`, or 3 when a path (or what `after_restore` guards)
-    could not be restored.
+    Paths are restored newest snapshot first, so where scope paths nest (a
+    StateManager backup added mid-run) the run-start state wins. `after_restore`
+    runs once the files and services are back (the network guard's repair); it
+    returns None, or what it could not put back. Idempotent: recovery calls it
+    again for a rollback that was cut off. Returns `exit_code`, or 3 when a path
+    (or what `after_restore` guards) could not be restored, or when the run
+    changed paths outside its scope, which no rollback puts back.
     """
     journal = ctx.journal
     ctx.log(f"hs-tx: {reason}")
@@ -133,10 +139,14 @@ def roll_back(
     decision = {"outcome": Decision.ROLLBACK, "reason": reason}
     journal.event(tx_id, Phase.ROLLBACK, Step.DECISION, Status.DONE, decision)
     info = _tx(ctx, tx_id)
-    problems = []
-    for path in info.paths:
+    run_states = read_run_states(ctx, info)
+    problems, changed = [], []
+    for path in sorted(info.paths, key=lambda p: p.n, reverse=True):
+        if never_snapshotted(path):
+            continue  # added mid-run, cut off before its snapshot: nothing to restore from
         try:
-            restore_path(ctx.config, journal, tx_id, path)
+            if restore_path(ctx.config, journal, tx_id, path):
+                changed.append(Path(path.path))
         except (HsTxError, OSError) as exc:
             problems.append(f"{path.path}: {exc}")
             failure = {"n": path.n, "error": str(exc)}
@@ -149,7 +159,8 @@ def roll_back(
         return EXIT_DAMAGED
     remove_stage_dirs(tx_id, info.paths, ctx.config.modules_dir)
     _record_restored_state(ctx, info)
-    restart_services(ctx, tx_id, services_of(info))
+    keep_run_states(ctx, tx_id, run_states)
+    put_back_services(ctx, tx_id, info, changed)
     damage = _after_restore(after_restore)
     if damage is not None:
         error = f"{reason}; the files were restored, but {damage}"
@@ -161,10 +172,28 @@ def roll_back(
         )
         _discard_snapshots(ctx, tx_id, info)
         return EXIT_DAMAGED
-    journal.set_state(tx_id, State.ROLLED_BACK, exit_code=exit_code)
-    ctx.log(f"hs-tx: transaction {tx_id} rolled back; every path in scope is as before")
+    return _finish_rollback(ctx, tx_id, info, exit_code)
+
+
+def _finish_rollback(ctx: Context, tx_id: int, info: TxInfo, exit_code: int) -> int:
+    """State rolled_back; "as before" only when the run changed nothing outside the
+    scope and every path was snapshotted, else exit 3 naming what is not restored."""
+    lost = [p.path for p in info.paths if never_snapshotted(p)]
+    outside = [*info.outside, *(OutsideInfo(p, "unknown", None, 1, False) for p in lost)]
+    if info.outside:
+        ctx.journal.set_outside_restored(tx_id, False)
+    code = EXIT_DAMAGED if outside else exit_code
+    ctx.journal.set_state(tx_id, State.ROLLED_BACK, exit_code=code)
+    if outside:
+        ctx.log(
+            f"hs-tx: transaction {tx_id} rolled back: every path in its scope is restored, but"
+            f" {len(outside)} path(s) the run changed outside its scope are not:"
+            f" {describe(outside)}; see them all: hs-tx show {tx_id}"
+        )
+    else:
+        ctx.log(f"hs-tx: transaction {tx_id} rolled back; every path in scope is as before")
     _discard_snapshots(ctx, tx_id, info)
-    return exit_code
+    return code
 
 
 def _record_restored_state(ctx: Context, info: TxInfo) -> None:
@@ -190,29 +219,6 @@ def _after_restore(check: Callable[[], str | None] | None) -> str | None:
         return check()
     except Exception as exc:
         return f"the step after the restore failed: {type(exc).__name__}: {exc}"
-
-
-def services_of(info: TxInfo) -> list[str]:
-    """The services of the modules that started running in a transaction, in order."""
-    units: list[str] = []
-    for event in info.events:
-        if event.phase == Phase.MODULES and event.status == Status.INTENT and event.detail:
-            unit = event.detail.get("service")
-            if unit and unit not in units:
-                units.append(unit)
-    return units
-
-
-def restart_services(ctx: Context, tx_id: int, units: list[str]) -> None:
-    """Restart each unit; a failure is journaled and warned about, never fatal."""
-    for unit in units:
-        with ctx.journal.step(tx_id, Phase.SERVICES, Step.RESTART, {"unit": unit}) as step:
-            problem = ctx.services.restart(unit)
-            step.detail["error"] = problem
-            if problem is not None:
-                step.fail()
-        if problem is not None:
-            ctx.log(f"hs-tx: warning: service {unit} did not restart: {problem}")
 
 
 def abort(ctx: Context, tx_id: int, exc: BaseException) -> int:

@@ -5,13 +5,26 @@ records it returns; `vocab` holds every word it stores, as enums.
 """
 
 from .api import Journal, StepRecord
-from .records import EventInfo, LastRunInfo, ModuleRunInfo, PathInfo, TxInfo, now_iso
+from .records import (
+    BackupInfo,
+    EventInfo,
+    LastRunInfo,
+    ModuleRunInfo,
+    OutsideInfo,
+    PathInfo,
+    ServiceInfo,
+    TxInfo,
+    now_iso,
+)
 from .vocab import (
     CHANGING_PHASES,
     FINAL_STATES,
+    POINT,
     RUNNING_STATES,
+    Change,
     Decision,
     Kind,
+    Origin,
     Phase,
     RunStatus,
     State,
@@ -22,16 +35,22 @@ from .vocab import (
 __all__ = [
     "CHANGING_PHASES",
     "FINAL_STATES",
+    "POINT",
     "RUNNING_STATES",
+    "BackupInfo",
+    "Change",
     "Decision",
     "EventInfo",
     "Journal",
     "Kind",
     "LastRunInfo",
     "ModuleRunInfo",
+    "Origin",
+    "OutsideInfo",
     "PathInfo",
     "Phase",
     "RunStatus",
+    "ServiceInfo",
     "State",
     "Status",
     "Step",

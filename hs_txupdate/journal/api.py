@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +21,17 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import sessionmaker
 
 from ..base.crashpoints import CrashPoints
-from .models import Event, ModuleRun, ScopePath, Transaction, UndoLink
+from .models import (
+    Event,
+    Footprint,
+    ModuleRun,
+    OutsideChange,
+    ScopePath,
+    ServiceState,
+    StateManagerBackup,
+    Transaction,
+    UndoLink,
+)
 from .reads import NET_COLUMNS, JournalReads
 from .records import now_iso
 from .schema import create_journal_engine
@@ -187,10 +197,20 @@ class Journal(JournalReads):
         self.event(tx_id, phase, step, outcome, record.detail)
 
     # --- scope paths --------------------------------------------------------------------
-    def add_path(self, tx_id: int, n: int, path: str, existed: bool, backend: str) -> None:
-        """Record scope path number `n` of a transaction, before it is snapshotted."""
+    def add_path(
+        self, tx_id: int, n: int, path: str, existed: bool, backend: str, **more: str | None
+    ) -> None:
+        """Record scope path number `n` of a transaction, before it is snapshotted;
+        `more` sets origin, added_by (the module that added it mid-run) or role."""
         with _signals_deferred(), self._session() as s, s.begin():
-            s.add(ScopePath(tx_id=tx_id, n=n, path=path, existed=existed, backend=backend))
+            row = ScopePath(tx_id=tx_id, n=n, path=path, existed=existed, backend=backend, **more)
+            s.add(row)
+
+    def next_path_number(self, tx_id: int) -> int:
+        """The number the next scope path (or point-in-time snapshot) of `tx_id` gets."""
+        with self._session() as s:
+            last = s.scalar(select(func.max(ScopePath.n)).where(ScopePath.tx_id == tx_id))
+            return 0 if last is None else last + 1
 
     def update_path(self, tx_id: int, n: int, **values: Any) -> None:
         """Set columns (snapshot, manifest, size, checksum, changed, ...) of a scope path."""
@@ -244,4 +264,84 @@ class Journal(JournalReads):
         with _signals_deferred(), self._session() as s, s.begin():
             s.execute(
                 update(ModuleRun).where(ModuleRun.id == run_id).values(status=status, **values)
+            )
+
+    # --- the write audit, StateManager backups, services ---------------------------------
+    def set_audit(self, tx_id: int, method: str, reason: str | None, others: int) -> None:
+        """Record how the write audit watched the run and how many writes by other
+        processes it counted."""
+        values = {"audit_method": method, "audit_reason": reason, "audit_others": others}
+        self._update_tx(tx_id, values)
+
+    def add_outside(self, tx_id: int, changes: Sequence[tuple[str, str, str | None, int]]) -> None:
+        """Record paths the run changed outside its scope: (path, change, module, count)."""
+        with _signals_deferred(), self._session() as s, s.begin():
+            s.add_all(
+                OutsideChange(tx_id=tx_id, path=p, change=c, module=m, count=n)
+                for p, c, m, n in changes
+            )
+
+    def set_outside_restored(self, tx_id: int, restored: bool) -> None:
+        """Record whether the outside-scope changes of `tx_id` were put back (never, so far)."""
+        with _signals_deferred(), self._session() as s, s.begin():
+            s.execute(
+                update(OutsideChange).where(OutsideChange.tx_id == tx_id).values(restored=restored)
+            )
+
+    def learn(self, tx_id: int, footprints: list[tuple[str, str]]) -> None:
+        """Add (module, path) footprints learned from transaction `tx_id` (known ones skipped)."""
+        known = set((m, p) for m, p, _ in self.footprints())
+        with _signals_deferred(), self._session() as s, s.begin():
+            s.add_all(
+                Footprint(module=m, path=p, tx_id=tx_id)
+                for m, p in dict.fromkeys(footprints)
+                if (m, p) not in known
+            )
+
+    def forget(self, module: str, path: str) -> int:
+        """Forget a learned path of `module`; return how many footprints that was."""
+        with _signals_deferred(), self._session() as s, s.begin():
+            result = s.execute(
+                update(Footprint)
+                .where(
+                    Footprint.module == module,
+                    Footprint.path == path,
+                    Footprint.forgotten_at.is_(None),
+                )
+                .values(forgotten_at=now_iso())
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def add_backup(
+        self,
+        tx_id: int,
+        name: str,
+        module: str | None,
+        paths: list[tuple[str, int | None]],
+        services: dict[str, dict[str, Any]],
+    ) -> None:
+        """Record a StateManager backup called `name` in transaction `tx_id`: each
+        (path, number of the snapshot holding it, None when it was absent), and each
+        service's state at the call."""
+        at = now_iso()
+        common = {"tx_id": tx_id, "name": name, "module": module, "at": at}
+        rows = [StateManagerBackup(kind="path", path=p, n=n, **common) for p, n in paths]
+        rows += [
+            StateManagerBackup(
+                kind="service", path=unit, state=json.dumps(state, sort_keys=True), **common
+            )
+            for unit, state in services.items()
+        ]
+        with _signals_deferred(), self._session() as s, s.begin():
+            s.add_all(rows)
+
+    def add_service(
+        self, tx_id: int, unit: str, active: bool | None, enabled: str | None, source: str
+    ) -> None:
+        """Record a service's state before the run changes it (the first record wins)."""
+        if any(known.unit == unit for known in self.services(tx_id)):
+            return
+        with _signals_deferred(), self._session() as s, s.begin():
+            s.add(
+                ServiceState(tx_id=tx_id, unit=unit, active=active, enabled=enabled, source=source)
             )

@@ -44,6 +44,11 @@ class Transaction(Base):
     net_after: Mapped[str | None] = mapped_column(Text, nullable=True)
     net_restored: Mapped[str | None] = mapped_column(Text, nullable=True)
     net_actions: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # the write audit: how it watched (fanotify | scan), what it could not see,
+    # how many writes by other processes it counted
+    audit_method: Mapped[str | None] = mapped_column(String, nullable=True)
+    audit_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    audit_others: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ScopePath(Base):
@@ -66,6 +71,9 @@ class ScopePath(Base):
     pruned_at: Mapped[str | None] = mapped_column(String, nullable=True)
     fingerprint: Mapped[str | None] = mapped_column(String, nullable=True)
     fingerprint_before: Mapped[str | None] = mapped_column(String, nullable=True)
+    origin: Mapped[str | None] = mapped_column(String, nullable=True)  # see vocab.Origin
+    added_by: Mapped[str | None] = mapped_column(String, nullable=True)  # module, mid-run
+    role: Mapped[str | None] = mapped_column(String, nullable=True)  # None scope, "point"
 
 
 class Event(Base):
@@ -108,3 +116,55 @@ class UndoLink(Base):
     __tablename__ = "undo_links"
     undo_tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), primary_key=True)
     undone_tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), primary_key=True)
+
+
+class OutsideChange(Base):
+    """A path a run changed outside its scope, as the write audit saw it."""
+
+    __tablename__ = "outside_scope"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    change: Mapped[str] = mapped_column(String)  # created | modified | metadata | deleted
+    module: Mapped[str | None] = mapped_column(String, nullable=True)
+    count: Mapped[int] = mapped_column(Integer)  # entries folded into this path
+    restored: Mapped[bool | None] = mapped_column(nullable=True)
+
+
+class Footprint(Base):
+    """A path a module changed outside its scope in an earlier run: in scope from now on."""
+
+    __tablename__ = "footprints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    module: Mapped[str] = mapped_column(String, index=True)
+    path: Mapped[str] = mapped_column(Text)
+    tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"))
+    forgotten_at: Mapped[str | None] = mapped_column(String, nullable=True)
+
+
+class StateManagerBackup(Base):
+    """One path of a module's StateManager backup: which snapshot (scope path `n` of
+    the transaction) holds it as it was at the backup call."""
+
+    __tablename__ = "statemanager_backups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
+    name: Mapped[str] = mapped_column(String, index=True)  # the backup's module_name
+    module: Mapped[str | None] = mapped_column(String, nullable=True)  # the module that ran
+    kind: Mapped[str] = mapped_column(String)  # path | service
+    path: Mapped[str] = mapped_column(Text)  # the path, or the service's unit
+    n: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: absent at backup time
+    state: Mapped[str | None] = mapped_column(Text, nullable=True)  # a service's, as JSON
+    at: Mapped[str] = mapped_column(String)
+
+
+class ServiceState(Base):
+    """A service's state before a run changed it, to be put back by a rollback."""
+
+    __tablename__ = "services"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
+    unit: Mapped[str] = mapped_column(String)
+    active: Mapped[bool | None] = mapped_column(nullable=True)
+    enabled: Mapped[str | None] = mapped_column(String, nullable=True)  # is-enabled's word
+    source: Mapped[str] = mapped_column(String)  # module | statemanager | unit-file

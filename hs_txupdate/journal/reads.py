@@ -12,18 +12,31 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .models import Event, ModuleRun, ScopePath, Transaction, UndoLink
+from .models import (
+    Event,
+    Footprint,
+    ModuleRun,
+    OutsideChange,
+    ScopePath,
+    ServiceState,
+    StateManagerBackup,
+    Transaction,
+    UndoLink,
+)
 from .records import (
+    BackupInfo,
     EventInfo,
     LastRunInfo,
     ModuleRunInfo,
+    OutsideInfo,
     PathInfo,
+    ServiceInfo,
     TxInfo,
     from_row,
     loads,
     tx_info,
 )
-from .vocab import RUNNING_STATES, State
+from .vocab import POINT, RUNNING_STATES, State, Step
 
 NET_COLUMNS = frozenset({"before", "after", "restored", "actions"})
 
@@ -73,7 +86,17 @@ class JournalReads:
             if row is None:
                 return None
             info = tx_info(row, self._undone_by(s, [tx_id]).get(tx_id))
-            info.paths = self._paths(s, tx_id)
+            every = self._paths(s, tx_id)
+            info.paths = [p for p in every if p.role != POINT]
+            info.points = [p for p in every if p.role == POINT]
+            info.outside = [
+                from_row(OutsideInfo, r)
+                for r in s.scalars(
+                    select(OutsideChange)
+                    .where(OutsideChange.tx_id == tx_id)
+                    .order_by(OutsideChange.path)
+                )
+            ]
             info.modules = self._modules(s, tx_id)
             info.events = [
                 EventInfo(e.seq, e.phase, e.step, e.status, e.at, loads(e.detail))
@@ -88,6 +111,23 @@ class JournalReads:
                 s.scalars(
                     select(Transaction.id)
                     .where(Transaction.state.in_(RUNNING_STATES))
+                    .order_by(Transaction.id)
+                )
+            )
+        return [info for i in ids if (info := self.transaction(i)) is not None]
+
+    def failed_rollbacks(self) -> list[TxInfo]:
+        """Transactions whose rollback failed and that nobody declared good
+        (`recover --accept-current`), oldest first, with paths and events."""
+        accepted = select(Event.tx_id).where(Event.step == Step.ACCEPT_CURRENT)
+        with self._session() as s:
+            ids = list(
+                s.scalars(
+                    select(Transaction.id)
+                    .where(
+                        Transaction.state == State.ROLLBACK_FAILED,
+                        Transaction.id.not_in(accepted),
+                    )
                     .order_by(Transaction.id)
                 )
             )
@@ -160,6 +200,54 @@ class JournalReads:
                 .order_by(ScopePath.tx_id.desc(), ScopePath.n)
             )
             return [(tx, path, fp) for tx, path, fp in rows]
+
+    def footprints(self, module: str | None = None) -> list[tuple[str, str, int]]:
+        """(module, path, learned in transaction) of every footprint not forgotten,
+        of `module` or of all modules, oldest first."""
+        query = select(Footprint.module, Footprint.path, Footprint.tx_id).where(
+            Footprint.forgotten_at.is_(None)
+        )
+        if module is not None:
+            query = query.where(Footprint.module == module)
+        with self._session() as s:
+            return [(m, p, t) for m, p, t in s.execute(query.order_by(Footprint.id))]
+
+    def backups(self, name: str) -> list[BackupInfo]:
+        """Every path of the newest StateManager backup called `name` (in the newest
+        transaction that made one), in the order it was backed up."""
+        with self._session() as s:
+            newest = s.scalar(
+                select(func.max(StateManagerBackup.id)).where(StateManagerBackup.name == name)
+            )
+            if newest is None:
+                return []
+            row = s.get(StateManagerBackup, newest)
+            assert row is not None
+            rows = s.scalars(
+                select(StateManagerBackup)
+                .where(StateManagerBackup.tx_id == row.tx_id, StateManagerBackup.name == name)
+                .where(StateManagerBackup.at == row.at)
+                .order_by(StateManagerBackup.id)
+            )
+            return [from_row(BackupInfo, r) for r in rows]
+
+    def backup_paths(self, module: str) -> list[str]:
+        """The paths module `module`'s StateManager backups named, newest first, once each."""
+        with self._session() as s:
+            rows = s.scalars(
+                select(StateManagerBackup.path)
+                .where(StateManagerBackup.module == module, StateManagerBackup.kind == "path")
+                .order_by(StateManagerBackup.id.desc())
+            )
+            return list(dict.fromkeys(rows))
+
+    def services(self, tx_id: int) -> list[ServiceInfo]:
+        """The services whose state transaction `tx_id` recorded before changing them."""
+        with self._session() as s:
+            rows = s.scalars(
+                select(ServiceState).where(ServiceState.tx_id == tx_id).order_by(ServiceState.id)
+            )
+            return [from_row(ServiceInfo, r) for r in rows]
 
     @classmethod
     def _undone_by(cls, s: Session, ids: Iterable[int]) -> dict[int, int]:

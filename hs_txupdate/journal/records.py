@@ -39,6 +39,9 @@ class PathInfo:
     pruned_at: str | None
     fingerprint: str | None
     fingerprint_before: str | None
+    origin: str | None = None
+    added_by: str | None = None
+    role: str | None = None
 
 
 @dataclass
@@ -82,6 +85,41 @@ class LastRunInfo:
 
 
 @dataclass
+class OutsideInfo:
+    """A path a run changed outside its scope."""
+
+    path: str
+    change: str
+    module: str | None
+    count: int
+    restored: bool | None
+
+
+@dataclass
+class BackupInfo:
+    """One path of a StateManager backup and the snapshot (scope path n) holding it."""
+
+    tx_id: int
+    name: str
+    module: str | None
+    kind: str  # path | service
+    path: str  # the path, or the unit of a service
+    n: int | None
+    state: str | None  # a service's state as JSON
+    at: str
+
+
+@dataclass
+class ServiceInfo:
+    """A service's state as recorded before a run changed it."""
+
+    unit: str
+    active: bool | None
+    enabled: str | None
+    source: str
+
+
+@dataclass
 class TxInfo:
     """A transaction row, with its paths, modules and events when asked for."""
 
@@ -105,7 +143,12 @@ class TxInfo:
     net_after: dict[str, Any] | None = None
     net_restored: dict[str, Any] | None = None
     net_actions: list[dict[str, Any]] | None = None
+    audit_method: str | None = None
+    audit_reason: str | None = None
+    audit_others: int | None = None
     paths: list[PathInfo] = field(default_factory=list)
+    points: list[PathInfo] = field(default_factory=list)  # point-in-time snapshots
+    outside: list[OutsideInfo] = field(default_factory=list)
     modules: list[ModuleRunInfo] = field(default_factory=list)
     events: list[EventInfo] = field(default_factory=list)
 
@@ -142,6 +185,9 @@ def tx_info(row: Transaction, undone_by: int | None) -> TxInfo:
         net_after=loads(row.net_after),
         net_restored=loads(row.net_restored),
         net_actions=loads(row.net_actions),
+        audit_method=row.audit_method,
+        audit_reason=row.audit_reason,
+        audit_others=row.audit_others,
     )
 
 

@@ -58,6 +58,9 @@ class Phase(StrEnum):
     SERVICES = "services"
     RETENTION = "retention"
     RECOVER = "recover"
+    AUDIT = "audit"
+    STATEMANAGER = "statemanager"
+    RUNTIME = "runtime"
 
     @property
     def changes_system(self) -> bool:
@@ -67,7 +70,16 @@ class Phase(StrEnum):
 
 # Recovery rolls back a transaction that has an event of one of these phases.
 CHANGING_PHASES = frozenset(
-    {Phase.SCHEMA, Phase.MODULES, Phase.SELF_UPDATE, Phase.CONFIG, Phase.UNDO, Phase.ROLLBACK}
+    {
+        Phase.SCHEMA,
+        Phase.MODULES,
+        Phase.SELF_UPDATE,
+        Phase.CONFIG,
+        Phase.UNDO,
+        Phase.ROLLBACK,
+        Phase.STATEMANAGER,
+        Phase.RUNTIME,
+    }
 )
 
 
@@ -93,6 +105,15 @@ class Step(StrEnum):
     RESTART = "restart"
     DELETE_SNAPSHOTS = "delete-snapshots"
     START = "start"
+    BACKUP = "backup"
+    BUILD = "build"
+    WINDOW = "window"
+    FINISH = "finish"
+    KEEP_RUN_STATE = "keep-run-state"
+    PUT_BACK = "put-back"
+    DAEMON_RELOAD = "daemon-reload"
+    OUTSIDE = "outside"
+    ACCEPT_CURRENT = "accept-current"
 
 
 class Status(StrEnum):
@@ -119,3 +140,29 @@ class Decision(StrEnum):
 
     COMMIT = "commit"
     ROLLBACK = "rollback"
+
+
+class Origin(StrEnum):
+    """Why a path is in a transaction's scope."""
+
+    MODULE = "module"  # the module's own dir
+    INDEX = "index.json"  # configuration.backup_paths
+    STATEMANAGER = "statemanager"  # a StateManager backup call added it mid-run
+    LEARNED = "learned"  # the module changed it outside the scope in an earlier run
+    CONFIG = "config"  # [scope.modules.NAME] paths
+    EXTRA = "extra_paths"  # [scope] extra_paths
+    SELF = "self-update"  # hs-tx's own install dir
+    RUNTIME = "runtime"  # the module runtime, rebuilt by this run
+    UNDO = "undo"  # what the undone transaction changed
+
+
+class Change(StrEnum):
+    """How the write audit saw a path change."""
+
+    CREATED = "created"
+    MODIFIED = "modified"
+    METADATA = "metadata"
+    DELETED = "deleted"
+
+
+POINT = "point"  # scope path role: a point-in-time snapshot only restore_module_state uses

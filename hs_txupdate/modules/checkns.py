@@ -24,7 +24,7 @@ from pathlib import Path
 from ..base.errors import HsTxError
 from ..base.proc import run
 from .discovery import load_module
-from .runner import run_module
+from .runner import Runtime, run_module
 
 
 class IsolationError(HsTxError):
@@ -111,9 +111,12 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"error": str(exc)}))
         return 2
     results = []
+    runtime = Runtime(*spec["runtime"])
     for name in spec["modules"]:
         module = load_module(modules_dir / name)
-        outcome = run_module(module, ["--check"], echo=_to_stderr, extra_env=spec["env"])
+        outcome = run_module(
+            module, ["--check"], echo=_to_stderr, extra_env=spec["env"], runtime=runtime
+        )
         results.append(
             {
                 "name": name,

@@ -1,7 +1,11 @@
-"""Running a module in its own worker process: timeout, streaming, outcome.
+"""Running a module in its own worker process: timeout, output, outcome, requests.
 
 Each run is a fresh `python -m hs_txupdate.modules.worker` in its own session
 (process group), so a timeout or an interruption kills everything it started.
+One loop in the calling thread reads the worker's output, its result and its
+requests (base.channel), which `serve` answers while the worker waits. No
+thread is started: under the write audit, hs-tx's children live in another pid
+namespace, where this process cannot start threads.
 """
 
 from __future__ import annotations
@@ -9,21 +13,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..base.channel import CHANNEL_ENV
 from ..base.proc import child_env
 from .discovery import Module
+from .output import OutputTail
 
-TAIL_LINES = 200
 KILL_GRACE_S = 5.0
+DRAIN_GRACE_S = 2.0  # after the worker ended: output a left-behind child still holds
+Serve = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The interpreter a worker runs on, and what it must find on its path."""
+
+    python: str = sys.executable
+    pythonpath: str | None = None  # a dir holding only hs_txupdate (for a module runtime)
 
 
 @dataclass
@@ -46,93 +60,219 @@ def run_module(
     echo: Callable[[str], None] | None = None,
     extra_env: dict[str, str] | None = None,
     mode: str = "main",
+    serve: Serve | None = None,
+    runtime: Runtime | None = None,
 ) -> Outcome:
     """Run `module`'s main(args) in a worker; a bare False runs it once more.
 
     With mode "maintenance", run its maintenance task instead (once).
-    `echo` receives each output line as it arrives. Returns the Outcome; a
-    module's failure never raises. An exception from a signal handler (an
-    interrupted hs-tx) kills the worker's process group and propagates.
+    `echo` receives each output line as it arrives; `serve` answers the
+    worker's requests (none are possible without it); `runtime` is the
+    interpreter to run on. Returns the Outcome; a module's failure never
+    raises. An exception from a signal handler (an interrupted hs-tx), or from
+    `serve`, kills the worker's process group and propagates.
     """
+    job = _Job(module, args, echo, extra_env or {}, mode, serve, runtime or Runtime())
     start = time.monotonic()
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    prefix = f"[{module.name}] "
+    tail = OutputTail(None if echo is None else lambda line: echo(prefix + line))
     attempts = 0
     while True:
         attempts += 1
-        status, error, exit_status, result = _run_once(module, args, tail, echo, extra_env, mode)
+        status, error, exit_status, result = _run_once(job, tail)
         if status != "again":
             break
         if attempts == 2:
             status, error = "failed", "main() returned False twice"
             break
     duration = time.monotonic() - start
-    return Outcome(status, error, exit_status, duration, "".join(tail), attempts, result)
+    return Outcome(status, error, exit_status, duration, tail.text(), attempts, result)
 
 
-def _run_once(
-    module: Module,
-    args: Any,
-    tail: deque[str],
-    echo: Callable[[str], None] | None,
-    extra_env: dict[str, str] | None,
-    mode: str,
-) -> tuple[str, str, int | None, Any]:
+@dataclass(frozen=True)
+class _Job:
+    """Everything one worker run needs."""
+
+    module: Module
+    args: Any
+    echo: Callable[[str], None] | None
+    extra_env: dict[str, str]
+    mode: str
+    serve: Serve | None
+    runtime: Runtime
+
+
+def _run_once(job: _Job, tail: OutputTail) -> tuple[str, str, int | None, Any]:
+    channel = _Channel.open() if job.serve is not None else None
     read_fd, write_fd = os.pipe()
-    env = child_env({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})})
-    argv = [
-        sys.executable,
-        "-m",
-        "hs_txupdate.modules.worker",
-        str(module.path.parent),
-        module.name,
-        str(write_fd),
-        json.dumps(args),
-        mode,
-    ]
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-            env=env,
-        )
+        proc = _spawn(job, write_fd, channel)
     finally:
         os.close(write_fd)
-    result: list[bytes] = []
-    readers = [
-        threading.Thread(target=_pump_output, args=(proc, module.name, tail, echo), daemon=True),
-        threading.Thread(target=_read_all, args=(read_fd, result), daemon=True),
-    ]
-    for t in readers:
-        t.start()
+        if channel is not None:
+            channel.close_worker_side()
+    watch = _Watch(proc, read_fd, channel, tail)
     try:
-        timed_out = _wait(proc, module.timeout)
+        timed_out = watch.run(job.module.timeout, job.serve)
     except BaseException:
         _kill_group(proc, signal.SIGKILL)
         proc.wait()
         raise
-    for t in readers:
-        t.join(timeout=2.0)
+    finally:
+        watch.close()
     if timed_out:
-        return "timeout", f"timed out after {module.timeout:g} s", proc.returncode, None
-    return _outcome(result, proc.returncode)
+        return "timeout", f"timed out after {job.module.timeout:g} s", proc.returncode, None
+    return _outcome(watch.result, proc.returncode)
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> bool:
-    """Wait for the worker; on timeout kill its whole group. Returns True on timeout."""
+def _spawn(job: _Job, result_fd: int, channel: _Channel | None) -> subprocess.Popen[bytes]:
+    """Start the worker in its own session; it writes its outcome to `result_fd`."""
+    env = child_env({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **job.extra_env})
+    if job.runtime.pythonpath:
+        env["PYTHONPATH"] = job.runtime.pythonpath
+    if channel is not None:
+        env[CHANNEL_ENV] = channel.worker_side
+    module = job.module
+    argv = [
+        job.runtime.python,
+        "-m",
+        "hs_txupdate.modules.worker",
+        str(module.path.parent),
+        module.name,
+        str(result_fd),
+        json.dumps(job.args),
+        job.mode,
+    ]
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        pass_fds=(result_fd, *(channel.worker_fds if channel else ())),
+        start_new_session=True,
+        env=env,
+    )
+
+
+class _Channel:
+    """The two pipes of a worker's requests: it writes requests and reads replies."""
+
+    def __init__(self, requests: tuple[int, int], replies: tuple[int, int]) -> None:
+        self.request_r, self.request_w = requests
+        self.reply_r, self.reply_w = replies
+        self.buffer = b""
+
+    @classmethod
+    def open(cls) -> _Channel:
+        """Two fresh pipes."""
+        return cls(os.pipe(), os.pipe())
+
+    @property
+    def worker_fds(self) -> tuple[int, int]:
+        """The descriptors the worker keeps."""
+        return (self.reply_r, self.request_w)
+
+    @property
+    def worker_side(self) -> str:
+        """The worker's `HS_TX_CHANNEL`: its read and write descriptors."""
+        return f"{self.reply_r},{self.request_w}"
+
+    def close_worker_side(self) -> None:
+        """Once the worker has its copies: keep only the parent's ends."""
+        os.close(self.reply_r)
+        os.close(self.request_w)
+
+    def take(self, chunk: bytes) -> list[dict[str, Any]]:
+        """Add what was read; return the complete requests (an unreadable one is
+        returned as a request without an op, which `serve` refuses)."""
+        self.buffer += chunk
+        *lines, self.buffer = self.buffer.split(b"\n")
+        return [_request(line) for line in lines if line.strip()]
+
+    def reply(self, answer: dict[str, Any]) -> None:
+        """Send one reply (the worker is blocked reading it)."""
+        view = memoryview((json.dumps(answer) + "\n").encode())
+        with contextlib.suppress(BrokenPipeError):  # the worker died meanwhile
+            while view:
+                view = view[os.write(self.reply_w, view) :]
+
+    def close(self) -> None:
+        """Close the parent's ends."""
+        for fd in (self.request_r, self.reply_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _request(line: bytes) -> dict[str, Any]:
     try:
-        proc.wait(timeout=timeout)
+        request = json.loads(line)
+    except ValueError:
+        return {}
+    return request if isinstance(request, dict) else {}
+
+
+@dataclass
+class _Watch:
+    """Everything read from one worker while it runs."""
+
+    proc: subprocess.Popen[bytes]
+    result_fd: int
+    channel: _Channel | None
+    tail: OutputTail
+    result: list[bytes] = field(default_factory=list)
+
+    def run(self, timeout: float, serve: Serve | None) -> bool:
+        """Read output, result and requests until the worker ended and its pipes are
+        drained, answering requests; on timeout kill its group. True on timeout."""
+        assert self.proc.stdout is not None
+        out = self.proc.stdout.fileno()
+        open_fds = {out, self.result_fd}
+        if self.channel is not None:
+            open_fds.add(self.channel.request_r)
+        deadline = time.monotonic() + timeout
+        ended_at: float | None = None
+        while open_fds:
+            now = time.monotonic()
+            if ended_at is None and self.proc.poll() is not None:
+                ended_at = now
+            if ended_at is not None and now - ended_at > DRAIN_GRACE_S:
+                break  # a child the module left behind holds the output open
+            if ended_at is None and now >= deadline:
+                _stop(self.proc)
+                return True
+            ready, _, _ = select.select(list(open_fds), [], [], 0.2)
+            for fd in ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    open_fds.discard(fd)
+                elif fd == out:
+                    self.tail.feed(chunk)
+                elif fd == self.result_fd:
+                    self.result.append(chunk)
+                elif self.channel is not None and serve is not None:
+                    for request in self.channel.take(chunk):
+                        self.channel.reply(serve(request))
+        self.tail.close()
+        self.proc.wait()
         return False
-    except subprocess.TimeoutExpired:
-        _kill_group(proc, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=KILL_GRACE_S)
-        _kill_group(proc, signal.SIGKILL)
-        proc.wait()
-        return True
+
+    def close(self) -> None:
+        """Close every pipe of this run."""
+        with contextlib.suppress(OSError):
+            os.close(self.result_fd)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.channel is not None:
+            self.channel.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """The worker ran out of time: SIGTERM its group, then SIGKILL after a grace."""
+    _kill_group(proc, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=KILL_GRACE_S)
+    _kill_group(proc, signal.SIGKILL)
+    proc.wait()
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -150,28 +290,3 @@ def _outcome(result: list[bytes], returncode: int) -> tuple[str, str, int | None
     except ValueError:
         return "failed", "worker sent an unreadable result", returncode, None
     return outcome["outcome"], outcome.get("error", ""), returncode, outcome.get("result")
-
-
-def _pump_output(
-    proc: subprocess.Popen[bytes],
-    name: str,
-    tail: deque[str],
-    echo: Callable[[str], None] | None,
-) -> None:
-    assert proc.stdout is not None
-    for raw in iter(proc.stdout.readline, b""):
-        line = raw.decode("utf-8", "replace")
-        if not line.endswith("\n"):
-            line += "\n"
-        tail.append(line)
-        if echo is not None:
-            echo(f"[{name}] {line}")
-    proc.stdout.close()
-
-
-def _read_all(fd: int, out: list[bytes]) -> None:
-    try:
-        while chunk := os.read(fd, 65536):
-            out.append(chunk)
-    finally:
-        os.close(fd)

@@ -19,6 +19,8 @@ import os
 import sys
 import types
 
+from ..base import channel
+
 # os.path, not pathlib: every module run pays for the worker's imports
 COMPAT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compat")
 
@@ -124,6 +126,9 @@ def main(argv: list[str]) -> int:
     result_fd = int(fd_text)
     # children the module starts must not hold the result pipe open
     os.set_inheritable(result_fd, False)
+    channel.configure_from_environ()
+    # what the HOMESERVER orchestrator leaves its modules: files they create are 0644
+    os.umask(0o022)
     outcome: dict[str, object]
     if mode == "maintenance":
         outcome = run_maintenance(modules_dir, name)

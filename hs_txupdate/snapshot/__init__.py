@@ -1,4 +1,4 @@
-"""Snapshot backends (btrfs, tar), their registry and autodetection."""
+"""Snapshot backends (btrfs, tar, sqlite), their registry and autodetection."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ from pathlib import Path
 from ..base.errors import ScopeError
 from .base import Backend, Captured, SnapshotTarget
 from .btrfs import BtrfsBackend, is_btrfs
+from .sqlite import SqliteBackend
 from .tar import TarBackend
 
 __all__ = ["Backend", "Captured", "SnapshotTarget", "backend_by_name", "choose_backend"]
 
 
 def backend_by_name(name: str, snapshots_dir: Path) -> Backend:
-    """The backend registered under `name` (btrfs or tar)."""
+    """The backend registered under `name` (btrfs, tar, or sqlite for databases)."""
     if name == "btrfs":
         return BtrfsBackend()
     if name == "tar":
         return TarBackend(snapshots_dir)
+    if name == "sqlite":
+        return SqliteBackend(snapshots_dir)
     raise ScopeError(f"unknown snapshot backend {name!r}", "use auto, btrfs or tar")
 
 

@@ -24,6 +24,7 @@ class SnapshotTarget:
     tx_id: int
     n: int
     path: Path
+    fresh: bool = False  # taken mid-run: a snapshot taken earlier in the run may not serve
 
     @property
     def name(self) -> str:

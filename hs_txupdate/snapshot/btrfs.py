@@ -69,9 +69,10 @@ class BtrfsBackend:
             run(["btrfs", "subvolume", "create", str(store)])
             os.chmod(store, 0o700)
             fsync_dir(root)
-        # Every snapshot of a transaction is taken before it changes anything, so one
-        # taken for an earlier path on this subvolume serves this path as well.
-        earlier = sorted(store.glob(f"{target.tx_id}-*"))
+        # The snapshots taken before a transaction changes anything show the same
+        # state, so one taken for an earlier path on this subvolume serves this path
+        # as well; one taken mid-run (a StateManager backup) must show the state now.
+        earlier = [] if target.fresh else sorted(store.glob(f"{target.tx_id}-*"))
         snapshot = earlier[0] if earlier else store / target.name
         if not earlier:
             run(["btrfs", "subvolume", "snapshot", "-r", str(root), str(snapshot)])

@@ -102,6 +102,14 @@ class Changes:
         """How many entries differ."""
         return len(self.changed) + len(self.extra) + len(self.missing)
 
+    def under(self, rel: str) -> Changes:
+        """Only the differences at or below the entry `rel` ('' keeps everything)."""
+
+        def keep(rels: list[str]) -> list[str]:
+            return [r for r in rels if not rel or r == rel or r.startswith(rel + "/")]
+
+        return Changes(keep(self.changed), keep(self.extra), keep(self.missing))
+
 
 def diff(live: Path, manifest: Manifest | None) -> Changes:
     """Compare the live tree at `live` with `manifest` (None: the path was absent)."""

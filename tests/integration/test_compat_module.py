@@ -1,7 +1,7 @@
 """A HOMESERVER-style package module that uses every compat shim entry point, run by the
-real `hs-tx update`: its permission changes are real, its StateManager backups land in
-state_dir/statemanager (outside the scope), and a rollback undoes the permission
-changes while leaving those backups alone."""
+real `hs-tx update`: its permission changes are real, its StateManager backups join
+the transaction (their indexes in state_dir/statemanager, outside the scope), and a
+rollback undoes the permission changes while leaving those indexes alone."""
 
 from __future__ import annotations
 
@@ -160,20 +160,22 @@ def owners(top: Path) -> dict[str, tuple[int, int, int]]:
 
 
 def assert_backups_outside_scope(sbx: Sandbox, app: Path, tx: dict[str, Any]) -> None:
-    """Both StateManager backups sit under state_dir/statemanager, none in the scope."""
+    """Both StateManager backups joined the transaction: their indexes sit under
+    state_dir/statemanager (outside the scope) and name the transaction; the
+    transaction's snapshots hold the content, so there is no private copy."""
     root = sbx.state / "statemanager"
     named_root = root / app.relative_to("/") / "backups"
-    named_copy = named_root / "compat_backup" / "files" / app.relative_to("/")
-    assert (named_copy / "secret.txt").read_text() == "secret\n"
-    st = os.stat(named_copy / "secret.txt")
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o644), "copy made before chmod"
-    assert (named_copy / "shared" / "sub" / "b.txt").read_text() == "b\n"
-    assert os.readlink(named_copy / "shared" / "out-link") == str(sbx.root / "outside.txt")
-    assert list(json.loads((named_root / "module_backups.json").read_text())) == ["compat"]
-    default_copy = root / "compat_default_backup" / "files" / app.relative_to("/") / "secret.txt"
-    assert default_copy.read_text() == "secret\n"
-    assert list(json.loads((root / "module_backups.json").read_text())) == ["compat_default"]
+    named = json.loads((named_root / "module_backups.json").read_text())
+    assert list(named) == ["compat"]
+    assert named["compat"]["backup_dir"] == f"hs-tx transaction {tx['id']}"
+    assert named["compat"]["files"] == [str(app / "secret.txt"), str(app / "shared")]
+    default = json.loads((root / "module_backups.json").read_text())
+    assert list(default) == ["compat_default"]
+    assert not (named_root / "compat_backup").exists(), "no second, private copy"
+    assert not (root / "compat_default_backup").exists(), "no second, private copy"
     assert not (app / "backups").exists(), "the named backup dir was used as given"
+    backups = [e for e in tx["events"] if e["phase"] == "statemanager" and e["step"] == "backup"]
+    assert [e["status"] for e in backups] == ["intent", "done", "intent", "done"]
     for entry in tx["paths"]:
         scope = Path(entry["path"])
         assert scope != root and scope not in root.parents and root not in scope.parents, scope

@@ -62,8 +62,9 @@ def test_recovery_unit_command_line_repairs_a_crashed_update(tar_sandbox: Sandbo
     sbx = tar_sandbox
     sbx.writer_module()
     before = tree_state(sbx.data)
-    # events: plan, 2 x (capture intent + done), module intent, module done -> crash at 7
-    crashed = sbx.hs_tx("update", env={"HS_TX_CRASH_AT": "7"})
+    # events: plan, 2 x (capture intent + done), audit start, module intent, module done
+    # -> crash at 8
+    crashed = sbx.hs_tx("update", env={"HS_TX_CRASH_AT": "8"})
     assert crashed.returncode == -9, crashed.stderr
     assert (sbx.data / "f").read_text() == "after"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Sandbox, process_gone, tree_state, wait_gone
+from tests.helpers import HOST_PID_SRC, Sandbox, process_gone, tree_state, wait_gone
 
 RUN_TIMEOUT = 90  # seconds any single hs-tx run may take before the test fails
 
@@ -81,11 +81,12 @@ import os, subprocess, time
 def main(args):
     child = subprocess.Popen(["sleep", "300"])
     with open({str(pids)!r}, "w") as f:
-        f.write(f"{{os.getpid()}} {{child.pid}}\\n")
+        f.write(f"{{host_pid(os.getpid())}} {{host_pid(child.pid)}}\\n")
     print("started background child", flush=True)
     time.sleep(300)
     return {{"success": True}}
-""",
+"""
+        + HOST_PID_SRC,
         backup_paths=[app],
         extra_meta={"timeout": 1},
     )

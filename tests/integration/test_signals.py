@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
 
-from tests.helpers import Sandbox, process_gone, tree_state, wait_gone
+from tests.helpers import HOST_PID_SRC, Sandbox, process_gone, tree_state, wait_gone
 
 RUN_TIMEOUT = 90
 
@@ -23,6 +24,7 @@ def test_signal_mid_run_rolls_back_and_kills_the_module(
     tar_sandbox: Sandbox, sig: signal.Signals
 ) -> None:
     sbx = tar_sandbox
+    (sbx.root / "active-victimd").touch()  # running before: the rollback restarts it
     app = sbx.data / "app"
     app.mkdir()
     (app / "keep.txt").write_text("original\n")
@@ -40,12 +42,13 @@ def test_signal_mid_run_rolls_back_and_kills_the_module(
             open(APP + "/new.txt", "w").write("created by the run")
             child = subprocess.Popen(["sleep", "300"])
             with open({str(marker)!r} + ".tmp", "w") as f:
-                f.write(f"{{os.getpid()}} {{child.pid}}\\n")
+                f.write(f"{{host_pid(os.getpid())}} {{host_pid(child.pid)}}\\n")
             os.rename({str(marker)!r} + ".tmp", {str(marker)!r})
             print("changes made, now sleeping", flush=True)
             time.sleep(300)
             return {{"success": True}}
-        """,
+        """
+        + textwrap.indent(HOST_PID_SRC, " " * 8),
         backup_paths=[app],
         extra_meta={"timeout": 120, "service_name": "victimd"},
     )

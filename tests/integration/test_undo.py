@@ -39,6 +39,7 @@ def test_undo_of_the_newest_transaction(fs_sandbox: Sandbox) -> None:
     (sbx.data / "a/f").write_text("v0\n")
     before = tree_state(sbx.data / "a")
     writer(sbx, "w", sbx.data / "a/f", "v1", service="w.service")
+    (sbx.root / "active-w.service").touch()  # running before: the undo restarts it
     assert sbx.hs_tx("update").returncode == 0
     after = tree_state(sbx.data / "a")
 

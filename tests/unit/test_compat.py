@@ -255,6 +255,7 @@ def test_every_entry_point_imports_as_modules_do_and_stays_lean(tmp_path: Path) 
     assert loaded == [
         "hs_txupdate",
         "hs_txupdate.base",
+        "hs_txupdate.base.channel",
         "hs_txupdate.base.fsio",
         "hs_txupdate.sync",
         "hs_txupdate.sync.versions",

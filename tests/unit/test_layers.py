@@ -1,5 +1,5 @@
 """The packages of hs_txupdate import one way only:
-cli -> commands -> core -> {modules, sync, snapshot, net, journal} -> base.
+cli -> commands -> core -> {modules, sync, snapshot, net, journal, audit} -> base.
 
 Every import in every file (lazy ones inside functions included) is read from
 the source and checked against the table below, so a new upward import or a
@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.helpers import REPO
 
 PACKAGE = REPO / "hs_txupdate"
-BELOW_CORE = {"modules", "sync", "snapshot", "net", "journal", "base"}
+BELOW_CORE = {"modules", "sync", "snapshot", "net", "journal", "audit", "base"}
 # package -> the hs-tx packages it may import (besides itself and the root's __version__)
 ALLOWED: dict[str, set[str]] = {
     "base": set(),
@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "snapshot": {"base"},
     "sync": {"base"},
     "net": {"base"},
+    "audit": {"base"},
     "modules": {"base", "sync"},  # same floor, one direction: version parsing
     "compat": {"base", "sync"},  # runs inside module workers: see COMPAT_MODULES
     "core": BELOW_CORE,
@@ -30,7 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"commands", "base"},
 }
 # compat is loaded by every module process: only these light modules of hs-tx
-COMPAT_MODULES = {"hs_txupdate.base.fsio", "hs_txupdate.sync.versions"}
+COMPAT_MODULES = {"hs_txupdate.base.channel", "hs_txupdate.base.fsio", "hs_txupdate.sync.versions"}
 
 
 def _imports(path: Path, repo: Path) -> Iterator[tuple[int, str]]:

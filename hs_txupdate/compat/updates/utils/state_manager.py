@@ -1,11 +1,21 @@
-"""`updates.utils.state_manager`: one backup slot per module, restorable by name.
+"""`updates.utils.state_manager`: one backup per module, restorable by name.
 
 Modules back up what they are about to change (files, service states, SQLite
-databases) and restore it when their own update fails. Under hs-tx the backups
-must live outside the transaction's scope, or a rollback would also roll the
-backups back; so every backup dir, the default and any a module names (such as
-"/var/backups/updates"), is redirected under `$HS_TX_STATE_DIR/statemanager/`,
-which hs-tx never snapshots or restores (layout: see _backups.py).
+databases) and restore it when their own update fails.
+
+Under hs-tx (a worker with an orchestrator channel) a backup joins the running
+transaction: the worker asks hs-tx, which adds every named path to the
+transaction's scope and snapshots it (or notes that its snapshot already holds
+it) before the call returns, journals the services' states, and copies the
+databases through SQLite's backup API. There is no second, private copy: the
+transaction's snapshots are the backup, and `restore_module_state` asks hs-tx
+to put the paths back as they were at the backup call. A whole-run rollback,
+recovery and undo restore them with the rest of the scope.
+
+Run outside hs-tx (no channel), the manager keeps private copies as the
+original does. Either way its index lives under `$HS_TX_STATE_DIR/statemanager/`
+(every backup dir a module names, such as "/var/backups/updates", is
+redirected there), which hs-tx never snapshots or restores (layout: _backups.py).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from hs_txupdate.base import channel
 from hs_txupdate.base.fsio import durable_write
 
 from ._backups import (
@@ -42,6 +53,7 @@ from ._files import (
     swap_in,
     tree_checksum,
 )
+from ._in_transaction import IN_TRANSACTION, ask_restore, backup_in_transaction
 from ._services import (
     CHANGE_TIMEOUT_S,
     restore_services,
@@ -121,6 +133,8 @@ class StateManager:
         if not (files or services or databases):
             log_message(f"No backup data specified for module {module_name}", "WARNING")
             return False
+        if channel.available():
+            return self._backup_in_transaction(module_name, description, files, services, databases)
         try:
             slot = self._slot(module_name)
             info = self._build_backup(module_name, description, slot, files, services, databases)
@@ -132,6 +146,25 @@ class StateManager:
             f"Backed up module {module_name} to {slot}: {len(files)} paths, "
             f"{len(services)} services, {len(databases)} databases"
         )
+        return True
+
+    def _backup_in_transaction(
+        self,
+        module_name: str,
+        description: str,
+        files: list[str],
+        services: list[str],
+        databases: list[dict[str, str]],
+    ) -> bool:
+        """Ask hs-tx to add the backup to the running transaction; index it on success."""
+        info = backup_in_transaction(module_name, description, files, services, databases)
+        if info is None:
+            return False
+        try:
+            self._update_index(lambda index: index.__setitem__(module_name, info))
+        except OSError as exc:
+            log_message(f"Failed to index backup for module {module_name}: {exc}", "ERROR")
+            return False
         return True
 
     def _build_backup(
@@ -239,6 +272,8 @@ class StateManager:
         if info is None:
             log_message(f"No backup found for module: {module_name}", "ERROR")
             return False
+        if info.backup_dir.startswith(IN_TRANSACTION):
+            return ask_restore(module_name, force_start)
         slot = self._slot(module_name)  # never a dir read from the index file
         if not slot.is_dir():
             log_message(f"Backup directory not found: {slot}", "ERROR")
@@ -302,9 +337,13 @@ class StateManager:
     # ------------------------------------------------------------ queries
 
     def has_backup(self, module_name: str) -> bool:
-        """Return whether the module has an indexed backup whose slot exists."""
+        """Return whether the module has an indexed backup (in a transaction's
+        snapshots, or in a slot that exists)."""
         try:
-            return module_name in self._load_index() and self._slot(module_name).is_dir()
+            info = self._load_index().get(module_name)
+            if info is None:
+                return False
+            return info.backup_dir.startswith(IN_TRANSACTION) or self._slot(module_name).is_dir()
         except ValueError:
             return False
 

@@ -1,0 +1,217 @@
+"""The parent side of the write audit: `Audit.start` sets up fanotify and the
+run's pid namespace (or falls back to the scan when the kernel refuses),
+`window` attributes what follows to a module, `finish` returns the AuditResult."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..base.errors import HsTxError
+from . import kernel
+from .fold import Change, classify
+from .link import ReaderError, ReaderLink
+from .paths import plan_filesystems, read_mounts, unaudited
+from .scan import SCAN_NOTE, changed_since, count_tree
+
+READY_TIMEOUT_S = 30.0
+ANSWER_TIMEOUT_S = 300.0  # a drain of a million queued events takes seconds
+STOP_TIMEOUT_S = 5.0
+_CLOCK_REALTIME_COARSE = 5  # file timestamps come from this clock: never after it
+
+
+@dataclass
+class AuditResult:
+    """What the run wrote: `method` "fanotify" or "scan"; `reason` why the scan
+    was used or what was lost (None when fanotify saw everything); `changes` the
+    run's own net changes, folded, sorted by path; `others` how many events
+    processes outside the run caused below the watched roots (never listed; 0
+    when only the scan ran, which cannot tell writers apart)."""
+
+    method: str
+    reason: str | None
+    changes: list[Change]
+    others: int
+
+
+class AuditError(HsTxError):
+    """The audit was used wrongly (a window after finish) or cannot restore the
+    pid namespace of hs-tx's children."""
+
+
+class Audit:
+    """The write audit of one run. Start it with `Audit.start`; between start
+    and finish (or abandon) every child this process starts lands in the run's
+    pid namespace, and this thread cannot start threads (see `outside`).
+    `start`, `window`, `finish` and `abandon` must be called on one thread."""
+
+    def __init__(self, watch: list[Path], ignore: list[Path]) -> None:
+        # the kernel names paths without symlinks: so must the roots
+        self.roots = sorted({os.path.realpath(p) for p in watch})
+        self.ignores = sorted({os.path.realpath(p) for p in ignore})
+        self.started_ns = time.clock_gettime_ns(_CLOCK_REALTIME_COARSE)
+        self.method = "scan"
+        self.reason: str | None = None
+        self.reader_pid: int | None = None
+        self._link: ReaderLink | None = None
+        self._ns: kernel.PidNamespace | None = None
+        self._done = False
+        self._unseen: str | None = None  # what fanotify cannot see, if anything
+
+    @classmethod
+    def start(cls, watch: list[Path], ignore: list[Path], python: str = sys.executable) -> Audit:
+        """Start auditing writes below `watch` (except below the `ignore` paths
+        that lie inside a watched root), using `python` to run the reader.
+        Never raises for a refusal of the kernel: the audit then uses the scan
+        (`method` "scan") and `reason` says why."""
+        audit = cls(watch, ignore)
+        try:
+            audit._start_reader(python)
+        except (OSError, ReaderError) as exc:
+            audit._fall_back(f"fanotify could not be used ({exc})")
+        return audit
+
+    def window(self, module: str | None) -> None:
+        """Attribute what follows to `module` (None: the run itself) after every
+        event queued so far was attributed to the previous window.
+        Raises AuditError after finish or abandon."""
+        self._check_open()
+        if self._link is None:
+            return
+        try:
+            self._link.request({"op": "window", "module": module}, ANSWER_TIMEOUT_S)
+        except ReaderError as exc:
+            self._fall_back(f"the audit reader failed ({exc})")
+
+    def finish(self) -> AuditResult:
+        """Drain, stop the reader, restore the pid namespace of children and
+        return the result (scanning when fanotify was refused or lost events).
+        Raises AuditError after finish or abandon, or when the namespace cannot be restored."""
+        self._check_open()
+        aggregate: dict[str, Any] | None = None
+        if self._link is not None:
+            try:
+                aggregate = self._link.request({"op": "finish"}, ANSWER_TIMEOUT_S)["result"]
+            except (ReaderError, KeyError) as exc:
+                self._fall_back(f"the audit reader failed ({exc})")
+        self._done = True
+        self._teardown()
+        if aggregate is None:
+            return self._scan(0)
+        if aggregate["lost"]:
+            self._fall_back(f"fanotify lost events ({'; '.join(aggregate['lost'])})")
+            return self._scan(int(aggregate["others"]))
+        changes = classify(aggregate, os.path.lexists, count_tree)
+        return AuditResult("fanotify", self._unseen, changes, int(aggregate["others"]))
+
+    def abandon(self) -> None:
+        """Stop everything without a result (error paths); idempotent, never raises."""
+        self._done = True
+        with contextlib.suppress(OSError, AuditError):
+            self._teardown()
+
+    @contextlib.contextmanager
+    def outside(self) -> Iterator[None]:
+        """Within this block new children land in hs-tx's own pid namespace (not
+        audited as the run's) and threads can be started; after it, children
+        land in the run's namespace again. Raises AuditError when setns fails."""
+        ns = self._ns
+        if ns is None:
+            yield
+            return
+        try:
+            ns.own()
+        except OSError as exc:
+            raise AuditError(f"cannot leave the audit's pid namespace: {exc}") from exc
+        try:
+            yield
+        finally:
+            if self._ns is ns:
+                ns.rejoin()
+
+    def __enter__(self) -> Audit:
+        """Return the audit; leaving the block abandons it unless it was finished."""
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Abandon the audit (a no-op after finish)."""
+        self.abandon()
+
+    def _start_reader(self, python: str) -> None:
+        """Mark the filesystems, unshare the pid namespace, start the reader and
+        wait for it. Raises OSError or ReaderError (everything undone)."""
+        mounts = read_mounts()
+        plan = plan_filesystems(self.roots, self.ignores, mounts)
+        remote = unaudited(self.roots, self.ignores, mounts)
+        if remote:
+            self._unseen = f"not audited (network or FUSE filesystems): {', '.join(remote)}"
+        fan_fd = kernel.fanotify_group()
+        try:
+            for fs in plan:
+                kernel.mark_filesystem(fan_fd, fs.point)
+            self._ns = kernel.PidNamespace.enter()
+            self._link = ReaderLink.spawn(python, fan_fd)  # the namespace's PID 1
+        except BaseException:
+            self._teardown()
+            raise
+        finally:
+            os.close(fan_fd)
+        config = {
+            "fan_fd": fan_fd,
+            "watch": self.roots,
+            "ignore": self.ignores,
+            "filesystems": [{"point": f.point, "root": f.root, "views": f.views} for f in plan],
+        }
+        try:
+            self._link.request(config, READY_TIMEOUT_S)
+            self._ns.hold(self._link.pid)
+        except BaseException:
+            self._teardown()
+            raise
+        self.reader_pid = self._link.pid
+        self.method = "fanotify"
+
+    def _fall_back(self, why: str) -> None:
+        """Give up on fanotify: stop the reader, remember why, scan at finish."""
+        with contextlib.suppress(OSError):
+            self._teardown()
+        self.method = "scan"
+        self.reason = f"{why}; {SCAN_NOTE}"
+
+    def _scan(self, others: int) -> AuditResult:
+        """Return the result of the fallback scan (module None throughout)."""
+        mounts = read_mounts()
+        changes = changed_since(self.roots, self.ignores, self.started_ns, mounts)
+        reason = self.reason or SCAN_NOTE
+        remote = unaudited(self.roots, self.ignores, mounts)
+        if remote:
+            reason += f"; not scanned (network or FUSE filesystems): {', '.join(remote)}"
+        return AuditResult("scan", reason, changes, others)
+
+    def _teardown(self) -> None:
+        """Restore the namespace of children, then stop the reader (its namespace
+        dies with it). Raises AuditError when the namespace cannot be restored."""
+        ns, self._ns = self._ns, None
+        link, self._link = self._link, None
+        try:
+            if ns is not None:
+                ns.leave()
+        except OSError as exc:
+            raise AuditError(f"cannot restore the pid namespace of children: {exc}") from exc
+        finally:
+            if link is not None:
+                link.stop(STOP_TIMEOUT_S)
+
+    def _check_open(self) -> None:
+        """Raise AuditError once the audit is finished or abandoned."""
+        if self._done:
+            raise AuditError("the audit is already finished")

@@ -1,0 +1,115 @@
+"""The sqlite backend: a consistent copy of a live SQLite database, taken and put back
+through SQLite's online backup API.
+
+A file copy (tar) of a database that is being written, or of its main file
+without its `-wal`, may not be a database at all; the backup API copies a
+consistent state whatever the writers do, and restoring through it leaves no
+stale WAL beside the live file. Used for the databases a module names in a
+StateManager backup; copies live in `snapshots_dir/<txid>/<n>.sqlite`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..base.errors import DamagedError
+from ..base.fsio import fsync_dir, publish
+from .base import Captured, SnapshotTarget
+from .tar import sha256_file
+
+
+def backup_database(source: Path, target: Path) -> None:
+    """Copy the SQLite database `source` into the file `target` through the backup
+    API (consistent while `source` is in use). Raises sqlite3.Error or OSError."""
+    src = sqlite3.connect(f"{source.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(os.fspath(target))
+        try:
+            src.backup(dst)
+        finally:
+            dst.close()
+    finally:
+        src.close()
+
+
+class SqliteBackend:
+    """Consistent database copies; the ref is the copy's path."""
+
+    name = "sqlite"
+
+    def __init__(self, snapshots_dir: Path) -> None:
+        self.snapshots_dir = snapshots_dir
+
+    def supports(self, path: Path) -> bool:
+        """True when `path` is a regular file (whether it is a database shows at capture)."""
+        return path.is_file()
+
+    def required_space(self, path: Path, size: int) -> list[tuple[Path, int]]:
+        """The copy in the state dir."""
+        return [(self.snapshots_dir, size)]
+
+    def copy_path(self, target: SnapshotTarget) -> Path:
+        """Where the copy of `target` lives."""
+        return self.snapshots_dir / str(target.tx_id) / f"{target.n}.sqlite"
+
+    def capture(self, target: SnapshotTarget) -> Captured:
+        """Copy the database durably and record the copy's checksum.
+
+        Raises sqlite3.Error when the file is not a readable database.
+        """
+        final = self.copy_path(target)
+        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial = final.with_name(final.name + ".partial")
+        partial.unlink(missing_ok=True)
+        backup_database(target.path, partial)
+        checksum, size = sha256_file(partial), partial.stat().st_size
+        publish(partial, final)
+        return Captured(ref=str(final), size=size, checksum=checksum)
+
+    def manifest_root(self, target: SnapshotTarget, captured: Captured) -> Path:
+        """The live file: what it was when copied is what the manifest records."""
+        return target.path
+
+    @contextmanager
+    def reference(
+        self, target: SnapshotTarget, captured: Captured, entries: list[str] | None = None
+    ) -> Iterator[Path]:
+        """The verified copy."""
+        yield self.check(target, captured)
+
+    def check(self, target: SnapshotTarget, captured: Captured) -> Path:
+        """The copy, after checking it is there with the recorded checksum.
+
+        Raises DamagedError otherwise.
+        """
+        copy = Path(captured.ref)
+        if not copy.is_file():
+            raise DamagedError(
+                f"database copy {copy} of {target.path} is missing",
+                "restore the database by hand from a backup; the journal cannot repair it",
+            )
+        if captured.checksum and sha256_file(copy) != captured.checksum:
+            raise DamagedError(
+                f"database copy {copy} of {target.path} fails its checksum",
+                "do not use it; restore the database by hand from a backup",
+            )
+        return copy
+
+    def delete(self, target: SnapshotTarget, ref: str | None) -> None:
+        """Remove the copy (and a partial one); missing is fine."""
+        final = self.copy_path(target)
+        for path in (final, final.with_name(final.name + ".partial")):
+            path.unlink(missing_ok=True)
+        if final.parent.is_dir():
+            fsync_dir(final.parent)
+
+    def restore(self, target: SnapshotTarget, captured: Captured) -> None:
+        """Put the database back as copied, through the backup API into the live file
+        (created if it was deleted). Raises DamagedError for a bad copy."""
+        copy = self.check(target, captured)
+        target.path.parent.mkdir(parents=True, exist_ok=True)
+        backup_database(copy, target.path)
