@@ -35,10 +35,21 @@ def _tx_line(tx: dict[str, Any]) -> str:
     return line + (f": {tx['error']}" if tx["error"] else "")
 
 
+def _running_line(running: dict[str, Any] | None) -> str:
+    if running is None:
+        return "nothing"
+    line = f"pid {running['pid']}, transaction {running['tx'] or 'none yet'}"
+    if running["phase"]:
+        line += f", phase {running['phase']}"
+    if running["module"]:
+        line += f", module {running['module']}"
+    return line
+
+
 def render(info: dict[str, Any]) -> str:
     """The human-readable status."""
     lines = [f"state dir: {info['state_dir']}"]
-    lines.append(f"running: {info['running'] or 'nothing'}")
+    lines.append(f"running: {_running_line(info['running'])}")
     rec = info["last_recovery"]
     if rec is None:
         lines.append("last recovery: none recorded")
@@ -54,6 +65,13 @@ def render(info: dict[str, Any]) -> str:
         lines.append("ROLLBACK FAILED " + _tx_line(tx) + f" (see: hs-tx show {tx['id']})")
     last = info["last_transaction"]
     lines.append("last: " + (_tx_line(last) if last else "no transactions yet"))
+    if info["journal_missing"]:
+        lines.append(f"JOURNAL MISSING: {info['journal_missing']}")
+        lines += [
+            f"  orphaned snapshots of transaction {name}" for name in info["orphan_snapshots"]
+        ]
+    for broken in info["broken_modules"]:
+        lines.append(f"BROKEN MODULE {broken['name']}: {broken['problem']} (it does not run)")
     lines += _net_lines(info["net"])
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ from ..core.context import Context
 from ..core.phase2 import module_env, select_group_winners
 from ..core.planning import plan_run
 from ..core.runtime import module_runtime
-from ..modules.discovery import discover
+from ..modules.discovery import discover_usable
 from ..sync.git import fetch
 
 
@@ -42,14 +42,15 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
     isolated.
     """
     config = ctx.config
-    installed = {m.name: m for m in discover(require_modules_dir(config))}
+    usable, broken = discover_usable(require_modules_dir(config))
+    installed = {m.name: m for m in usable}
     state = None
     if config.source is not None:
         with ctx.lock(wait):  # the fetch writes into the one source clone
             state = fetch(config.state_dir / "source", config.source.url, config.source.branch)
     learned = _learned(ctx)
     plan = plan_run(config, installed, state, allow_downgrade, learned)
-    report = CheckReport(notes=list(plan.notes))
+    report = CheckReport(notes=[*plan.notes, *(f"{b.problem}; it does not run" for b in broken)])
     if plan.schema is not None:
         report.schema = [
             {"module": c.name, "installed": c.version_from, "source": c.version_to}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from ..base.errors import UsageError
+from ..base.errors import DamagedError, UsageError
 from ..core.context import Context
 from ..journal import EventInfo, Phase, RunStatus, Status, Step, TxInfo
 from ..net.model import NetState, describe
@@ -51,6 +51,13 @@ def history(ctx: Context, limit: int | None = None) -> list[dict[str, Any]]:
     """
     if limit is not None and limit < 1:
         raise UsageError(f"--limit must be 1 or more (got {limit})", "e.g. --limit 20")
+    missing = ctx.journal_missing()
+    if missing is not None:
+        raise DamagedError(
+            missing,
+            "if it was moved aside on purpose, the next hs-tx update starts a new journal;"
+            " hs-tx status lists the orphaned snapshots",
+        )
     return [summary(info) for info in ctx.journal.transactions(limit)]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 from ..base.errors import EXIT_DAMAGED, EXIT_OK
@@ -10,36 +12,89 @@ from ..core.context import Context
 from ..core.lock import lock_holder
 from ..core.netguard import current as current_network
 from ..core.recovery import RECOVERY_REPORT
+from ..journal import Phase, Status, Step, TxInfo
+from ..modules.discovery import discover_usable
 from .history import summary
 
 
 def status(ctx: Context) -> tuple[dict[str, Any], int]:
     """The status as a JSON-ready dict, and the exit code: 3 when something needs repair
-    (an unfinished transaction nobody is running, a failed rollback, a failed recovery).
+    (an unfinished transaction no live process owns, a failed rollback not accepted,
+    a failed recovery).
 
-    `net` is the guarded network as captured now (see core.netguard.current)."""
+    `running` is None or `{pid, tx, phase, module}` of the run holding the lock;
+    `unfinished` lists only transactions no live process owns. `net` is the guarded
+    network as captured now (see core.netguard.current)."""
     config = ctx.config
+    holder = lock_holder(config.lock_path)
     out: dict[str, Any] = {
         "state_dir": str(config.state_dir),
-        "running": lock_holder(config.lock_path),
+        "running": _running(holder) if holder else None,
         "last_recovery": None,
         "unfinished": [],
         "rollback_failed": [],
         "last_transaction": None,
+        "broken_modules": _broken(config.modules_dir),
+        "journal_missing": ctx.journal_missing(),
+        "orphan_snapshots": ctx.orphan_snapshots(),
         "net": current_network(config),
     }
     report = config.state_dir / RECOVERY_REPORT
     if report.is_file():
         out["last_recovery"] = json.loads(report.read_text())
     if config.journal_path.exists():
-        journal = ctx.journal
-        out["unfinished"] = [summary(t) for t in journal.unfinished()]
-        recent = journal.transactions(limit=50)
-        out["rollback_failed"] = [summary(t) for t in journal.failed_rollbacks()]
-        out["last_transaction"] = summary(recent[0]) if recent else None
+        _from_journal(ctx, out)
     damaged = (
-        (out["unfinished"] and out["running"] is None)
+        out["journal_missing"]
+        or out["unfinished"]
         or out["rollback_failed"]
         or (out["last_recovery"] or {}).get("exit_code", 0) != 0
     )
     return out, EXIT_DAMAGED if damaged else EXIT_OK
+
+
+def _broken(modules_dir: Path) -> list[dict[str, str | None]]:
+    """The installed modules whose index.json is unusable now (they do not run)."""
+    if not modules_dir.is_dir():
+        return []
+    return [
+        {"name": item.name, "problem": item.problem} for item in discover_usable(modules_dir)[1]
+    ]
+
+
+def _from_journal(ctx: Context, out: dict[str, Any]) -> None:
+    journal = ctx.journal
+    running = out["running"]
+    live_tx = running["tx"] if running else None
+    unfinished = [t for t in journal.unfinished() if t.id != live_tx]
+    if running is not None and live_tx is not None:
+        info = journal.transaction(live_tx)
+        if info is not None:
+            running.update(_phase_and_module(info))
+    out["unfinished"] = [summary(t) for t in unfinished]
+    out["rollback_failed"] = [summary(t) for t in journal.failed_rollbacks()]
+    recent = journal.transactions(limit=1)
+    out["last_transaction"] = summary(recent[0]) if recent else None
+
+
+_HOLDER = re.compile(r"pid (\d+), transaction (\d+|none yet)")
+
+
+def _running(holder: str) -> dict[str, Any]:
+    """`{pid, tx, phase, module}` of the lock holder's text (unknown parts None)."""
+    match = _HOLDER.search(holder)
+    pid = int(match.group(1)) if match else None
+    tx = int(match.group(2)) if match and match.group(2).isdigit() else None
+    return {"pid": pid, "tx": tx, "phase": None, "module": None}
+
+
+def _phase_and_module(info: TxInfo) -> dict[str, Any]:
+    """The phase of the newest event, and the module running now (an intent of
+    `modules` without its outcome yet)."""
+    phase = info.events[-1].phase if info.events else None
+    module = None
+    for event in info.events:
+        if event.phase == Phase.MODULES and event.step in (Step.RUN, Step.MAINTENANCE):
+            name = (event.detail or {}).get("module")
+            module = name if event.status == Status.INTENT else None
+    return {"phase": phase, "module": module}

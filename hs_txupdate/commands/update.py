@@ -24,7 +24,7 @@ from ..core.source import fetch_source
 from ..core.start import open_transaction, recover_first, snapshot_scope
 from ..core.transaction import commit, roll_back, run_transaction
 from ..journal import Kind, Phase, Status, Step
-from ..modules.discovery import discover
+from ..modules.discovery import Listed, discover_usable
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,8 @@ def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> RunP
 
     Changes nothing on the system.
     """
-    installed = {m.name: m for m in discover(require_modules_dir(ctx.config))}
+    usable, broken = discover_usable(require_modules_dir(ctx.config))
+    installed = {m.name: m for m in usable}
     netguard.capture_before(ctx, tx_id)
     state = None
     if ctx.config.source is not None:
@@ -91,6 +92,7 @@ def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> RunP
     plan = plan_run(ctx.config, installed, state, options.allow_downgrade, learned)
     for note in plan.notes:
         ctx.log(f"hs-tx: note: {note}")
+    _report_broken(ctx, tx_id, broken, plan)
     detail = {
         "modules": [m.name for m in plan.future.values() if m.enabled],
         "self_update": plan.self_update.version_to if plan.self_update else None,
@@ -123,6 +125,21 @@ def _run_audited(ctx: Context, tx_id: int, plan: RunPlan) -> str | None:
     return failure
 
 
+def _report_broken(ctx: Context, tx_id: int, broken: list[Listed], plan: RunPlan) -> None:
+    """One line per installed module whose index.json is unusable: it does not run
+    (phase 1 replaces it when the source has a usable version); journaled."""
+    replaced = {c.name for c in plan.schema.changes} if plan.schema else set()
+    rows = []
+    for item in broken:
+        fate = "phase 1 replaces it" if item.name in replaced else "it does not run"
+        ctx.log(f"hs-tx: warning: {item.problem}; {fate}")
+        rows.append(
+            {"module": item.name, "problem": item.problem, "replaced": item.name in replaced}
+        )
+    if rows:
+        ctx.journal.event(tx_id, Phase.PLAN, Step.BROKEN, Status.DONE, {"modules": rows})
+
+
 def _run_phases(runs: ModuleRuns, plan: RunPlan) -> str | None:
     """Phase 1 (when there is a source), the module runtime, phase 2; return why they
     failed, or None."""
@@ -132,7 +149,7 @@ def _run_phases(runs: ModuleRuns, plan: RunPlan) -> str | None:
     if plan.runtime is not None:
         build_runtime(ctx, tx_id, plan.runtime)
     runs.runtime = module_runtime(ctx.config)
-    modules = [m for m in discover(ctx.config.modules_dir) if m.enabled]
+    modules = [m for m in discover_usable(ctx.config.modules_dir)[0] if m.enabled]
     for module in modules:
         outside = [p for p in module.backup_paths if not _covered(p, plan.paths)]
         if outside:

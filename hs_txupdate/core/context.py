@@ -48,6 +48,23 @@ class Context:
         self.err.write(message if message.endswith("\n") else message + "\n")
         self.err.flush()
 
+    def orphan_snapshots(self) -> list[str]:
+        """The transactions' snapshot dirs in the state dir (by name) when the journal
+        that recorded them is gone; [] when the journal is there."""
+        snapshots = self.config.snapshots_dir
+        if self.config.journal_path.exists() or not snapshots.is_dir():
+            return []
+        return sorted(p.name for p in snapshots.iterdir())
+
+    def journal_missing(self) -> str | None:
+        """Why the state dir shows a journal existed though its file is gone (the
+        snapshots dir every transaction that snapshotted left), or None."""
+        if self.config.journal_path.exists() or not self.config.snapshots_dir.is_dir():
+            return None
+        orphans = self.orphan_snapshots()
+        held = f"the snapshots of {len(orphans)} transaction(s)" if orphans else "a snapshots dir"
+        return f"the journal {self.config.journal_path} is missing, but the state dir holds {held}"
+
     def close(self) -> None:
         """Close the journal if it was opened."""
         if self._journal is not None:

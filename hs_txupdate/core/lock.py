@@ -7,6 +7,7 @@ for the message a second run prints.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -86,7 +87,8 @@ class StateLock:
         text = f"pid {os.getpid()}, transaction {tx_id if tx_id is not None else 'none yet'}"
         text += f", since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, text.encode(), 0)
+        with contextlib.suppress(OSError):  # a full disk: the flock holds all the same
+            os.pwrite(self._fd, text.encode(), 0)
 
     def __exit__(
         self,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..base.errors import Interrupted
 from ..journal import Phase, RunStatus, Status, Step
+from ..modules import cgroup
 from ..modules.discovery import Module
 from ..modules.runner import Outcome, Runtime, run_module
 from .audit import RunAudit
@@ -87,7 +88,16 @@ def _run(runs: ModuleRuns, module: Module, mode: str) -> str | None:
     return why it failed."""
     ctx, tx_id, journal = runs.ctx, runs.tx_id, runs.ctx.journal
     step = Step.RUN if mode == "main" else Step.MAINTENANCE
-    detail = {"module": module.name, "service": module.service_name}
+    group, no_group = cgroup.create(f"hs-tx-{tx_id}-{module.name}-{mode}")
+    detail = {
+        "module": module.name,
+        "service": module.service_name,
+        # journaled before the module starts: recovery kills what is left in it
+        "cgroup": str(group) if group else None,
+    }
+    if no_group:
+        detail["contained_by"] = f"its session ({no_group})"
+        ctx.log(f"hs-tx: note: {module.name} is contained by its session only: {no_group}")
     what = "maintenance of" if mode == "maintenance" else "module"
     with journal.step(tx_id, Phase.MODULES, step, detail) as record:
         run_id = journal.start_module_run(
@@ -110,12 +120,14 @@ def _run(runs: ModuleRuns, module: Module, mode: str) -> str | None:
                 mode=mode,
                 serve=serve,
                 runtime=runs.runtime,
+                cgroup=group,
             )
         except Interrupted as exc:
             journal.finish_module_run(run_id, RunStatus.INTERRUPTED, error=str(exc))
             record.detail["status"] = RunStatus.INTERRUPTED
             raise
         finally:
+            record.detail["killed"] = cgroup.kill(group) if group else 0
             if runs.audit is not None:
                 runs.audit.window(None)
         _journal_outcome(ctx, run_id, outcome)

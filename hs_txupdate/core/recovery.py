@@ -8,11 +8,13 @@ snapshots; otherwise nothing changed and the transaction is aborted.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ..base.errors import EXIT_DAMAGED, EXIT_OK, DamagedError, HsTxError
 from ..base.fsio import durable_write
 from ..base.proc import CommandError
 from ..journal import CHANGING_PHASES, Decision, Phase, State, Status, Step, TxInfo, now_iso
+from ..modules import cgroup
 from .audit import audit_cut_off
 from .context import Context
 from .snapshots import delete_snapshots, remove_stage_dirs
@@ -106,6 +108,7 @@ def refuse_if_rollback_failed(ctx: Context) -> None:
 def recover_one(ctx: Context, info: TxInfo) -> int:
     """Finish one transaction in its own row; return the exit code of that outcome."""
     ctx.journal.event(info.id, Phase.RECOVER, Step.START, Status.INTENT, {"state": info.state})
+    _kill_leftovers(ctx, info)
     decision = _decision(info)
     if decision == Decision.COMMIT:
         return finish_commit(ctx, info.id)
@@ -122,6 +125,17 @@ def recover_one(ctx: Context, info: TxInfo) -> int:
     )
     ctx.log(f"hs-tx: transaction {info.id} aborted; it had changed nothing")
     return EXIT_OK
+
+
+def _kill_leftovers(ctx: Context, info: TxInfo) -> None:
+    """Kill whatever is left in the cgroups the transaction's modules ran in, before
+    anything is restored (a module still running would write into the restored tree)."""
+    for event in info.events:
+        path = (event.detail or {}).get("cgroup") if event.status == Status.INTENT else None
+        if event.phase == Phase.MODULES and path:
+            killed = cgroup.kill(Path(path))
+            if killed:
+                ctx.log(f"hs-tx: killed {killed} process(es) left by a module of {info.id}")
 
 
 def _decision(info: TxInfo) -> str | None:

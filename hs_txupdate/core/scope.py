@@ -23,8 +23,10 @@ from ..snapshot import backend_by_name, choose_backend
 from ..snapshot.entries import entry_type, join, walk
 from .config import Config
 
-# Beyond the estimated size: tar headers, and room for the system to keep working.
+# Room kept free beyond the snapshots, for the journal and the system to go on.
 SPACE_MARGIN = 16 << 20
+# What a tar archive adds per entry: its header block and a pax header (times, xattrs).
+TAR_ENTRY_OVERHEAD = 1536
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def _check_tree(root: Path) -> int:
                 " which no snapshot can keep",
                 "move the socket elsewhere or take the path out of the scope",
             )
-        size += st.st_blocks * 512
+        size += st.st_blocks * 512 + TAR_ENTRY_OVERHEAD
     return size
 
 

@@ -16,6 +16,7 @@ from ..base.errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, exit_co
 from ..base.fsio import syncfs
 from ..base.proc import CommandError
 from ..journal import Decision, OutsideInfo, Phase, State, Status, Step, TxInfo
+from ..snapshot.entries import remove_entry
 from ..snapshot.manifest import tree_fingerprint
 from .audit import describe
 from .context import Context
@@ -225,6 +226,10 @@ def abort(ctx: Context, tx_id: int, exc: BaseException) -> int:
     """End a transaction that changed nothing: drop its partial snapshots, state aborted."""
     code = exit_code_for(exc)
     message = str(exc) if isinstance(exc, HsTxError) else f"internal error: {exc!r}"
+    # first the space its archives hold: on a full disk the journal needs it to go on
+    tx_dir = ctx.config.snapshots_dir / str(tx_id)
+    if tx_dir.is_dir():
+        remove_entry(tx_dir)
     info = _tx(ctx, tx_id)
     try:
         _discard_snapshots(ctx, tx_id, info)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -18,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..base.crashpoints import CrashPoints
+from ..base.errors import DamagedError
+from ..base.fsio import ensure_private_dir, publish
 from .models import (
     Event,
     Footprint,
@@ -68,6 +72,19 @@ class StepRecord:
         self.detail.update(more)
 
 
+class JournalLostError(DamagedError):
+    """The journal file disappeared or was replaced under a running hs-tx."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the journal file, or None when it is gone."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 class Journal(JournalReads):
     """The journal of one state dir. Given the path of journal.db."""
 
@@ -76,6 +93,56 @@ class Journal(JournalReads):
         self._engine = create_journal_engine(path)
         self._session = sessionmaker(self._engine, expire_on_commit=False)
         self._crash = CrashPoints()
+        self._identity = _identity(path)
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction, after checking the journal file is still the one
+        this journal opened (see `_rescue`); signals are held back while it commits."""
+        if _identity(self.path) != self._identity:
+            self._rescue()
+        try:
+            with _signals_deferred(), self._session() as s, s.begin():
+                yield s
+        except OperationalError as exc:
+            if "full" not in str(exc.orig):
+                raise
+            raise DamagedError(
+                f"the journal {self.path} cannot be written: its filesystem is full",
+                "free space there, then run hs-tx recover: it finishes the transaction"
+                " from what the journal holds",
+            ) from exc
+
+    def _rescue(self) -> None:
+        """The journal file was deleted or replaced while this process had it open:
+        write the copy still open back in its place (a replacement is moved aside),
+        reopen it, and raise JournalLostError so the run stops and rolls back."""
+        what = "replaced" if self.path.exists() else "deleted"
+        ensure_private_dir(self.path.parent)
+        if self.path.exists():
+            os.replace(self.path, self.path.with_name(f"{self.path.name}.replaced-{os.getpid()}"))
+        rescue = self.path.with_name(f".{self.path.name}.rescue")
+        raw = self._engine.raw_connection()
+        try:
+            target = sqlite3.connect(rescue)
+            try:
+                raw.driver_connection.backup(target)  # type: ignore[union-attr]
+            finally:
+                target.close()
+        finally:
+            raw.close()
+        os.chmod(rescue, 0o600)
+        publish(rescue, self.path)
+        self._engine.dispose()
+        self._engine = create_journal_engine(self.path)
+        self._session = sessionmaker(self._engine, expire_on_commit=False)
+        self._identity = _identity(self.path)
+        raise JournalLostError(
+            f"the journal {self.path} was {what} during the run; hs-tx wrote the copy it"
+            " had open back in its place and stops the run",
+            "check what else of the state dir is gone: the rollback says which snapshots"
+            " it could not use",
+        )
 
     def close(self) -> None:
         """Release the database connections."""
@@ -89,7 +156,7 @@ class Journal(JournalReads):
     # --- transactions -----------------------------------------------------------------
     def begin(self, kind: Kind, command: list[str], user: str, host: str) -> int:
         """Create a transaction in state `open`, durably; return its id."""
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             tx = Transaction(
                 kind=kind,
                 state=State.OPEN,
@@ -140,11 +207,11 @@ class Journal(JournalReads):
 
     def link_undo(self, undo_tx: int, undone: list[int]) -> None:
         """Record that transaction `undo_tx` reverses every transaction in `undone`."""
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.add_all(UndoLink(undo_tx_id=undo_tx, undone_tx_id=i) for i in undone)
 
     def _update_tx(self, tx_id: int, values: dict[str, Any]) -> None:
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.execute(update(Transaction).where(Transaction.id == tx_id).values(**values))
 
     # --- events -------------------------------------------------------------------------
@@ -158,7 +225,7 @@ class Journal(JournalReads):
     ) -> int:
         """Append an event, durably; return its seq."""
         text = json.dumps(dict(detail), sort_keys=True) if detail is not None else None
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             last = s.scalar(select(func.max(Event.seq)).where(Event.tx_id == tx_id)) or 0
             s.add(
                 Event(
@@ -202,7 +269,7 @@ class Journal(JournalReads):
     ) -> None:
         """Record scope path number `n` of a transaction, before it is snapshotted;
         `more` sets origin, added_by (the module that added it mid-run) or role."""
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             row = ScopePath(tx_id=tx_id, n=n, path=path, existed=existed, backend=backend, **more)
             s.add(row)
 
@@ -214,7 +281,7 @@ class Journal(JournalReads):
 
     def update_path(self, tx_id: int, n: int, **values: Any) -> None:
         """Set columns (snapshot, manifest, size, checksum, changed, ...) of a scope path."""
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.execute(
                 update(ScopePath).where(ScopePath.tx_id == tx_id, ScopePath.n == n).values(**values)
             )
@@ -222,7 +289,7 @@ class Journal(JournalReads):
     def mark_pruned(self, tx_id: int) -> None:
         """Record that every snapshot of `tx_id` was deleted by retention."""
         at = now_iso()
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.execute(update(ScopePath).where(ScopePath.tx_id == tx_id).values(pruned_at=at))
             s.execute(
                 update(Transaction).where(Transaction.id == tx_id).values(snapshots_pruned_at=at)
@@ -243,7 +310,7 @@ class Journal(JournalReads):
         `version_from` is the version installed before phase 1 replaced it
         (None: the same as `schema_version`); `kind` is main or maintenance.
         """
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             run = ModuleRun(
                 tx_id=tx_id,
                 name=name,
@@ -261,7 +328,7 @@ class Journal(JournalReads):
     def finish_module_run(self, run_id: int, status: RunStatus, **values: Any) -> None:
         """Record a module run's outcome: `status`, and any of duration_s, exit_status,
         output_tail and error."""
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.execute(
                 update(ModuleRun).where(ModuleRun.id == run_id).values(status=status, **values)
             )
@@ -275,7 +342,7 @@ class Journal(JournalReads):
 
     def add_outside(self, tx_id: int, changes: Sequence[tuple[str, str, str | None, int]]) -> None:
         """Record paths the run changed outside its scope: (path, change, module, count)."""
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.add_all(
                 OutsideChange(tx_id=tx_id, path=p, change=c, module=m, count=n)
                 for p, c, m, n in changes
@@ -283,7 +350,7 @@ class Journal(JournalReads):
 
     def set_outside_restored(self, tx_id: int, restored: bool) -> None:
         """Record whether the outside-scope changes of `tx_id` were put back (never, so far)."""
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.execute(
                 update(OutsideChange).where(OutsideChange.tx_id == tx_id).values(restored=restored)
             )
@@ -291,7 +358,7 @@ class Journal(JournalReads):
     def learn(self, tx_id: int, footprints: list[tuple[str, str]]) -> None:
         """Add (module, path) footprints learned from transaction `tx_id` (known ones skipped)."""
         known = set((m, p) for m, p, _ in self.footprints())
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.add_all(
                 Footprint(module=m, path=p, tx_id=tx_id)
                 for m, p in dict.fromkeys(footprints)
@@ -300,7 +367,7 @@ class Journal(JournalReads):
 
     def forget(self, module: str, path: str) -> int:
         """Forget a learned path of `module`; return how many footprints that was."""
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             result = s.execute(
                 update(Footprint)
                 .where(
@@ -332,7 +399,7 @@ class Journal(JournalReads):
             )
             for unit, state in services.items()
         ]
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.add_all(rows)
 
     def add_service(
@@ -341,7 +408,7 @@ class Journal(JournalReads):
         """Record a service's state before the run changes it (the first record wins)."""
         if any(known.unit == unit for known in self.services(tx_id)):
             return
-        with _signals_deferred(), self._session() as s, s.begin():
+        with self._write() as s:
             s.add(
                 ServiceState(tx_id=tx_id, unit=unit, active=active, enabled=enabled, source=source)
             )

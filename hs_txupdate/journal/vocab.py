@@ -114,6 +114,7 @@ class Step(StrEnum):
     DAEMON_RELOAD = "daemon-reload"
     OUTSIDE = "outside"
     ACCEPT_CURRENT = "accept-current"
+    BROKEN = "broken"
 
 
 class Status(StrEnum):

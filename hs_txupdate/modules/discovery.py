@@ -97,6 +97,16 @@ def discover_all(modules_dir: Path) -> list[Listed]:
     return listed
 
 
+def discover_usable(modules_dir: Path) -> tuple[list[Module], list[Listed]]:
+    """The modules under `modules_dir` that can run (in run order), and those whose
+    index.json is unusable (each with its problem). Never raises for one module:
+    a broken module must not keep the others from running."""
+    listed = discover_all(modules_dir)
+    usable = [item.module for item in listed if item.module is not None]
+    broken = [item for item in listed if item.module is None]
+    return sorted(usable, key=lambda m: m.sort_key), broken
+
+
 def _listed(path: Path) -> Listed:
     try:
         module = load_module(path)

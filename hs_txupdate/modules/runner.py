@@ -20,10 +20,12 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..base.channel import CHANNEL_ENV
 from ..base.proc import child_env
+from .cgroup import CGROUP_ENV, kill_session
 from .discovery import Module
 from .output import OutputTail
 
@@ -62,17 +64,20 @@ def run_module(
     mode: str = "main",
     serve: Serve | None = None,
     runtime: Runtime | None = None,
+    cgroup: Path | None = None,
 ) -> Outcome:
     """Run `module`'s main(args) in a worker; a bare False runs it once more.
 
     With mode "maintenance", run its maintenance task instead (once).
     `echo` receives each output line as it arrives; `serve` answers the
     worker's requests (none are possible without it); `runtime` is the
-    interpreter to run on. Returns the Outcome; a module's failure never
+    interpreter to run on; `cgroup` the cgroup the worker joins first thing
+    (without one, what is left in the worker's session is killed when it ends).
+    Returns the Outcome; a module's failure never
     raises. An exception from a signal handler (an interrupted hs-tx), or from
     `serve`, kills the worker's process group and propagates.
     """
-    job = _Job(module, args, echo, extra_env or {}, mode, serve, runtime or Runtime())
+    job = _Job(module, args, echo, extra_env or {}, mode, serve, runtime or Runtime(), cgroup)
     start = time.monotonic()
     prefix = f"[{module.name}] "
     tail = OutputTail(None if echo is None else lambda line: echo(prefix + line))
@@ -100,6 +105,7 @@ class _Job:
     mode: str
     serve: Serve | None
     runtime: Runtime
+    cgroup: Path | None
 
 
 def _run_once(job: _Job, tail: OutputTail) -> tuple[str, str, int | None, Any]:
@@ -120,6 +126,8 @@ def _run_once(job: _Job, tail: OutputTail) -> tuple[str, str, int | None, Any]:
         raise
     finally:
         watch.close()
+        if job.cgroup is None:
+            kill_session(proc.pid)  # what the module left running in its session
     if timed_out:
         return "timeout", f"timed out after {job.module.timeout:g} s", proc.returncode, None
     return _outcome(watch.result, proc.returncode)
@@ -132,6 +140,8 @@ def _spawn(job: _Job, result_fd: int, channel: _Channel | None) -> subprocess.Po
         env["PYTHONPATH"] = job.runtime.pythonpath
     if channel is not None:
         env[CHANNEL_ENV] = channel.worker_side
+    if job.cgroup is not None:
+        env[CGROUP_ENV] = str(job.cgroup)
     module = job.module
     argv = [
         job.runtime.python,

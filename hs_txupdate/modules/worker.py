@@ -20,6 +20,7 @@ import sys
 import types
 
 from ..base import channel
+from . import cgroup
 
 # os.path, not pathlib: every module run pays for the worker's imports
 COMPAT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compat")
@@ -126,6 +127,7 @@ def main(argv: list[str]) -> int:
     result_fd = int(fd_text)
     # children the module starts must not hold the result pipe open
     os.set_inheritable(result_fd, False)
+    cgroup.join_from_environ()  # first: nothing the module starts may escape it
     channel.configure_from_environ()
     # what the HOMESERVER orchestrator leaves its modules: files they create are 0644
     os.umask(0o022)
