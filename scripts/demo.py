@@ -216,8 +216,9 @@ def main() -> int:
         print("  files after the rollback (the same as after update 1):")
         show_tree(data)
         log = sandbox.root / "services.log"
-        restarted = log.read_text().split() if log.exists() else []
-        print(f"  services restarted after the rollback: {' '.join(restarted[1::2]) or 'none'}")
+        calls = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+        restarted = [c[1] for c in calls if len(c) == 2 and c[0] == "restart"]
+        print(f"  services restarted after the rollback: {' '.join(restarted) or 'none'}")
 
         say("the audit trail")
         hs_tx(config, "history")
