@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir, publish
 from .base import Captured, SnapshotTarget
-from .tar import sha256_file
+from .tar import sha256_file, verified_file
 
 
 def backup_database(source: Path, target: Path) -> None:
@@ -86,18 +85,7 @@ class SqliteBackend:
 
         Raises DamagedError otherwise.
         """
-        copy = Path(captured.ref)
-        if not copy.is_file():
-            raise DamagedError(
-                f"database copy {copy} of {target.path} is missing",
-                "restore the database by hand from a backup; the journal cannot repair it",
-            )
-        if captured.checksum and sha256_file(copy) != captured.checksum:
-            raise DamagedError(
-                f"database copy {copy} of {target.path} fails its checksum",
-                "do not use it; restore the database by hand from a backup",
-            )
-        return copy
+        return verified_file(Path(captured.ref), captured.checksum, "database copy", target)
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
         """Remove the copy (and a partial one); missing is fine."""

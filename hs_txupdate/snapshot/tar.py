@@ -32,6 +32,22 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def verified_file(path: Path, checksum: str | None, what: str, target: SnapshotTarget) -> Path:
+    """`path` (a snapshot file of `target`, called `what` in messages), after checking
+    it is there with the recorded checksum. Raises DamagedError otherwise."""
+    if not path.is_file():
+        raise DamagedError(
+            f"{what} {path} of {target.path} is missing",
+            "restore it by hand from a backup; the journal cannot repair it",
+        )
+    if checksum and sha256_file(path) != checksum:
+        raise DamagedError(
+            f"{what} {path} of {target.path} fails its checksum",
+            "do not use it; restore it by hand from a backup",
+        )
+    return path
+
+
 class TarBackend:
     """Archives in `snapshots_dir/<txid>/<n>.tar`."""
 
@@ -132,18 +148,7 @@ class TarBackend:
 
         Raises DamagedError otherwise: hs-tx never extracts what it did not write.
         """
-        archive = Path(captured.ref)
-        if not archive.is_file():
-            raise DamagedError(
-                f"snapshot archive {archive} of {target.path} is missing",
-                "restore the path by hand from a backup; the journal cannot repair it",
-            )
-        if captured.checksum and sha256_file(archive) != captured.checksum:
-            raise DamagedError(
-                f"snapshot archive {archive} of {target.path} fails its checksum",
-                "do not extract it; restore the path by hand from a backup",
-            )
-        return archive
+        return verified_file(Path(captured.ref), captured.checksum, "snapshot archive", target)
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
         """Remove the archive (and a partial one); the per-transaction dir when empty."""
