@@ -17,8 +17,8 @@ HEADERS = ["Name", "Installed", "Source", "Enabled", "Group", "Last result"]
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add the `modules` subcommand with its `list`, `enable` and `disable` actions."""
-    p = sub.add_parser("modules", help="list installed modules, enable or disable one")
+    """Add the `modules` subcommand with its `list`, `enable`, `disable`, `scope` actions."""
+    p = sub.add_parser("modules", help="list modules, enable or disable one, show its scope")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="installed modules, versions, last results")
     listing.add_argument("--json", action="store_true", help="print one JSON document")
