@@ -107,12 +107,10 @@ class Step(StrEnum):
     START = "start"
     BACKUP = "backup"
     BUILD = "build"
-    WINDOW = "window"
     FINISH = "finish"
     KEEP_RUN_STATE = "keep-run-state"
     PUT_BACK = "put-back"
     DAEMON_RELOAD = "daemon-reload"
-    OUTSIDE = "outside"
     ACCEPT_CURRENT = "accept-current"
     BROKEN = "broken"
 
@@ -155,15 +153,6 @@ class Origin(StrEnum):
     SELF = "self-update"  # hs-tx's own install dir
     RUNTIME = "runtime"  # the module runtime, rebuilt by this run
     UNDO = "undo"  # what the undone transaction changed
-
-
-class Change(StrEnum):
-    """How the write audit saw a path change."""
-
-    CREATED = "created"
-    MODIFIED = "modified"
-    METADATA = "metadata"
-    DELETED = "deleted"
 
 
 POINT = "point"  # scope path role: a point-in-time snapshot only restore_module_state uses
