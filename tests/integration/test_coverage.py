@@ -554,3 +554,43 @@ def test_an_interrupted_run_still_reports_what_it_wrote_outside(tar_sandbox: San
     assert outside(sbx.journal_json(1)) == {
         str(root / "etc/sleepy.conf"): ("created", "sleepy", False)
     }
+
+
+def test_the_runtime_builds_offline_from_a_wheel_dir(tar_sandbox: Sandbox, tmp_path: Path) -> None:
+    from tests.helpers import GitSource, module_files
+
+    sbx = tar_sandbox
+    system(sbx)
+    package = tmp_path / "probe"
+    (package / "hstxprobe").mkdir(parents=True)
+    (package / "hstxprobe" / "__init__.py").write_text("VALUE = 'from a local wheel'\n")
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "hstxprobe"\nversion = "1.0"\n'
+    )
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(wheels), str(package)],
+        check=True,
+    )  # fmt: skip
+    src = GitSource(tmp_path / "src").create()
+    (src.work / "requirements.txt").write_text("hstxprobe==1.0\n")
+    body = """
+    import hstxprobe
+
+    def main(args):
+        return {"success": hstxprobe.VALUE == "from a local wheel"}
+    """
+    src.publish({"probe": module_files("probe", body)})
+    sbx.source_url = src.url
+    sbx.write_config()
+    runtime = f'path = "{sbx.root}/runtime"'
+    text = sbx.config.read_text()
+    assert runtime in text
+    sbx.config.write_text(text.replace(runtime, f'{runtime}\nwheels = "{wheels}"', 1))
+
+    result = update(sbx)
+
+    assert result.returncode == 0, result.stderr
+    assert (sbx.root / "runtime/.hs-tx-requirements.sha256").is_file()
