@@ -48,6 +48,9 @@ def render(tx: dict[str, Any]) -> str:
         lines.append(f"  undone by transaction {tx['undone_by']}")
     if tx["error"]:
         lines.append(f"  error     {tx['error']}")
+    if tx.get("source_signer"):
+        signed = tx["source_signer"]
+        lines.append(f"  source    signed by {signed['signer']} ({signed['key']})")
     if tx["snapshots_pruned_at"]:
         lines.append(f"  snapshots deleted by retention at {local_time(tx['snapshots_pruned_at'])}")
     lines += [

@@ -126,6 +126,11 @@ def show(ctx: Context, tx_id: int) -> dict[str, Any]:
         for e in info.events
     ]
     out["net"] = net_detail(info)
+    fetched = [e for e in info.events if e.phase == Phase.SOURCE and e.status == Status.DONE]
+    signed = fetched[-1].detail if fetched and fetched[-1].detail else {}
+    out["source_signer"] = (
+        {"signer": signed["signer"], "key": signed.get("key")} if "signer" in signed else None
+    )
     return out
 
 

@@ -35,6 +35,7 @@ class SourceConfig:
     url: str
     branch: str = "master"
     allowed_signers: str = ""
+    max_age_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,12 @@ _SCHEMA: dict[str, Any] = {
         "modules": "module_tables",
     },
     "runtime": {"path": "abspath", "wheels": "abspath"},
-    "source": {"url": "nonempty_str", "branch": "nonempty_str", "allowed_signers": "str"},
+    "source": {
+        "url": "nonempty_str",
+        "branch": "nonempty_str",
+        "allowed_signers": "str",
+        "max_age_days": "days",
+    },
     "net": {"guard": "bool", "guard_interfaces": "str_list"},
     "services": {
         "manager": "manager",
@@ -245,6 +251,10 @@ def _check_value(kind: str, value: Any, name: str, origin: str) -> Any:
     if kind == "manager":
         if value not in SERVICE_MANAGERS:
             raise bad("one of " + ", ".join(SERVICE_MANAGERS))
+        return value
+    if kind == "days":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad("a whole number of days >= 0", f"set {name} to 0 (off) or more")
         return value
     if kind == "outside_writes":
         if value not in OUTSIDE_WRITES:

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..journal import Phase, Step
-from ..sync.git import SourceError, SourceState, fetch, is_ancestor
+from ..sync.git import (
+    SourceError,
+    SourceState,
+    commit_age_days,
+    fetch,
+    is_ancestor,
+    verify_signature,
+)
 from .context import Context
 
 
@@ -22,6 +31,19 @@ def fetch_source(ctx: Context, tx_id: int, accept_rewrite: bool = False) -> Sour
         before = ctx.journal.last_applied_source()
         ctx.journal.set_source(tx_id, before, state.commit)
         step.detail["commit"] = state.commit
+        if source.allowed_signers:
+            signature = verify_signature(state, Path(source.allowed_signers))
+            step.detail.update(signer=signature.signer, key=signature.key)
+            ctx.log(f"hs-tx: source commit signed by {signature.signer} ({signature.key})")
+        if source.max_age_days:
+            age = commit_age_days(state)
+            step.detail["age_days"] = round(age, 1)
+            if age > source.max_age_days:
+                ctx.log(
+                    f"hs-tx: warning: the source tip {state.commit[:12]} is {age:.0f} days old"
+                    f" (more than [source] max_age_days = {source.max_age_days}): the source"
+                    " may be frozen by an attacker withholding updates"
+                )
     if before and not accept_rewrite and not is_ancestor(state, before):
         raise SourceError(
             f"the source history was rewritten: {before[:12]}, applied by the last update,"

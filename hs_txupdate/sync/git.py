@@ -7,15 +7,17 @@ clone's objects and refs changes before the transaction snapshots its scope.
 from __future__ import annotations
 
 import os
+import re
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import git
 
-from ..base.errors import HsTxError
+from ..base.errors import HsTxError, UsageError
 from ..base.fsio import fsync_dir, write_new
-from ..base.proc import GIT_ENV_VARS
+from ..base.proc import GIT_ENV_VARS, run
 
 # Every network operation ends after this long; git itself aborts a stalled transfer sooner.
 FETCH_TIMEOUT_S = 300
@@ -122,6 +124,54 @@ def fetch(clone_dir: Path, url: str, branch: str) -> SourceState:
             "check [source] url and branch and that the source is reachable; nothing was changed",
         ) from exc
     return SourceState(repo.rev_parse(ref).hexsha, repo)
+
+
+class SignatureError(UsageError):
+    """The source commit is not signed by a key the operator allows."""
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Who signed the source commit: the principal of allowed_signers and the key."""
+
+    signer: str
+    key: str
+
+
+_GOOD = re.compile(r'Good "git" signature for (\S+) with (\S+) key (\S+)')
+
+
+def verify_signature(state: SourceState, allowed_signers: Path) -> Signature:
+    """Check that the fetched commit carries a valid SSH signature by a key of git's
+    allowed-signers file `allowed_signers` (valid at the commit's time).
+
+    Raises SignatureError (exit 2) naming the commit, its signer if any, and why.
+    """
+    if not allowed_signers.is_file():
+        raise SignatureError(
+            f"[source] allowed_signers {allowed_signers} does not exist",
+            'point it at git\'s SSH allowed-signers file, or set it to "" to turn the check off',
+        )
+    config = ["-c", "gpg.format=ssh", "-c", f"gpg.ssh.allowedSignersFile={allowed_signers}"]
+    argv = ["git", "--git-dir", str(state.repo.git_dir), *config, "verify-commit", state.commit]
+    result = run(argv, check=False, timeout=60)
+    said = (result.stderr + result.stdout).strip()
+    good = _GOOD.search(said)
+    if result.returncode == 0 and good:
+        return Signature(good.group(1), f"{good.group(2)} {good.group(3)}")
+    signer = re.search(r"signature for (\S+)|key (SHA256:\S+)", said)
+    who = f" (signed by {signer.group(1) or signer.group(2)})" if signer else ""
+    why = said.splitlines()[-1] if said else "it carries no signature"
+    raise SignatureError(
+        f"source commit {state.commit[:12]} is not signed by an allowed key{who}: {why}",
+        "sign it with a key listed in [source] allowed_signers; nothing was changed",
+    )
+
+
+def commit_age_days(state: SourceState) -> float:
+    """How many days ago the fetched commit was made (by its committer date)."""
+    committed = state.repo.commit(state.commit).committed_date
+    return (time.time() - committed) / 86400
 
 
 def is_ancestor(state: SourceState, older: str) -> bool:
