@@ -120,7 +120,8 @@ def _run_audited(ctx: Context, tx_id: int, plan: RunPlan) -> str | None:
     elif outside:
         ctx.log(
             f"hs-tx: warning: the run changed {len(outside)} path(s) outside its scope:"
-            f" {describe(outside)} (hs-tx show {tx_id}); they are in scope from the next run on"
+            f" {describe(outside)} (hs-tx show {tx_id}); what a module changed there is in"
+            " its scope from its next run on"
         )
     return failure
 
