@@ -10,29 +10,14 @@ StateManager backup; copies live in `snapshots_dir/<txid>/<n>.sqlite`.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..base.dbcopy import copy_database
 from ..base.fsio import fsync_dir, publish
 from .base import Captured, SnapshotTarget
 from .tar import sha256_file, verified_file
-
-
-def backup_database(source: Path, target: Path) -> None:
-    """Copy the SQLite database `source` into the file `target` through the backup
-    API (consistent while `source` is in use). Raises sqlite3.Error or OSError."""
-    src = sqlite3.connect(f"{source.absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        dst = sqlite3.connect(os.fspath(target))
-        try:
-            src.backup(dst)
-        finally:
-            dst.close()
-    finally:
-        src.close()
 
 
 class SqliteBackend:
@@ -64,7 +49,7 @@ class SqliteBackend:
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = final.with_name(final.name + ".partial")
         partial.unlink(missing_ok=True)
-        backup_database(target.path, partial)
+        copy_database(target.path, partial)
         checksum, size = sha256_file(partial), partial.stat().st_size
         publish(partial, final)
         return Captured(ref=str(final), size=size, checksum=checksum)
@@ -100,4 +85,4 @@ class SqliteBackend:
         (created if it was deleted). Raises DamagedError for a bad copy."""
         copy = self.check(target, captured)
         target.path.parent.mkdir(parents=True, exist_ok=True)
-        backup_database(copy, target.path)
+        copy_database(copy, target.path)

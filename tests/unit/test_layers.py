@@ -31,7 +31,12 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"commands", "base"},
 }
 # compat is loaded by every module process: only these light modules of hs-tx
-COMPAT_MODULES = {"hs_txupdate.base.channel", "hs_txupdate.base.fsio", "hs_txupdate.sync.versions"}
+COMPAT_MODULES = {
+    "hs_txupdate.base.channel",
+    "hs_txupdate.base.dbcopy",
+    "hs_txupdate.base.fsio",
+    "hs_txupdate.sync.versions",
+}
 
 
 def _imports(path: Path, repo: Path) -> Iterator[tuple[int, str]]:

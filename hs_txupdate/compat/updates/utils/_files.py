@@ -186,25 +186,11 @@ def fsync_tree(root: str | os.PathLike[str]) -> None:
 
 
 def sqlite_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
-    """Copy SQLite database `source` into `target` through SQLite's backup API.
+    """Copy SQLite database `source` into `target` consistently (hs-tx's own copy:
+    the backup API). Raises FileNotFoundError, OSError or sqlite3.Error."""
+    from hs_txupdate.base.dbcopy import copy_database  # only modules that back up databases
 
-    Unlike a file copy this is consistent while the database is in use, and
-    restoring this way leaves no stale WAL beside the target. The source must
-    exist. Raises OSError or sqlite3.Error.
-    """
-    import sqlite3  # only modules that back up databases pay for it
-
-    if not os.path.isfile(source):
-        raise FileNotFoundError(f"no database file {source}")
-    src = sqlite3.connect(f"{Path(source).absolute().as_uri()}?mode=ro", uri=True)
-    try:
-        dst = sqlite3.connect(os.fspath(target))
-        try:
-            src.backup(dst)
-        finally:
-            dst.close()
-    finally:
-        src.close()
+    copy_database(source, target)
 
 
 def contains(outer: str, inner: Path) -> bool:
