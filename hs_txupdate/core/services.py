@@ -95,11 +95,15 @@ def service_state(ctx: Context, unit: str) -> dict[str, Any]:
     return {"active": ctx.services.is_active(unit), "enabled": ctx.services.enabled(unit)}
 
 
-def record_services(ctx: Context, tx_id: int, units: list[str], source: str) -> None:
-    """Journal each unit's state before the run changes it (the first record wins)."""
-    for unit in dict.fromkeys(units):
-        state = service_state(ctx, unit)
+def record_services(
+    ctx: Context, tx_id: int, units: list[str], source: str
+) -> dict[str, dict[str, Any]]:
+    """Journal each unit's state before the run changes it (a unit's first record
+    wins); return the states read now, by unit."""
+    states = {unit: service_state(ctx, unit) for unit in dict.fromkeys(units)}
+    for unit, state in states.items():
         ctx.journal.add_service(tx_id, unit, state["active"], state["enabled"], source)
+    return states
 
 
 def put_back(ctx: Context, tx_id: int, unit: str, active: bool | None, enabled: str | None) -> None:

@@ -33,7 +33,7 @@ from ..snapshot.manifest import diff
 from .audit import RunAudit
 from .context import Context
 from .scope import Planned, ScopeEntry, check_free_space, check_path
-from .services import put_back, service_state
+from .services import put_back, record_services
 from .snapshots import capture_path, load_manifest, record_path, restore_path
 
 
@@ -73,10 +73,7 @@ class BackupServer:
         with self.ctx.journal.step(self.tx_id, Phase.STATEMANAGER, Step.BACKUP, detail):
             entries = [(str(p), self._hold(p, database=False)) for p in files]
             entries += [(str(p), self._hold(p, database=True)) for p in databases]
-            states = {unit: service_state(self.ctx, unit) for unit in dict.fromkeys(units)}
-            for unit, state in states.items():  # a unit's first record: its state before
-                active, enabled = state["active"], state["enabled"]
-                self.ctx.journal.add_service(self.tx_id, unit, active, enabled, "statemanager")
+            states = record_services(self.ctx, self.tx_id, units, "statemanager")
             self.ctx.journal.add_backup(self.tx_id, name, self.module.name, entries, states)
         absent = [path for path, n in entries if n is None]
         return {"ok": True, "absent": absent}
