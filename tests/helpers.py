@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
 import textwrap
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +205,22 @@ class Sandbox:
         result = self.hs_tx("show", str(tx_id), "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
+
+    def tx_key(self, tx_id: int) -> str:
+        """`<journal-uuid>-<txid>`: how snapshots of `tx_id` of this journal are named."""
+        return f"{journal_uuid(self.state / 'journal.db')}-{tx_id}"
+
+    def tx_dir(self, tx_id: int) -> Path:
+        """The state dir's snapshot dir (manifests, archives) of `tx_id`."""
+        return self.state / "snapshots" / self.tx_key(tx_id)
+
+
+def journal_uuid(journal: Path) -> str:
+    """The identity a journal file was created with."""
+    with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT value FROM hs_tx_meta WHERE key = 'journal_uuid'").fetchone()
+    assert row, f"{journal} has no identity"
+    return str(row[0])
 
 
 # Source for modules that report their pids: hs-tx runs modules in a pid namespace of

@@ -472,10 +472,10 @@ def leftovers(sbx: Sandbox, scope: list[str]) -> list[str]:
 
 def snapshots_of(sbx: Sandbox, tx_id: int) -> list[str]:
     """What is left on disk of the snapshots and manifests of `tx_id`."""
-    left = [sbx.state / "snapshots" / str(tx_id)]
+    left = [sbx.tx_dir(tx_id)]
     store = _btrfs_store(sbx.root)
     if store is not None:
-        left += list(store.glob(f"{tx_id}-*"))
+        left += list(store.glob(f"{sbx.tx_key(tx_id)}-*"))
     return sorted(str(p) for p in left if os.path.lexists(p))
 
 

@@ -18,6 +18,7 @@ from ..base.fsio import durable_write, exchange, fsync_dir
 from ..journal import Phase, Step
 from ..modules.discovery import Module, check_module_name, module_from_index
 from ..modules.merge import merge_local_state
+from ..snapshot.base import tx_key
 from ..snapshot.entries import STAGE_PREFIX, remove_entry
 from ..sync.git import SourceError, SourceState, export_tree, read_blob, subdirs
 from ..sync.versions import Version, VersionError
@@ -151,7 +152,7 @@ def apply_change(
 ) -> None:
     """Install or replace one module dir: build it beside, then swap it in atomically.
 
-    `stage_id` names the staging dir (`.hs-tx-stage-<txid>-<n>`) so recovery
+    `stage_id` names the staging dir (`.hs-tx-stage-<journal-uuid>-<txid>-m-<name>`) so recovery
     can find and remove it.
     """
     live = modules_dir / change.name
@@ -180,7 +181,12 @@ def run_phase1(ctx: Context, tx_id: int, schema: Phase1Plan) -> dict[str, str]:
             if change.version_from is None:
                 verb = f"installing module {change.name}"
             ctx.log(f"hs-tx: {verb} {change.version_to}")
-            apply_change(schema.state, ctx.config.modules_dir, change, f"{tx_id}-m-{change.name}")
+            apply_change(
+                schema.state,
+                ctx.config.modules_dir,
+                change,
+                f"{tx_key(ctx.journal.uuid, tx_id)}-m-{change.name}",
+            )
         if change.version_from:
             versions_from[change.name] = change.version_from
     return versions_from

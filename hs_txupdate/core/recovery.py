@@ -55,7 +55,7 @@ def recover_all(ctx: Context, always_record: bool = False, retry_failed: bool = 
         # snapshots of a rolled-back or aborted run can never serve an undo
         try:
             delete_snapshots(ctx.config, ctx.journal, info.id, info.paths)
-        except (OSError, CommandError) as exc:
+        except (OSError, CommandError, DamagedError) as exc:
             ctx.log(f"hs-tx: warning: could not delete the snapshots of {info.id}: {exc}")
     if outcomes or always_record:
         report = {"at": now_iso(), "exit_code": code, "transactions": outcomes}
@@ -119,7 +119,7 @@ def recover_one(ctx: Context, info: TxInfo) -> int:
             reason = f"recovered: {reason}"
         return roll_back(ctx, info.id, reason)
     delete_snapshots(ctx.config, ctx.journal, info.id, info.paths)
-    remove_stage_dirs(info.id, info.paths, ctx.config.modules_dir)
+    remove_stage_dirs(ctx.journal, info.id, info.paths, ctx.config.modules_dir)
     ctx.journal.set_state(
         info.id, State.ABORTED, error="hs-tx stopped before changing anything", exit_code=1
     )

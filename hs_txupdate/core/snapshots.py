@@ -15,6 +15,7 @@ from ..base.errors import DamagedError
 from ..base.fsio import durable_write, fsync_dir
 from ..journal import Journal, PathInfo, Phase, Status, Step
 from ..snapshot import Captured, SnapshotTarget, backend_by_name
+from ..snapshot.base import tx_key
 from ..snapshot.entries import STAGE_PREFIX, remove_entry
 from ..snapshot.manifest import (
     Changes,
@@ -32,9 +33,17 @@ from .scope import ScopeEntry
 Log = Callable[[str], None]
 
 
-def manifest_path(config: Config, tx_id: int, n: int) -> Path:
-    """Where the manifest of scope path `n` of `tx_id` is kept."""
-    return config.snapshots_dir / str(tx_id) / f"{n}.manifest"
+def tx_dir(config: Config, journal: Journal, tx_id: int) -> Path:
+    """The dir in the state dir that holds the manifests (and tar archives, database
+    copies) of one transaction of this journal."""
+    return config.snapshots_dir / tx_key(journal.uuid, tx_id)
+
+
+def target_of(
+    journal: Journal, tx_id: int, n: int, path: Path, fresh: bool = False
+) -> SnapshotTarget:
+    """Scope path `n` of transaction `tx_id` of this journal, as a backend names it."""
+    return SnapshotTarget(tx_key(journal.uuid, tx_id), n, path, fresh)
 
 
 def capture_scope(config: Config, journal: Journal, tx_id: int, entries: list[ScopeEntry]) -> None:
@@ -76,13 +85,13 @@ def _capture_one(
     fresh: bool,
 ) -> None:
     """Snapshot one existing scope path and record its snapshot and manifest."""
-    target = SnapshotTarget(tx_id, n, path, fresh)
+    target = target_of(journal, tx_id, n, path, fresh)
     backend = backend_by_name(backend_name, config.snapshots_dir)
     taken_ns = time.time_ns()
     captured = backend.capture(target)
     manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
     data = manifest.to_bytes()
-    where = manifest_path(config, tx_id, n)
+    where = tx_dir(config, journal, tx_id) / f"{n}.manifest"
     where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     durable_write(where, data)
     journal.update_path(
@@ -171,7 +180,7 @@ def restore_path(
         if manifest is None:
             restore_tree(live, None, changes, announce)
         else:
-            target = SnapshotTarget(tx_id, info.n, live)
+            target = target_of(journal, tx_id, info.n, live)
             backend = backend_by_name(info.backend, config.snapshots_dir)
             captured = Captured(info.snapshot or "", info.size, info.checksum)
             with backend.reference(target, captured, needed_entries(changes, manifest)) as ref:
@@ -183,7 +192,7 @@ def _restore_database(
     config: Config, journal: Journal, tx_id: int, info: PathInfo, phase: Phase
 ) -> int:
     """Put a database captured by the sqlite backend back through the backup API."""
-    target = SnapshotTarget(tx_id, info.n, Path(info.path))
+    target = target_of(journal, tx_id, info.n, Path(info.path))
     captured = Captured(info.snapshot or "", info.size, info.checksum)
     with journal.step(tx_id, phase, Step.RESTORE, {"n": info.n, "path": info.path, "entries": 1}):
         SqliteBackend(config.snapshots_dir).restore(target, captured)
@@ -191,13 +200,14 @@ def _restore_database(
 
 
 def verify_snapshot(config: Config, info: PathInfo) -> None:
-    """Check that the manifest and snapshot of a scope path are intact, changing nothing.
+    """Check that the manifest and snapshot of a scope path are intact and the ones
+    recorded, changing nothing.
 
-    Raises DamagedError when either is missing or fails its checksum.
+    Raises DamagedError when either is missing, fails its checksum or was changed.
     """
     load_manifest(info)
     if info.existed:
-        target = SnapshotTarget(0, info.n, Path(info.path))
+        target = SnapshotTarget("", info.n, Path(info.path))  # checks use recorded refs only
         captured = Captured(info.snapshot or "", info.size, info.checksum)
         backend_by_name(info.backend, config.snapshots_dir).check(target, captured)
 
@@ -205,28 +215,42 @@ def verify_snapshot(config: Config, info: PathInfo) -> None:
 def delete_snapshots(
     config: Config, journal: Journal, tx_id: int, paths: list[PathInfo], on_tx: int | None = None
 ) -> None:
-    """Delete every snapshot and manifest of `tx_id`, journaled on transaction `on_tx`."""
+    """Delete every snapshot and manifest of `tx_id`, journaled on transaction `on_tx`.
+
+    Raises DamagedError, before the transaction's dir is removed, when a snapshot is
+    not the one recorded (it is kept, and so is everything not yet deleted).
+    """
     on = tx_id if on_tx is None else on_tx
     with journal.step(on, Phase.RETENTION, Step.DELETE_SNAPSHOTS, {"of": tx_id}):
         for info in paths:
             if info.existed:
-                target = SnapshotTarget(tx_id, info.n, Path(info.path))
+                target = target_of(journal, tx_id, info.n, Path(info.path))
                 backend_by_name(info.backend, config.snapshots_dir).delete(target, info.snapshot)
-        tx_dir = config.snapshots_dir / str(tx_id)
-        if tx_dir.exists():
-            remove_entry(tx_dir)
-            fsync_dir(tx_dir.parent)
+        for place in _tx_dirs(config, journal, tx_id, paths):
+            remove_entry(place)
+            fsync_dir(place.parent)
         journal.mark_pruned(tx_id)
 
 
-def remove_stage_dirs(tx_id: int, paths: list[PathInfo], modules_dir: Path) -> None:
+def _tx_dirs(config: Config, journal: Journal, tx_id: int, paths: list[PathInfo]) -> set[Path]:
+    """The existing dirs of the snapshots dir that hold this transaction's files: its
+    own, and where its rows recorded manifests (journals older than their identity
+    used `<txid>`)."""
+    places = {tx_dir(config, journal, tx_id)}
+    places |= {Path(info.manifest).parent for info in paths if info.manifest}
+    return {p for p in places if p.parent == config.snapshots_dir and p.is_dir()}
+
+
+def remove_stage_dirs(
+    journal: Journal, tx_id: int, paths: list[PathInfo], modules_dir: Path
+) -> None:
     """Remove staging dirs an interrupted restore or schema update of `tx_id` left
     beside its scope paths or in the modules dir."""
     places = {Path(info.path).parent for info in paths} | {modules_dir}
     for place in places:
         if not place.is_dir():
             continue
-        stages = list(place.glob(f"{STAGE_PREFIX}{tx_id}-*"))
+        stages = list(place.glob(f"{STAGE_PREFIX}{tx_key(journal.uuid, tx_id)}-*"))
         for stage in stages:
             remove_entry(stage)
         if stages:

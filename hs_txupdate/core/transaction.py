@@ -12,7 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ..base.errors import EXIT_DAMAGED, EXIT_FAILED, EXIT_OK, HsTxError, exit_code_for
+from ..base.errors import (
+    EXIT_DAMAGED,
+    EXIT_FAILED,
+    EXIT_OK,
+    DamagedError,
+    HsTxError,
+    exit_code_for,
+)
 from ..base.fsio import syncfs
 from ..base.proc import CommandError
 from ..journal import Decision, OutsideInfo, Phase, State, Status, Step, TxInfo
@@ -29,6 +36,7 @@ from .snapshots import (
     path_changes,
     remove_stage_dirs,
     restore_path,
+    tx_dir,
 )
 
 _Plan = TypeVar("_Plan")
@@ -112,7 +120,7 @@ def apply_retention(ctx: Context, tx_id: int) -> None:
     for old in kept[ctx.config.keep :]:
         try:
             delete_snapshots(ctx.config, ctx.journal, old.id, old.paths, on_tx=tx_id)
-        except (OSError, CommandError) as exc:
+        except (OSError, CommandError, DamagedError) as exc:
             ctx.log(f"hs-tx: warning: could not delete the snapshots of {old.id}: {exc}")
 
 
@@ -158,7 +166,7 @@ def roll_back(
         ctx.log(f"hs-tx: {error}")
         ctx.log(f"hs-tx: snapshots are kept; see `hs-tx show {tx_id}` for each path's snapshot")
         return EXIT_DAMAGED
-    remove_stage_dirs(tx_id, info.paths, ctx.config.modules_dir)
+    remove_stage_dirs(ctx.journal, tx_id, info.paths, ctx.config.modules_dir)
     _record_restored_state(ctx, info)
     keep_run_states(ctx, tx_id, run_states)
     put_back_services(ctx, tx_id, info, changed)
@@ -227,13 +235,13 @@ def abort(ctx: Context, tx_id: int, exc: BaseException) -> int:
     code = exit_code_for(exc)
     message = str(exc) if isinstance(exc, HsTxError) else f"internal error: {exc!r}"
     # first the space its archives hold: on a full disk the journal needs it to go on
-    tx_dir = ctx.config.snapshots_dir / str(tx_id)
-    if tx_dir.is_dir():
-        remove_entry(tx_dir)
+    own = tx_dir(ctx.config, ctx.journal, tx_id)
+    if own.is_dir():
+        remove_entry(own)
     info = _tx(ctx, tx_id)
     try:
         _discard_snapshots(ctx, tx_id, info)
-        remove_stage_dirs(tx_id, info.paths, ctx.config.modules_dir)
+        remove_stage_dirs(ctx.journal, tx_id, info.paths, ctx.config.modules_dir)
     finally:
         ctx.journal.set_state(tx_id, State.ABORTED, error=message, exit_code=code)
     ctx.log(f"hs-tx: error: {message}")
@@ -247,7 +255,7 @@ def _discard_snapshots(ctx: Context, tx_id: int, info: TxInfo) -> None:
     """Snapshots of a rolled-back or aborted transaction can never be used for undo."""
     try:
         delete_snapshots(ctx.config, ctx.journal, tx_id, info.paths)
-    except (OSError, CommandError) as exc:
+    except (OSError, CommandError, DamagedError) as exc:
         ctx.log(f"hs-tx: warning: could not delete the snapshots of transaction {tx_id}: {exc}")
 
 

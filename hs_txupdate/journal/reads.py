@@ -12,9 +12,11 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..base.errors import DamagedError
 from .models import (
     Event,
     Footprint,
+    Meta,
     ModuleRun,
     OutsideChange,
     ScopePath,
@@ -45,6 +47,20 @@ class JournalReads:
     """The queries of the journal; each opens and closes its own session."""
 
     _session: sessionmaker[Session]
+    _uuid: str | None = None
+
+    @property
+    def uuid(self) -> str:
+        """The journal's identity, created with it; every snapshot name carries it."""
+        if self._uuid is None:
+            with self._session() as s:
+                self._uuid = s.scalar(select(Meta.value).where(Meta.key == "journal_uuid"))
+            if self._uuid is None:
+                raise DamagedError(
+                    "the journal has no identity (hs_tx_meta.journal_uuid)",
+                    "it was edited by hand; move it aside to start a new journal",
+                )
+        return self._uuid
 
     def last_applied_source(self) -> str | None:
         """The source commit of the newest committed transaction that fetched one."""

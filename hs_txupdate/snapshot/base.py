@@ -17,19 +17,26 @@ class Captured:
     checksum: str | None = None
 
 
+def tx_key(journal_uuid: str, tx_id: int) -> str:
+    """`<journal-uuid>-<txid>`: names what belongs to one transaction of one journal, so a
+    new journal (the old one moved aside) or a second state dir never meets its snapshots."""
+    return f"{journal_uuid}-{tx_id}"
+
+
 @dataclass(frozen=True)
 class SnapshotTarget:
-    """One scope path to capture: transaction id, its number in the scope, the path."""
+    """One scope path to capture: its transaction's key (`tx_key`), its number in the
+    scope, the path."""
 
-    tx_id: int
+    tx: str
     n: int
     path: Path
     fresh: bool = False  # taken mid-run: a snapshot taken earlier in the run may not serve
 
     @property
     def name(self) -> str:
-        """The snapshot's name, `<txid>-<n>`."""
-        return f"{self.tx_id}-{self.n}"
+        """The snapshot's name, `<journal-uuid>-<txid>-<n>`."""
+        return f"{self.tx}-{self.n}"
 
 
 class Backend(Protocol):
@@ -64,7 +71,11 @@ class Backend(Protocol):
         ...
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
-        """Delete the snapshot (whole or partial) of `target`; missing is fine."""
+        """Delete the snapshot (whole or partial) of `target`; missing is fine.
+
+        `ref` is what capture recorded (None when capture was cut off before that).
+        Raises DamagedError, deleting nothing, when the snapshot is not the one recorded.
+        """
         ...
 
     def manifest_root(self, target: SnapshotTarget, captured: Captured) -> Path:

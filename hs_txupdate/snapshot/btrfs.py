@@ -2,8 +2,13 @@
 
 Snapshots live in a `.hs-tx-snapshots` subvolume at the top of that subvolume
 (same filesystem, and never inside a snapshot of its parent, since btrfs
-snapshots stop at nested subvolumes), named `<txid>-<n>`. Capturing is O(1) in
-the size of the data; a restore reflinks back only what changed.
+snapshots stop at nested subvolumes), named `<journal-uuid>-<txid>-<n>`. Capturing
+is O(1) in the size of the data; a restore reflinks back only what changed.
+
+The ref recorded in the journal holds the snapshot's own btrfs UUID and generation:
+before a restore or a delete, the snapshot must still be read-only with both
+unchanged, or hs-tx refuses to use it (a snapshot set writable and edited, or one
+put in its place, is not the state the journal recorded).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir
-from ..base.proc import run
+from ..base.proc import CommandError, run
 from .base import Captured, SnapshotTarget
 from .entries import SNAPSHOT_STORE
 
@@ -47,8 +52,42 @@ def subvolume_root(path: Path) -> Path:
     return current
 
 
+def subvolume_identity(path: Path) -> dict[str, str]:
+    """`uuid`, `generation` and `flags` of the subvolume at `path` (`btrfs subvolume show`).
+
+    Raises CommandError when `path` is not a subvolume.
+    """
+    wanted = {"UUID": "uuid", "Generation": "generation", "Flags": "flags"}
+    found = {}
+    for line in run(["btrfs", "subvolume", "show", str(path)]).stdout.splitlines():
+        key, _, value = line.strip().partition(":")
+        if key in wanted and wanted[key] not in found:
+            found[wanted[key]] = value.strip()
+    return found
+
+
+def _mismatch(snapshot: Path, ref: dict[str, str]) -> str | None:
+    """Why the snapshot at `snapshot` is not the one `ref` recorded, or None."""
+    if "uuid" not in ref:  # recorded before snapshots carried their identity
+        return None
+    try:
+        now = subvolume_identity(snapshot)
+    except CommandError:
+        return "it is not a btrfs subvolume"
+    if now.get("uuid") != ref["uuid"]:
+        return f"its UUID is {now.get('uuid')}, the journal recorded {ref['uuid']}"
+    if "readonly" not in now.get("flags", ""):
+        return "it is no longer read-only"
+    if now.get("generation") != ref["generation"]:
+        return (
+            f"its generation is {now.get('generation')}, the journal recorded"
+            f" {ref['generation']}: it was changed after it was taken"
+        )
+    return None
+
+
 class BtrfsBackend:
-    """Read-only subvolume snapshots; the ref is JSON {snapshot, rel}."""
+    """Read-only subvolume snapshots; the ref is JSON {snapshot, rel, uuid, generation}."""
 
     name = "btrfs"
 
@@ -72,18 +111,24 @@ class BtrfsBackend:
         # The snapshots taken before a transaction changes anything show the same
         # state, so one taken for an earlier path on this subvolume serves this path
         # as well; one taken mid-run (a StateManager backup) must show the state now.
-        earlier = [] if target.fresh else sorted(store.glob(f"{target.tx_id}-*"))
+        earlier = [] if target.fresh else sorted(store.glob(f"{target.tx}-*"))
         snapshot = earlier[0] if earlier else store / target.name
         if not earlier:
             run(["btrfs", "subvolume", "snapshot", "-r", str(root), str(snapshot)])
             run(["btrfs", "filesystem", "sync", str(root)])
-        rel = os.path.relpath(target.path, root)
-        return Captured(ref=json.dumps({"snapshot": str(snapshot), "rel": rel}))
+        identity = subvolume_identity(snapshot)
+        ref = {
+            "snapshot": str(snapshot),
+            "rel": os.path.relpath(target.path, root),
+            "uuid": identity["uuid"],
+            "generation": identity["generation"],
+        }
+        return Captured(ref=json.dumps(ref))
 
-    def _tree(self, captured: Captured) -> tuple[Path, Path]:
-        ref = json.loads(captured.ref)
+    def _tree(self, captured: Captured) -> tuple[Path, Path, dict[str, str]]:
+        ref = _parse_ref(captured.ref)
         snapshot = Path(ref["snapshot"])
-        return snapshot, snapshot / ref["rel"] if ref["rel"] != "." else snapshot
+        return snapshot, snapshot / ref["rel"] if ref["rel"] != "." else snapshot, ref
 
     def manifest_root(self, target: SnapshotTarget, captured: Captured) -> Path:
         """The path as the snapshot holds it (same inode numbers and ctimes as live)."""
@@ -97,24 +142,64 @@ class BtrfsBackend:
         yield self.check(target, captured)
 
     def check(self, target: SnapshotTarget, captured: Captured) -> Path:
-        """The path inside the snapshot, after checking the snapshot is there.
+        """The path inside the snapshot, after checking the snapshot is there and is
+        the one recorded (UUID, read-only, generation).
 
         Raises DamagedError otherwise.
         """
-        snapshot, tree = self._tree(captured)
+        snapshot, tree, ref = self._tree(captured)
         if not snapshot.is_dir():
             raise DamagedError(
                 f"btrfs snapshot {snapshot} of {target.path} is missing",
                 "restore the path by hand from a backup; the journal cannot repair it",
             )
+        _refuse_if_changed(snapshot, ref, target)
         return tree
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
-        """Delete the snapshot subvolume and commit the deletion."""
+        """Delete the snapshot subvolume, if it is the one recorded, and commit the deletion.
+
+        Raises DamagedError, deleting nothing, when it is not.
+        """
         if ref is not None:
-            snapshot = Path(json.loads(ref)["snapshot"])
-        else:
+            recorded = _parse_ref(ref)
+            snapshot = Path(recorded["snapshot"])
+            if os.path.lexists(snapshot):
+                _refuse_if_changed(snapshot, recorded, target)
+        else:  # capture was cut off before its ref was recorded: the name is this run's
             existing = target.path if target.path.exists() else target.path.parent
             snapshot = subvolume_root(existing) / SNAPSHOT_STORE / target.name
-        if snapshot.exists():
+        if os.path.lexists(snapshot):
             run(["btrfs", "subvolume", "delete", "--commit-after", str(snapshot)])
+
+
+def _parse_ref(text: str) -> dict[str, str]:
+    """A recorded btrfs ref, checked to name a snapshot inside a snapshot store.
+
+    Raises DamagedError for anything else, so a damaged or crafted journal row can
+    never make hs-tx read or delete another subvolume.
+    """
+    try:
+        ref = json.loads(text)
+        snapshot = Path(ref["snapshot"])
+        ok = snapshot.is_absolute() and snapshot.parent.name == SNAPSHOT_STORE
+        ok = ok and ".." not in snapshot.parts and isinstance(ref["rel"], str)
+    except (ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise DamagedError(
+            f"the journal's record of a btrfs snapshot is malformed: {text[:200]!r}",
+            "the journal row was damaged or edited; restore by hand from the snapshot store",
+        )
+    return {k: str(v) for k, v in ref.items()}
+
+
+def _refuse_if_changed(snapshot: Path, ref: dict[str, str], target: SnapshotTarget) -> None:
+    """Raise DamagedError when `snapshot` is not the subvolume `ref` recorded."""
+    why = _mismatch(snapshot, ref)
+    if why is not None:
+        raise DamagedError(
+            f"btrfs snapshot {snapshot} of {target.path} is not the one recorded: {why}",
+            "hs-tx will neither restore from it nor delete it; inspect it"
+            " (btrfs subvolume show) and restore by hand if you trust it",
+        )

@@ -5,7 +5,7 @@ A file copy (tar) of a database that is being written, or of its main file
 without its `-wal`, may not be a database at all; the backup API copies a
 consistent state whatever the writers do, and restoring through it leaves no
 stale WAL beside the live file. Used for the databases a module names in a
-StateManager backup; copies live in `snapshots_dir/<txid>/<n>.sqlite`.
+StateManager backup; copies live in `snapshots_dir/<journal-uuid>-<txid>/<n>.sqlite`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..base.dbcopy import copy_database
-from ..base.fsio import fsync_dir, publish
+from ..base.fsio import publish
 from .base import Captured, SnapshotTarget
-from .tar import sha256_file, verified_file
+from .tar import recorded_file, remove_file_snapshot, sha256_file, verified_file
 
 
 class SqliteBackend:
@@ -38,7 +38,7 @@ class SqliteBackend:
 
     def copy_path(self, target: SnapshotTarget) -> Path:
         """Where the copy of `target` lives."""
-        return self.snapshots_dir / str(target.tx_id) / f"{target.n}.sqlite"
+        return self.snapshots_dir / target.tx / f"{target.n}.sqlite"
 
     def capture(self, target: SnapshotTarget) -> Captured:
         """Copy the database durably and record the copy's checksum.
@@ -70,15 +70,15 @@ class SqliteBackend:
 
         Raises DamagedError otherwise.
         """
-        return verified_file(Path(captured.ref), captured.checksum, "database copy", target)
+        copy = recorded_file(captured.ref, self.copy_path(target), self.snapshots_dir)
+        return verified_file(copy, captured.checksum, "database copy", target)
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
-        """Remove the copy (and a partial one); missing is fine."""
-        final = self.copy_path(target)
-        for path in (final, final.with_name(final.name + ".partial")):
-            path.unlink(missing_ok=True)
-        if final.parent.is_dir():
-            fsync_dir(final.parent)
+        """Remove the copy (and a partial one); missing is fine.
+
+        Raises DamagedError when `ref` is not a file of the snapshots dir.
+        """
+        remove_file_snapshot(recorded_file(ref, self.copy_path(target), self.snapshots_dir))
 
     def restore(self, target: SnapshotTarget, captured: Captured) -> None:
         """Put the database back as copied, through the backup API into the live file

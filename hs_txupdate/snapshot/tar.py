@@ -48,8 +48,34 @@ def verified_file(path: Path, checksum: str | None, what: str, target: SnapshotT
     return path
 
 
+def recorded_file(ref: str | None, fallback: Path, snapshots_dir: Path) -> Path:
+    """The snapshot file a journal row recorded (`fallback`, this run's own name, when
+    none was recorded yet), checked to lie in `snapshots_dir/<tx>/`.
+
+    Raises DamagedError otherwise: a damaged or crafted row never makes hs-tx read or
+    delete a file it did not write.
+    """
+    path = fallback if ref is None else Path(ref)
+    if not (path.is_absolute() and path.parent.parent == snapshots_dir and ".." not in path.parts):
+        raise DamagedError(
+            f"the journal records snapshot file {ref!r}, which is not in {snapshots_dir}",
+            "the journal row was damaged or edited; hs-tx will not touch that file",
+        )
+    return path
+
+
+def remove_file_snapshot(path: Path) -> None:
+    """Remove a snapshot file (and its partial), and its transaction's dir once empty."""
+    for each in (path, path.with_name(path.name + ".partial")):
+        each.unlink(missing_ok=True)
+    if path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()
+    if path.parent.parent.is_dir():
+        fsync_dir(path.parent.parent)
+
+
 class TarBackend:
-    """Archives in `snapshots_dir/<txid>/<n>.tar`."""
+    """Archives in `snapshots_dir/<journal-uuid>-<txid>/<n>.tar`."""
 
     name = "tar"
 
@@ -66,7 +92,7 @@ class TarBackend:
 
     def archive_path(self, target: SnapshotTarget) -> Path:
         """Where the archive of `target` lives."""
-        return self.snapshots_dir / str(target.tx_id) / f"{target.n}.tar"
+        return self.snapshots_dir / target.tx / f"{target.n}.tar"
 
     def capture(self, target: SnapshotTarget) -> Captured:
         """Archive the path under a temp name, record its checksum, then publish it durably."""
@@ -148,15 +174,12 @@ class TarBackend:
 
         Raises DamagedError otherwise: hs-tx never extracts what it did not write.
         """
-        return verified_file(Path(captured.ref), captured.checksum, "snapshot archive", target)
+        archive = recorded_file(captured.ref, self.archive_path(target), self.snapshots_dir)
+        return verified_file(archive, captured.checksum, "snapshot archive", target)
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
-        """Remove the archive (and a partial one); the per-transaction dir when empty."""
-        final = self.archive_path(target)
-        for path in (final, final.with_name(final.name + ".partial")):
-            if path.exists():
-                path.unlink()
-        if final.parent.is_dir() and not any(final.parent.iterdir()):
-            final.parent.rmdir()
-        if final.parent.parent.is_dir():
-            fsync_dir(final.parent.parent)
+        """Remove the archive (and a partial one); the per-transaction dir when empty.
+
+        Raises DamagedError when `ref` is not a file of the snapshots dir.
+        """
+        remove_file_snapshot(recorded_file(ref, self.archive_path(target), self.snapshots_dir))

@@ -427,12 +427,12 @@ def _leftovers(sbx: Sandbox) -> list[str]:
 def _snapshots_left(rig: Rig, sbx: Sandbox) -> list[str]:
     """Snapshots of transaction TX still on disk (tar archives, manifests, btrfs)."""
     left = []
-    tx_dir = sbx.state / "snapshots" / str(TX)
+    tx_dir = sbx.tx_dir(TX)
     if tx_dir.exists():
         left += [str(p) for p in tx_dir.iterdir()] or [str(tx_dir)]
     store = rig.mount / ".hs-tx-snapshots"
     if store.is_dir():
-        left += [str(p) for p in store.glob(f"{TX}-*")]
+        left += [str(p) for p in store.glob(f"{sbx.tx_key(TX)}-*")]
     return left
 
 

@@ -67,7 +67,7 @@ def test_keep_two_prunes_the_oldest(fs_sandbox: Sandbox) -> None:
         assert path["pruned_at"], path
         if path["existed"]:
             assert not snapshot_location(path).exists(), path
-    assert not (sbx.state / "snapshots" / "1").exists(), "manifests of tx 1 must go too"
+    assert not sbx.tx_dir(1).exists(), "manifests of tx 1 must go too"
 
     for tx_id in (2, 3):
         paths = txs[tx_id]["paths"]
@@ -77,7 +77,7 @@ def test_keep_two_prunes_the_oldest(fs_sandbox: Sandbox) -> None:
             assert path["snapshot"], path
             assert snapshot_location(path).exists(), path
             assert path["backend"] == ("btrfs" if on_btrfs else "tar")
-        assert (sbx.state / "snapshots" / str(tx_id)).is_dir()
+        assert sbx.tx_dir(tx_id).is_dir()
 
     if on_btrfs:
         subvolumes = btrfs_subvolumes(sbx.root.parent)

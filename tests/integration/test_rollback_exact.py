@@ -145,8 +145,9 @@ def test_commit_keeps_changes_and_records_changed_paths(fs_sandbox: Sandbox) -> 
     if backends == {"btrfs"}:
         # three paths on one subvolume: one snapshot serves them all
         store = sbx.root.parent / ".hs-tx-snapshots"
-        assert sorted(p.name for p in store.iterdir()) == ["1-0"]
-        assert {json.loads(p["snapshot"])["snapshot"] for p in tx["paths"]} == {str(store / "1-0")}
+        first = f"{sbx.tx_key(1)}-0"
+        assert sorted(p.name for p in store.iterdir()) == [first]
+        assert {json.loads(p["snapshot"])["snapshot"] for p in tx["paths"]} == {str(store / first)}
 
 
 def test_rollback_of_a_few_changes_in_a_larger_tree(fs_sandbox: Sandbox) -> None:
