@@ -6,18 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 import stat
 import subprocess
 import sys
 import textwrap
 import time
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from hs_txupdate.journal import identity_of
 
 IN_CI = bool(os.environ.get("CI"))
 REPO = Path(__file__).resolve().parent.parent
@@ -217,10 +217,9 @@ class Sandbox:
 
 def journal_uuid(journal: Path) -> str:
     """The identity a journal file was created with."""
-    with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as db:
-        row = db.execute("SELECT value FROM hs_tx_meta WHERE key = 'journal_uuid'").fetchone()
-    assert row, f"{journal} has no identity"
-    return str(row[0])
+    found = identity_of(journal)
+    assert found, f"{journal} has no identity"
+    return found
 
 
 # Source for modules that report their pids: hs-tx runs modules in a pid namespace of

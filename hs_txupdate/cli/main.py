@@ -10,9 +10,9 @@ import traceback
 from .. import __version__
 from ..base.errors import EXIT_USAGE, HsTxError, exit_code_for
 from ..commands.context import open_context
-from . import history, modules, recover, show, status, undo, update
+from . import history, modules, prune, recover, show, status, undo, update
 
-COMMANDS = (update, history, show, undo, recover, status, modules)
+COMMANDS = (update, history, show, undo, recover, status, prune, modules)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,9 +67,10 @@ def render(info: dict[str, Any]) -> str:
     lines.append("last: " + (_tx_line(last) if last else "no transactions yet"))
     if info["journal_missing"]:
         lines.append(f"JOURNAL MISSING: {info['journal_missing']}")
-        lines += [
-            f"  orphaned snapshots of transaction {name}" for name in info["orphan_snapshots"]
-        ]
+    for orphan in info["orphan_snapshots"]:
+        lines.append(f"ORPHANED SNAPSHOT {orphan['path']}: {orphan['why']}")
+    if info["orphan_snapshots"] and not info["journal_missing"]:
+        lines.append("  (no journal relies on them: hs-tx prune --orphans removes them)")
     for broken in info["broken_modules"]:
         lines.append(f"BROKEN MODULE {broken['name']}: {broken['problem']} (it does not run)")
     lines += _net_lines(info["net"])

@@ -11,6 +11,7 @@ from ..base.errors import EXIT_DAMAGED, EXIT_OK
 from ..core.context import Context
 from ..core.lock import lock_holder
 from ..core.netguard import current as current_network
+from ..core.orphans import find_orphans
 from ..core.recovery import RECOVERY_REPORT
 from ..journal import Phase, Status, Step, TxInfo
 from ..modules.discovery import discover_usable
@@ -23,8 +24,9 @@ def status(ctx: Context) -> tuple[dict[str, Any], int]:
     a failed recovery).
 
     `running` is None or `{pid, tx, phase, module}` of the run holding the lock;
-    `unfinished` lists only transactions no live process owns. `net` is the guarded
-    network as captured now (see core.netguard.current)."""
+    `unfinished` lists only transactions no live process owns. `orphan_snapshots`
+    lists {path, kind, why} of the snapshots no journal relies on (hs-tx prune
+    --orphans). `net` is the guarded network as captured now (see core.netguard.current)."""
     config = ctx.config
     holder = lock_holder(config.lock_path)
     out: dict[str, Any] = {
@@ -36,7 +38,14 @@ def status(ctx: Context) -> tuple[dict[str, Any], int]:
         "last_transaction": None,
         "broken_modules": _broken(config.modules_dir),
         "journal_missing": ctx.journal_missing(),
-        "orphan_snapshots": ctx.orphan_snapshots(),
+        "orphan_snapshots": [
+            {
+                "path": str(config.snapshots_dir / name),
+                "kind": "dir",
+                "why": "the journal is missing",
+            }
+            for name in ctx.orphan_snapshots()
+        ],
         "net": current_network(config),
     }
     report = config.state_dir / RECOVERY_REPORT
@@ -75,6 +84,10 @@ def _from_journal(ctx: Context, out: dict[str, Any]) -> None:
     out["rollback_failed"] = [summary(t) for t in journal.failed_rollbacks()]
     recent = journal.transactions(limit=1)
     out["last_transaction"] = summary(recent[0]) if recent else None
+    out["orphan_snapshots"] = [
+        {"path": str(o.path), "kind": o.kind, "why": o.why}
+        for o in find_orphans(ctx.config, journal)
+    ]
 
 
 _HOLDER = re.compile(r"pid (\d+), transaction (\d+|none yet)")

@@ -6,7 +6,9 @@ nested paths folded into their parents; each path keeps where it came from
 (journal.Origin). StateManager backups add paths while the run runs (see
 core.statemanager). A path is refused when it is `/`, when it holds
 a mount point or a nested subvolume (a snapshot would miss what is below it),
-when it holds the state dir or lies inside it, or when it holds a socket.
+when it holds the state dir or lies inside it, or when it holds a socket. Links
+are resolved when planned: a scope path that is a link stands for its target
+(inside a watched root), so restores never have to write through a link.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class ScopeEntry:
     size: int
     origin: Origin | None = None
     module: str | None = None
+    linked_from: Path | None = None  # the planned path was a link to this one
 
 
 def fold(paths: Iterable[Path]) -> list[Path]:
@@ -114,14 +117,50 @@ def check_scope(
                 raise
             if log is not None:
                 log(f"hs-tx: note: learned path {item.path} of {item.module} left out: {exc}")
+    entries = _fold_entries(entries)
+    for entry in entries:
+        if entry.linked_from is not None and log is not None:
+            log(f"hs-tx: note: scope path {entry.linked_from} is a link; snapshotting {entry.path}")
     check_free_space(config, entries)
     return entries
 
 
+def _fold_entries(entries: list[ScopeEntry]) -> list[ScopeEntry]:
+    """Drop an entry that resolving links put at or inside another one."""
+    kept = {entry.path: entry for entry in entries}
+    outer = set(fold(kept))
+    return [entry for path, entry in kept.items() if path in outer]
+
+
+def resolve(config: Config, path: Path) -> tuple[Path, Path | None]:
+    """The path a scope path stands for, links resolved: (real path, the planned path
+    when it was itself a link, else None). Directories above it are resolved as they
+    are now, so a link planted there later is seen at restore.
+
+    Raises ScopeError when the path is a link whose target lies outside every
+    `[scope] watch` root, in an ignored path or in the state dir.
+    """
+    real_parent = Path(os.path.realpath(path.parent))
+    here = real_parent / path.name
+    if not os.path.islink(here):
+        return here, None
+    target = Path(os.path.realpath(here))
+    watched = any(target.is_relative_to(root) for root in config.watch)
+    ignored = [i for i in config.ignores if target.is_relative_to(i)]
+    if watched and not ignored:
+        return target, path
+    where = f"in {ignored[0]}, which hs-tx never watches" if ignored else "outside [scope] watch"
+    raise ScopeError(
+        f"scope path {path} is a symbolic link to {target}, {where}",
+        "name the real path in backup_paths, or replace the link with the directory",
+    )
+
+
 def check_path(config: Config, item: Planned) -> ScopeEntry:
     """Check one path: it may be snapshotted (see the module docstring); return its
-    entry with the backend that will snapshot it. Raises ScopeError otherwise."""
-    path = item.path
+    entry, links resolved (see resolve), with the backend that will snapshot it.
+    Raises ScopeError otherwise."""
+    path, linked_from = resolve(config, item.path)
     if path == Path("/"):
         raise ScopeError("scope path / is the whole system", "name the paths inside it instead")
     state = Path(os.path.realpath(config.state_dir))
@@ -134,7 +173,7 @@ def check_path(config: Config, item: Planned) -> ScopeEntry:
     existed = os.path.lexists(path)
     size = _check_tree(path) if existed else 0
     backend = choose_backend(config.snapshot_backend, path, config.snapshots_dir)
-    return ScopeEntry(path, existed, backend, size, item.origin, item.module)
+    return ScopeEntry(path, existed, backend, size, item.origin, item.module, linked_from)
 
 
 def _check_tree(root: Path) -> int:

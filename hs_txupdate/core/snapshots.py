@@ -7,6 +7,7 @@ transactions). Every filesystem change is announced by an intent event first.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +26,11 @@ from ..snapshot.manifest import (
     manifest_fingerprint,
     needed_entries,
 )
+from ..snapshot.restore import refuse_links_above
 from ..snapshot.restore import restore as restore_tree
 from ..snapshot.sqlite import SqliteBackend
 from .config import Config
+from .orphans import claim_store
 from .scope import ScopeEntry
 
 Log = Callable[[str], None]
@@ -89,6 +92,8 @@ def _capture_one(
     backend = backend_by_name(backend_name, config.snapshots_dir)
     taken_ns = time.time_ns()
     captured = backend.capture(target)
+    if backend_name == "btrfs":
+        claim_store(Path(json.loads(captured.ref)["snapshot"]).parent, journal)
     manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
     data = manifest.to_bytes()
     where = tx_dir(config, journal, tx_id) / f"{n}.manifest"
@@ -160,6 +165,7 @@ def restore_path(
     """
     manifest = load_manifest(info)
     live = Path(info.path)
+    refuse_links_above(live)  # before the diff walks it
     changes = diff(live, manifest)
     if only is not None:
         changes = changes.under("" if only == live else str(only.relative_to(live)))

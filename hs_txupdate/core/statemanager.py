@@ -32,7 +32,7 @@ from ..snapshot.entries import remove_entry
 from ..snapshot.manifest import diff
 from .audit import RunAudit
 from .context import Context
-from .scope import Planned, ScopeEntry, check_free_space, check_path
+from .scope import Planned, ScopeEntry, check_free_space, check_path, resolve
 from .services import put_back, record_services
 from .snapshots import capture_path, load_manifest, record_path, restore_path
 
@@ -81,7 +81,8 @@ class BackupServer:
     def _hold(self, path: Path, database: bool) -> int | None:
         """Make sure a snapshot holds `path` (a SQLite `database`: a consistent copy) as
         it is now; return its number (a scope path or a point snapshot), or None when
-        `path` does not exist."""
+        `path` does not exist. Raises ScopeError for a link out of the watched roots."""
+        path = resolve(self.ctx.config, path)[0]
         exists = os.path.lexists(path)
         covering = self._covering(path)
         backend = "sqlite" if database and exists else None

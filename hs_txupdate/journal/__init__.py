@@ -16,6 +16,7 @@ from .records import (
     TxInfo,
     now_iso,
 )
+from .schema import identity_of
 from .vocab import (
     CHANGING_PHASES,
     FINAL_STATES,
@@ -54,5 +55,6 @@ __all__ = [
     "Step",
     "StepRecord",
     "TxInfo",
+    "identity_of",
     "now_iso",
 ]

@@ -120,6 +120,21 @@ class JournalReads:
             ]
             return info
 
+    def kept_snapshots(self) -> tuple[list[tuple[str, str | None, str | None]], set[int]]:
+        """What the journal still relies on: (backend, snapshot ref, manifest) of every
+        scope path whose snapshot was not pruned, and the ids of running transactions
+        (whose captures may not be recorded yet)."""
+        with self._session() as s:
+            rows = s.execute(
+                select(ScopePath.backend, ScopePath.snapshot, ScopePath.manifest)
+                .join(Transaction, Transaction.id == ScopePath.tx_id)
+                .where(ScopePath.pruned_at.is_(None), Transaction.snapshots_pruned_at.is_(None))
+            ).all()
+            running = set(
+                s.scalars(select(Transaction.id).where(Transaction.state.in_(RUNNING_STATES)))
+            )
+        return [(r[0], r[1], r[2]) for r in rows], running
+
     def unfinished(self) -> list[TxInfo]:
         """Transactions left in a running state, oldest first, with paths and events."""
         with self._session() as s:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+from contextlib import closing
 from importlib import resources
 from pathlib import Path
 
@@ -37,6 +39,19 @@ def create_journal_engine(path: Path) -> Engine:
             "snapshots of earlier runs stay on disk for a manual restore",
         ) from exc
     return engine
+
+
+def identity_of(path: Path) -> str | None:
+    """The identity (UUID) of the journal file at `path`, read-only; None when there is
+    no readable journal with one there (moved aside, replaced, or not a journal)."""
+    if not path.is_file():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT value FROM hs_tx_meta WHERE key = 'journal_uuid'").fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
 
 
 def _set_pragmas(dbapi_connection: object, _record: object) -> None:

@@ -17,6 +17,7 @@ class Kind(StrEnum):
     UPDATE = "update"
     UNDO = "undo"
     CONFIG = "config"
+    PRUNE = "prune"  # hs-tx prune --orphans: deletes snapshots no journal relies on
 
 
 class State(StrEnum):
@@ -113,6 +114,7 @@ class Step(StrEnum):
     DAEMON_RELOAD = "daemon-reload"
     ACCEPT_CURRENT = "accept-current"
     BROKEN = "broken"
+    DELETE_ORPHAN = "delete-orphan"
 
 
 class Status(StrEnum):

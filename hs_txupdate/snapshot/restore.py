@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..base.errors import ScopeError
+from ..base.errors import DamagedError, ScopeError
 from ..base.fsio import fsync_dir, fsync_path
 from .entries import TMP_PREFIX, entry_type, join, read_xattrs, remove_entry, with_ancestors
 from .manifest import Changes
@@ -51,6 +51,7 @@ def restore(
     restore again after an interruption finishes the job, since a new diff
     finds what is left.
     """
+    refuse_links_above(live)
     if reference is None or not os.path.lexists(reference):
         if os.path.lexists(live):
             _announce(announce, "intent", [""])
@@ -82,6 +83,41 @@ def restore(
         _announce(announce, "done", rels)
 
 
+def refuse_links_above(live: Path) -> None:
+    """Check that no directory above the scope path `live` is a symbolic link (scope
+    paths are resolved when planned, so one now is planted): a restore or delete
+    through it would change what lies outside the scope.
+
+    Raises DamagedError naming the link.
+    """
+    for above in reversed(live.parents[:-1]):  # from the top, "/" itself excepted
+        try:
+            is_link = stat.S_ISLNK(os.lstat(above).st_mode)
+        except FileNotFoundError:
+            return
+        if is_link:
+            _refuse_link(above, live)
+
+
+def _refuse_link(link: Path, live: Path) -> None:
+    raise DamagedError(
+        f"{link} is a symbolic link (to {os.readlink(link)}) where the snapshot of {live}"
+        " had a directory; hs-tx will not write through it",
+        f"inspect it: something replaced it during the run; remove the link, then run"
+        f" hs-tx recover to finish putting {live} back",
+    )
+
+
+def _refuse_links_within(live: Path, rel: str) -> None:
+    """Raise DamagedError when a directory between `live` and entry `rel` is a link
+    (the plan removes changed entries first, so one there now was planted)."""
+    here = live
+    for part in rel.split("/")[:-1]:
+        here = here / part
+        if os.path.islink(here):
+            _refuse_link(here, live)
+
+
 def _announce(announce: Announce | None, status: str, rels: list[str]) -> None:
     if announce is not None:
         announce(status, rels)
@@ -111,6 +147,7 @@ def _lexists_type(path: Path) -> str | None:
 
 
 def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreState) -> None:
+    _refuse_links_within(live, rel)
     target = join(live, rel)
     if action == "remove":
         if os.path.lexists(target):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import Sandbox, sh
+from tests.helpers import Sandbox, journal_uuid, sh
 
 WRITER = """
 def main(args):
@@ -85,9 +85,12 @@ def test_keep_two_prunes_the_oldest(fs_sandbox: Sandbox) -> None:
         kept = {snapshot_location(p) for i in (2, 3) for p in txs[i]["paths"]}
         assert pruned and not pruned & subvolumes, subvolumes
         assert kept <= subvolumes, subvolumes
-        # the snapshot stores hold exactly the kept snapshots
+        # the snapshot stores hold exactly the kept snapshots, and who owns them
         stores = {p.parent for p in kept}
-        assert {child for store in stores for child in store.iterdir()} == kept
+        children = {child for store in stores for child in store.iterdir()}
+        assert {c for c in children if c.is_dir()} == kept
+        owner = f"{journal_uuid(sbx.state / 'journal.db')}.owner"
+        assert {c.name for c in children if not c.is_dir()} == {owner}
     else:
         archives = sorted(
             p.relative_to(sbx.state / "snapshots") for p in (sbx.state / "snapshots").rglob("*.tar")
