@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..audit.paths import is_watched
 from ..base.errors import NoSpaceError, ScopeError
 from ..journal import Origin
 from ..modules.discovery import Module
@@ -145,11 +146,11 @@ def resolve(config: Config, path: Path) -> tuple[Path, Path | None]:
     if not os.path.islink(here):
         return here, None
     target = Path(os.path.realpath(here))
-    watched = any(target.is_relative_to(root) for root in config.watch)
-    ignored = [i for i in config.ignores if target.is_relative_to(i)]
-    if watched and not ignored:
+    roots = [str(root) for root in config.watch]
+    if is_watched(str(target), roots, [str(i) for i in config.ignores]):
         return target, path
-    where = f"in {ignored[0]}, which hs-tx never watches" if ignored else "outside [scope] watch"
+    inside = any(target.is_relative_to(root) for root in config.watch)
+    where = "in a path the write audit ignores" if inside else "outside [scope] watch"
     raise ScopeError(
         f"scope path {path} is a symbolic link to {target}, {where}",
         "name the real path in backup_paths, or replace the link with the directory",

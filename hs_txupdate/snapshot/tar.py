@@ -135,6 +135,7 @@ class TarBackend:
         stage = target.path.parent / f"{STAGE_PREFIX}{target.name}"
         if os.path.lexists(stage):
             remove_entry(stage)
+        times = os.stat(stage.parent)  # the stage is ours: the parent keeps its times
         os.mkdir(stage, 0o700)
         members = archive.with_name(f"{target.n}.members")
         select: list[str] = []
@@ -167,6 +168,7 @@ class TarBackend:
         finally:
             members.unlink(missing_ok=True)
             remove_entry(stage)
+            os.utime(stage.parent, ns=(times.st_atime_ns, times.st_mtime_ns))
             fsync_dir(stage.parent)
 
     def check(self, target: SnapshotTarget, captured: Captured) -> Path:
