@@ -80,6 +80,7 @@ class Sandbox:
     source_branch: str = "master"
     watch: list[str] | None = None  # the write audit's roots; default: data/
     extra_config: str = ""  # more TOML, appended
+    source_config: str = ""  # more keys of [source]
 
     @property
     def state(self) -> Path:
@@ -145,6 +146,7 @@ class Sandbox:
         text += self.extra_config
         if self.source_url:
             text += f'[source]\nurl = "{self.source_url}"\nbranch = "{self.source_branch}"\n'
+            text += self.source_config
         self.config.write_text(text)
 
     def module(

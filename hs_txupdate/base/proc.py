@@ -7,8 +7,11 @@ Module workers, which stream output and have timeouts, are started by
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .crashpoints import ENV_NAMES as CRASH_ENV_NAMES
@@ -94,3 +97,67 @@ def run(
         first = detail[0] if detail else f"exit {proc.returncode}"
         raise CommandError(f"{args[0]} failed: {first}", f"command was: {' '.join(args)}")
     return result
+
+
+def run_watched(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    watch: Callable[[], str | None],
+    env: dict[str, str] | None = None,
+    interval: float = 0.2,
+) -> Result:
+    """Run a command like `run` (check=True), calling `watch()` every `interval` while it
+    runs: when `watch` returns a reason, or `timeout` passes, the command is killed.
+
+    Given `env`: variables added to the scrubbed environment. Returns the Result.
+    Raises CommandError when it cannot start, was stopped (the message says why) or
+    exits non-zero.
+    """
+    args = tuple(str(a) for a in argv)
+    with tempfile.TemporaryFile() as err:  # a file: a chatty command never blocks on a pipe
+        try:
+            proc = subprocess.Popen(
+                args,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=child_env(env),
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise CommandError(
+                f"command not found: {args[0]}", "install it (scripts/setup.sh)"
+            ) from exc
+        stopped = _watch(proc, timeout, watch, interval)
+        err.seek(0)
+        stderr = err.read(64 << 10).decode(errors="replace")
+    if stopped is not None:
+        raise CommandError(f"{args[0]} stopped: {stopped}", f"command was: {' '.join(args)}")
+    if proc.returncode != 0:
+        detail = " ".join(stderr.split())[:500] or f"exit {proc.returncode}"
+        raise CommandError(f"{args[0]} failed: {detail}", f"command was: {' '.join(args)}")
+    return Result(args, proc.returncode, "", stderr)
+
+
+def _watch(
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    watch: Callable[[], str | None],
+    interval: float,
+) -> str | None:
+    """Wait for `proc`; kill its whole session when `watch` gives a reason or `timeout`
+    passes, and return that reason (None when it ended by itself)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(interval)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        stopped = watch()
+        if stopped is None and time.monotonic() > deadline:
+            stopped = f"timed out after {timeout:g} s"
+        if stopped is not None:
+            os.killpg(proc.pid, signal.SIGKILL)  # git forks helpers (index-pack, transports)
+            proc.wait()
+            return stopped

@@ -21,8 +21,8 @@ from ..core.context import Context
 from ..core.phase2 import module_env, select_group_winners
 from ..core.planning import plan_run
 from ..core.runtime import module_runtime
+from ..core.source import fetch_configured
 from ..modules.discovery import discover_usable
-from ..sync.git import fetch
 
 
 @dataclass
@@ -47,7 +47,7 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
     state = None
     if config.source is not None:
         with ctx.lock(wait):  # the fetch writes into the one source clone
-            state = fetch(config.state_dir / "source", config.source.url, config.source.branch)
+            state = fetch_configured(config)
     learned = _learned(ctx)
     plan = plan_run(config, installed, state, allow_downgrade, learned)
     report = CheckReport(notes=[*plan.notes, *(f"{b.problem}; it does not run" for b in broken)])

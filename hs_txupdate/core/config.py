@@ -36,6 +36,8 @@ class SourceConfig:
     branch: str = "master"
     allowed_signers: str = ""
     max_age_days: int = 0
+    fetch_timeout: int = 300  # seconds
+    max_fetch_mb: int = 1024
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ _SCHEMA: dict[str, Any] = {
         "branch": "nonempty_str",
         "allowed_signers": "str",
         "max_age_days": "days",
+        "fetch_timeout": "positive_int",
+        "max_fetch_mb": "positive_int",
     },
     "net": {"guard": "bool", "guard_interfaces": "str_list"},
     "services": {
@@ -251,6 +255,10 @@ def _check_value(kind: str, value: Any, name: str, origin: str) -> Any:
     if kind == "manager":
         if value not in SERVICE_MANAGERS:
             raise bad("one of " + ", ".join(SERVICE_MANAGERS))
+        return value
+    if kind == "positive_int":
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 40:
+            raise bad("a whole number >= 1")
         return value
     if kind == "days":
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -13,7 +13,19 @@ from ..sync.git import (
     is_ancestor,
     verify_signature,
 )
+from .config import Config
 from .context import Context
+
+
+def fetch_configured(config: Config) -> SourceState:
+    """Fetch `[source]` into the one clone in the state dir, within its time and size
+    limits. Raises SourceError when that fails (nothing changed)."""
+    source = config.source
+    assert source is not None
+    limit = source.max_fetch_mb << 20
+    return fetch(
+        config.state_dir / "source", source.url, source.branch, source.fetch_timeout, limit
+    )
 
 
 def fetch_source(ctx: Context, tx_id: int, accept_rewrite: bool = False) -> SourceState:
@@ -27,7 +39,7 @@ def fetch_source(ctx: Context, tx_id: int, accept_rewrite: bool = False) -> Sour
     assert source is not None
     detail = {"url": source.url, "branch": source.branch}
     with ctx.journal.step(tx_id, Phase.SOURCE, Step.FETCH, detail) as step:
-        state = fetch(ctx.config.state_dir / "source", source.url, source.branch)
+        state = fetch_configured(ctx.config)
         before = ctx.journal.last_applied_source()
         ctx.journal.set_source(tx_id, before, state.commit)
         step.detail["commit"] = state.commit

@@ -6,8 +6,10 @@ clone's objects and refs changes before the transaction snapshots its scope.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import stat
 import time
 from dataclasses import dataclass
@@ -17,10 +19,9 @@ import git
 
 from ..base.errors import HsTxError, UsageError
 from ..base.fsio import fsync_dir, write_new
-from ..base.proc import GIT_ENV_VARS, run
+from ..base.proc import GIT_ENV_VARS, CommandError, run, run_watched
 
-# Every network operation ends after this long; git itself aborts a stalled transfer sooner.
-FETCH_TIMEOUT_S = 300
+_CLONE_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
 # No prompt may ever wait for a person: hs-tx runs from a timer over SSH.
 _QUIET_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
@@ -31,6 +32,7 @@ _QUIET_ENV = {
     "GIT_HTTP_LOW_SPEED_TIME": "60",
 }
 REMOTE_REF = "refs/remotes/origin/{branch}"
+INCOMING_REF = "refs/hs-tx/incoming"  # where a fetch lands until its limits are checked
 
 
 class SourceError(HsTxError):
@@ -56,19 +58,33 @@ def _scrub_environment() -> None:
 
 
 def open_clone(clone_dir: Path, url: str) -> git.Repo:
-    """Open (creating it bare, 0700, if missing) the one clone; point origin at `url`."""
+    """Open (creating it bare, 0700, if missing) the one clone, its local settings
+    reset to hs-tx's own (see `_reset_local_settings`) with origin at `url`."""
     _scrub_environment()
     if not (clone_dir / "HEAD").exists():
         clone_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        repo = git.Repo.init(clone_dir, bare=True)
+        git.Repo.init(clone_dir, bare=True).close()
         fsync_dir(clone_dir.parent)
-    else:
-        repo = git.Repo(clone_dir)
-    if "origin" not in [r.name for r in repo.remotes]:
-        repo.create_remote("origin", url)
-    elif repo.remotes.origin.url != url:
-        repo.remotes.origin.set_url(url)
-    return repo
+    _reset_local_settings(clone_dir, url)
+    return git.Repo(clone_dir)
+
+
+def _reset_local_settings(clone_dir: Path, url: str) -> None:
+    """Make the clone's config exactly hs-tx's (bare, origin = `url`) and drop its hooks
+    and alternates: whatever was put there is never honoured by a fetch or a read."""
+    config = clone_dir / "config"
+    fresh = config.with_name("config.hs-tx-new")
+    fresh.unlink(missing_ok=True)
+    write_new(fresh, _CLONE_CONFIG, 0o600)
+    run(["git", "config", "--file", str(fresh), "remote.origin.url", url])
+    os.replace(fresh, config)
+    hooks = clone_dir / "hooks"
+    if hooks.is_symlink() or hooks.is_file():
+        hooks.unlink()
+    elif hooks.is_dir():
+        shutil.rmtree(hooks)
+    (clone_dir / "objects/info/alternates").unlink(missing_ok=True)
+    fsync_dir(clone_dir)
 
 
 def open_existing(clone_dir: Path) -> git.Repo | None:
@@ -101,29 +117,61 @@ def fetched_state(repo: git.Repo, url: str, branch: str) -> SourceState | None:
     return SourceState(commit, repo)
 
 
-def fetch(clone_dir: Path, url: str, branch: str) -> SourceState:
-    """Fetch `branch` of `url` into the clone and return the fetched commit.
+def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: int) -> SourceState:
+    """Fetch `branch` of `url` into the clone and return the fetched commit. No hook,
+    submodule or local setting of the clone takes part (see open_clone).
 
-    Raises SourceError when the source cannot be reached or has no such branch.
+    The fetch lands on a side ref and is kept as packs; it is stopped after
+    `timeout_s` or once it brought more than `max_bytes`, and only a fetch within
+    both moves the branch's ref. Raises SourceError when the source cannot be
+    reached, has no such branch, or the fetch was stopped or too big (what it
+    brought is deleted; no ref moved).
     """
     repo = open_clone(clone_dir, url)
-    ref = REMOTE_REF.format(branch=branch)
+    packs = clone_dir / "objects" / "pack"
+    before = _pack_sizes(packs)
+
+    def too_big() -> str | None:
+        brought = sum(size for name, size in _pack_sizes(packs).items() if name not in before)
+        if brought > max_bytes:
+            return f"it brought more than {max_bytes >> 20} MiB ([source] max_fetch_mb)"
+        return None
+
+    git_dir = ["git", "--git-dir", str(clone_dir)]
+    argv = [*git_dir, "-c", "core.hooksPath=/dev/null", "-c", "fetch.unpackLimit=1", "fetch"]
+    argv += ["--no-tags", "--no-recurse-submodules", "--no-write-fetch-head"]
+    argv += ["origin", f"+refs/heads/{branch}:{INCOMING_REF}"]
     try:
-        repo.git.fetch(
-            "--no-tags",
-            "--prune",
-            "origin",
-            f"+refs/heads/{branch}:{ref}",
-            kill_after_timeout=FETCH_TIMEOUT_S,
-            env=_QUIET_ENV,
-        )
-    except git.GitCommandError as exc:
-        detail = (exc.stderr or "").strip().replace("\n", " ").removeprefix("stderr: ")
+        run_watched(argv, timeout=timeout_s, watch=too_big, env=_QUIET_ENV)
+        if (why := too_big()) is not None:  # a fast fetch can end between two looks
+            raise CommandError(f"git stopped: {why}", "")
+        commit = repo.rev_parse(INCOMING_REF).hexsha
+        run([*git_dir, "update-ref", REMOTE_REF.format(branch=branch), commit])
+    except CommandError as exc:
+        _drop_new_packs(packs, before)
         raise SourceError(
-            f"cannot fetch branch {branch!r} from {url}: {detail or exc}",
+            f"cannot fetch branch {branch!r} from {url}: {exc}",
             "check [source] url and branch and that the source is reachable; nothing was changed",
         ) from exc
-    return SourceState(repo.rev_parse(ref).hexsha, repo)
+    finally:
+        run([*git_dir, "update-ref", "-d", INCOMING_REF], check=False)
+    return SourceState(commit, repo)
+
+
+def _pack_sizes(packs: Path) -> dict[str, int]:
+    """Size of every file in the clone's pack dir (temp packs being written included)."""
+    sizes = {}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(packs):
+            with contextlib.suppress(FileNotFoundError):  # git renames as it goes
+                sizes[entry.name] = entry.stat(follow_symlinks=False).st_size
+    return sizes
+
+
+def _drop_new_packs(packs: Path, before: dict[str, int]) -> None:
+    """Delete the packs (whole or half-written) a refused fetch brought."""
+    for name in _pack_sizes(packs).keys() - before.keys():
+        (packs / name).unlink(missing_ok=True)
 
 
 class SignatureError(UsageError):
