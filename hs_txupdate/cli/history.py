@@ -9,6 +9,7 @@ from datetime import datetime
 
 from tabulate import tabulate
 
+from ..base.errors import EXIT_DAMAGED, DamagedError
 from ..commands.context import Context
 from ..commands.history import history
 
@@ -39,11 +40,15 @@ def format_duration(seconds: float | None) -> str:
 
 def run(ctx: Context, args: argparse.Namespace) -> int:
     """Print the history as a table, or as JSON with --json."""
-    rows = history(ctx, args.limit)
+    malformed: list[DamagedError] = []
+    rows = history(ctx, args.limit, malformed)
+    for error in malformed:  # the rest is listed; these are named, and the exit says so
+        print(f"hs-tx: error: {error}", file=sys.stderr)
+    code = EXIT_DAMAGED if malformed else 0
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return 0
+        return code
     table = [
         [
             r["id"],
@@ -57,4 +62,4 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     ]
     headers = ["ID", "Date and time", "Kind", "State", "Modules run/failed", "Duration"]
     print(tabulate(table, headers=headers, tablefmt="simple") if table else "no transactions yet")
-    return 0
+    return code

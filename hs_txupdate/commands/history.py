@@ -44,8 +44,12 @@ def summary(info: TxInfo) -> dict[str, Any]:
     }
 
 
-def history(ctx: Context, limit: int | None = None) -> list[dict[str, Any]]:
-    """`hs-tx history`: transactions newest first, at most `limit`.
+def history(
+    ctx: Context, limit: int | None = None, malformed: list[DamagedError] | None = None
+) -> list[dict[str, Any]]:
+    """`hs-tx history`: transactions newest first, at most `limit`. A transaction with a
+    malformed journal row is left out and its error added to `malformed` (without
+    that list, MalformedRowError is raised).
 
     Raises UsageError for a limit below 1.
     """
@@ -58,7 +62,7 @@ def history(ctx: Context, limit: int | None = None) -> list[dict[str, Any]]:
             "if it was moved aside on purpose, the next hs-tx update starts a new journal;"
             " hs-tx status lists the orphaned snapshots",
         )
-    return [summary(info) for info in ctx.journal.transactions(limit)]
+    return [summary(info) for info in ctx.journal.transactions(limit, malformed)]
 
 
 def show(ctx: Context, tx_id: int) -> dict[str, Any]:

@@ -148,6 +148,8 @@ def load_config(explicit: str | None = None, environ: dict[str, str] | None = No
         ) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}", "fix the syntax") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: invalid TOML: nested too deeply", "fix the syntax") from exc
     return check_state_dir(config_from_dict(data, str(path)))
 
 

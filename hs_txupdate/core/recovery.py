@@ -18,7 +18,7 @@ from ..modules import cgroup
 from .audit import audit_cut_off
 from .context import Context
 from .snapshots import delete_snapshots, remove_stage_dirs
-from .transaction import finish_commit, roll_back
+from .transaction import finish_commit, roll_back, warn_malformed
 
 RECOVERY_REPORT = "last-recovery.json"
 
@@ -51,7 +51,10 @@ def recover_all(ctx: Context, always_record: bool = False, retry_failed: bool = 
             ctx.log(f"hs-tx: error: transaction {info.id}: {exc}")
             code = EXIT_DAMAGED
         outcomes.append(_outcome(ctx, info))
-    for info in ctx.journal.final_with_snapshots():
+    malformed: list[DamagedError] = []
+    finals = ctx.journal.final_with_snapshots(malformed)
+    warn_malformed(ctx, malformed)
+    for info in finals:
         # snapshots of a rolled-back or aborted run can never serve an undo
         try:
             delete_snapshots(ctx.config, ctx.journal, info.id, info.paths)

@@ -116,12 +116,21 @@ def finish_commit(ctx: Context, tx_id: int) -> int:
 
 def apply_retention(ctx: Context, tx_id: int) -> None:
     """Delete the snapshots of committed transactions older than the newest `keep`."""
-    kept = ctx.journal.committed_with_snapshots()
+    malformed: list[DamagedError] = []
+    kept = ctx.journal.committed_with_snapshots(malformed)
+    warn_malformed(ctx, malformed)
     for old in kept[ctx.config.keep :]:
         try:
             delete_snapshots(ctx.config, ctx.journal, old.id, old.paths, on_tx=tx_id)
         except (OSError, CommandError, DamagedError) as exc:
             ctx.log(f"hs-tx: warning: could not delete the snapshots of {old.id}: {exc}")
+
+
+def warn_malformed(ctx: Context, malformed: list[DamagedError]) -> None:
+    """Name each transaction a bulk read left out for a malformed row: its snapshots
+    stay, and nothing else waits for it."""
+    for error in malformed:
+        ctx.log(f"hs-tx: warning: {error}; that transaction is left alone")
 
 
 def roll_back(

@@ -29,11 +29,13 @@ from .records import (
     BackupInfo,
     EventInfo,
     LastRunInfo,
+    MalformedRowError,
     ModuleRunInfo,
     OutsideInfo,
     PathInfo,
     ServiceInfo,
     TxInfo,
+    checked,
     from_row,
     loads,
     tx_info,
@@ -41,6 +43,9 @@ from .records import (
 from .vocab import POINT, RUNNING_STATES, State, Step
 
 NET_COLUMNS = frozenset({"before", "after", "restored", "actions"})
+MAX_ID = (1 << 63) - 1
+# Where a bulk read puts the errors of the transactions it left out (None: raise them).
+Malformed = list[DamagedError] | None
 
 
 class JournalReads:
@@ -79,24 +84,41 @@ class JournalReads:
             row = s.get(Transaction, tx_id)
             if row is None:
                 return dict.fromkeys(NET_COLUMNS)
-            return {k: loads(getattr(row, f"net_{k}")) for k in NET_COLUMNS}
+            return {
+                k: loads(getattr(row, f"net_{k}"), "transactions", tx_id, f"net_{k}")
+                for k in NET_COLUMNS
+            }
 
     # --- reading ------------------------------------------------------------------------
-    def transactions(self, limit: int | None = None) -> list[TxInfo]:
-        """Transactions newest first (at most `limit`), with their module runs."""
+    def transactions(self, limit: int | None = None, malformed: Malformed = None) -> list[TxInfo]:
+        """Transactions newest first (at most `limit`), with their module runs; a
+        malformed one is handled as in `committed_with_snapshots`."""
         with self._session() as s:
             query = select(Transaction).order_by(Transaction.id.desc())
             if limit is not None:
-                query = query.limit(limit)
+                query = query.limit(min(limit, MAX_ID))
             rows = list(s.scalars(query))
             undone = self._undone_by(s, [r.id for r in rows])
-            infos = [tx_info(r, undone.get(r.id)) for r in rows]
-            for info in infos:
-                info.modules = self._modules(s, info.id)
+            infos = []
+            for row in rows:
+                try:
+                    info = tx_info(row, undone.get(row.id))
+                    info.modules = self._modules(s, info.id)
+                except MalformedRowError as exc:
+                    if malformed is None:
+                        raise
+                    malformed.append(exc)
+                    continue
+                infos.append(info)
             return infos
 
     def transaction(self, tx_id: int) -> TxInfo | None:
-        """One transaction with its paths, module runs and events; None if unknown."""
+        """One transaction with its paths, module runs and events; None if unknown.
+
+        Raises MalformedRowError when one of its rows is unusable.
+        """
+        if not 0 < tx_id <= MAX_ID:
+            return None  # SQLite ids are positive 64-bit integers
         with self._session() as s:
             row = s.get(Transaction, tx_id)
             if row is None:
@@ -115,7 +137,19 @@ class JournalReads:
             ]
             info.modules = self._modules(s, tx_id)
             info.events = [
-                EventInfo(e.seq, e.phase, e.step, e.status, e.at, loads(e.detail))
+                checked(
+                    EventInfo,
+                    {
+                        "seq": e.seq,
+                        "phase": e.phase,
+                        "step": e.step,
+                        "status": e.status,
+                        "at": e.at,
+                        "detail": loads(e.detail, "events", e.id),
+                    },
+                    "events",
+                    e.id,
+                )
                 for e in s.scalars(select(Event).where(Event.tx_id == tx_id).order_by(Event.seq))
             ]
             return info
@@ -145,7 +179,7 @@ class JournalReads:
                     .order_by(Transaction.id)
                 )
             )
-        return [info for i in ids if (info := self.transaction(i)) is not None]
+        return self._each(ids)
 
     def failed_rollbacks(self) -> list[TxInfo]:
         """Transactions whose rollback failed and that nobody declared good
@@ -162,10 +196,13 @@ class JournalReads:
                     .order_by(Transaction.id)
                 )
             )
-        return [info for i in ids if (info := self.transaction(i)) is not None]
+        return self._each(ids)
 
-    def committed_with_snapshots(self) -> list[TxInfo]:
-        """Committed transactions whose snapshots are still kept, newest first, with paths."""
+    def committed_with_snapshots(self, malformed: Malformed = None) -> list[TxInfo]:
+        """Committed transactions whose snapshots are still kept, newest first, with paths.
+
+        A transaction with a malformed row is left out and its error added to
+        `malformed`; without that list, MalformedRowError is raised."""
         with self._session() as s:
             ids = list(
                 s.scalars(
@@ -177,11 +214,12 @@ class JournalReads:
                     .order_by(Transaction.id.desc())
                 )
             )
-        return [info for i in ids if (info := self.transaction(i)) is not None]
+        return self._each(ids, malformed)
 
-    def final_with_snapshots(self) -> list[TxInfo]:
+    def final_with_snapshots(self, malformed: Malformed = None) -> list[TxInfo]:
         """Rolled-back or aborted transactions whose snapshots were never deleted
-        (hs-tx stopped between the final state and the deletion), with paths."""
+        (hs-tx stopped between the final state and the deletion), with paths; a
+        malformed one is handled as in `committed_with_snapshots`."""
         with self._session() as s:
             ids = list(
                 s.scalars(
@@ -193,16 +231,14 @@ class JournalReads:
                     .order_by(Transaction.id)
                 )
             )
-        return [info for i in ids if (info := self.transaction(i)) is not None]
+        return self._each(ids, malformed)
 
     def last_module_runs(self) -> dict[str, LastRunInfo]:
         """For every module that ever ran: its newest run (main or maintenance), by name."""
         with self._session() as s:
             newest = select(func.max(ModuleRun.id)).group_by(ModuleRun.name)
             rows = s.scalars(select(ModuleRun).where(ModuleRun.id.in_(newest)))
-            return {
-                r.name: LastRunInfo(r.name, r.tx_id, r.kind, r.status, r.started_at) for r in rows
-            }
+            return {r.name: from_row(LastRunInfo, r) for r in rows}
 
     def committed_changes(self) -> list[tuple[int, str, str | None]]:
         """(transaction, path, fingerprint) of every path a committed transaction
@@ -304,6 +340,22 @@ class JournalReads:
             return None if live(undo, depth + 1) is not None else undo
 
         return {i: u for i in wanted if (u := live(i)) is not None}
+
+    def _each(self, ids: list[int], malformed: Malformed = None) -> list[TxInfo]:
+        """The transactions `ids` in full; a malformed one goes to `malformed`, or
+        raises MalformedRowError without that list."""
+        out = []
+        for tx_id in ids:
+            try:
+                info = self.transaction(tx_id)
+            except MalformedRowError as exc:
+                if malformed is None:
+                    raise
+                malformed.append(exc)
+                continue
+            if info is not None:
+                out.append(info)
+        return out
 
     @staticmethod
     def _paths(s: Session, tx_id: int) -> list[PathInfo]:

@@ -8,10 +8,12 @@ its own business. Words stay plain strings here; compare them with `vocab`.
 from __future__ import annotations
 
 import json
+import types
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from ..base.errors import DamagedError
 from .models import Transaction
 
 _Info = TypeVar("_Info")
@@ -157,40 +159,102 @@ class TxInfo:
         return asdict(self)
 
 
-def from_row(cls: type[_Info], row: object) -> _Info:
-    """Build a plain record from an ORM row, copying the fields the record has."""
-    return cls(**{f.name: getattr(row, f.name) for f in fields(cls)})  # type: ignore[arg-type]
+class MalformedRowError(DamagedError):
+    """A journal row whose values hs-tx cannot use (damaged, or edited by hand)."""
+
+    def __init__(self, table: str, row_id: object, why: str) -> None:
+        super().__init__(
+            f"journal row {table} #{row_id} is malformed: {why}",
+            "it was damaged or edited by hand; hs-tx does not act on it (inspect it:"
+            f" sqlite3 JOURNAL 'SELECT * FROM {table} WHERE id = {row_id}')",
+        )
+        self.table, self.row_id = table, row_id
+
+
+def from_row(cls: type[_Info], row: Any) -> _Info:
+    """Build a plain record from an ORM row, copying the fields the record has.
+
+    Raises MalformedRowError when a value is not of the record's type.
+    """
+    values = {f.name: getattr(row, f.name) for f in fields(cls)}  # type: ignore[arg-type]
+    return checked(cls, values, row.__tablename__, row.id)
+
+
+def checked(cls: type[_Info], values: dict[str, Any], table: str, row_id: object) -> _Info:
+    """`cls(**values)` once every value has the type `cls` declares for it (and every
+    `path` is an absolute path). Raises MalformedRowError naming the row otherwise."""
+    hints = _hints(cls)
+    for name, value in values.items():
+        if not _conforms(value, hints[name]):
+            raise MalformedRowError(table, row_id, f"{name} is {_show(value)}")
+        if name == "path" and isinstance(value, str) and not _is_path(value):
+            raise MalformedRowError(table, row_id, f"path is {_show(value)}")
+    return cls(**values)
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _conforms(value: Any, hint: Any) -> bool:
+    """True when `value` is of the (simple) type `hint` a record field declares."""
+    origin = get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_conforms(value, arg) for arg in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    if hint in (int, float) and isinstance(value, bool):
+        return False
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
+
+
+def _is_path(text: str) -> bool:
+    return text.startswith("/") and "\0" not in text
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def tx_info(row: Transaction, undone_by: int | None) -> TxInfo:
-    """Build a TxInfo (without children) from a Transaction row."""
-    return TxInfo(
-        id=row.id,
-        kind=row.kind,
-        state=row.state,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        user=row.user,
-        host=row.host,
-        command=json.loads(row.command),
-        pid=row.pid,
-        exit_code=row.exit_code,
-        error=row.error,
-        undoes=row.undoes,
-        undone_by=undone_by,
-        snapshots_pruned_at=row.snapshots_pruned_at,
-        source_before=row.source_before,
-        source_after=row.source_after,
-        net_before=loads(row.net_before),
-        net_after=loads(row.net_after),
-        net_restored=loads(row.net_restored),
-        net_actions=loads(row.net_actions),
-        audit_method=row.audit_method,
-        audit_reason=row.audit_reason,
-        audit_others=row.audit_others,
-    )
+    """Build a TxInfo (without children) from a Transaction row.
+
+    Raises MalformedRowError when a value of the row is unusable.
+    """
+
+    def parsed(column: str) -> Any:
+        return loads(getattr(row, column), "transactions", row.id, column)
+
+    values = {f.name: getattr(row, f.name, None) for f in fields(TxInfo) if f.init}
+    values.update(undone_by=undone_by, command=parsed("command"))
+    values.update({c: parsed(c) for c in ("net_before", "net_after", "net_restored")})
+    values["net_actions"] = parsed("net_actions")
+    for child in ("paths", "points", "outside", "modules", "events"):
+        del values[child]
+    return checked(TxInfo, values, "transactions", row.id)
 
 
-def loads(text: str | None) -> Any:
-    """Given a JSON column's text (or None), return the parsed value (None for none)."""
-    return json.loads(text) if text else None
+def loads(text: Any, table: str = "?", row_id: object = "?", column: str = "detail") -> Any:
+    """Given a JSON column's text (or None), return the parsed value (None for none).
+
+    Raises MalformedRowError (naming `table`, `row_id`, `column`) for text that is
+    not JSON.
+    """
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise MalformedRowError(table, row_id, f"{column} is not JSON ({exc})") from exc
