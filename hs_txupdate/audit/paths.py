@@ -16,13 +16,15 @@ OWN_PREFIXES = (".hs-tx-stage-", ".hs-tx-tmp-")
 REMOTE_FSTYPES = frozenset(
     ("nfs", "nfs4", "cifs", "smb3", "9p", "ceph", "sshfs", "fuse", "fuseblk")
 )
-SKIPPED_FSTYPES = REMOTE_FSTYPES | frozenset(
+# the kernel's own views (no files to keep): never audited, never snapshotted
+KERNEL_FSTYPES = frozenset(
     (
-        "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "overlay", "securityfs",
+        "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityfs",
         "debugfs", "tracefs", "bpf", "mqueue", "hugetlbfs", "fusectl", "configfs", "pstore",
-        "autofs", "binfmt_misc", "nsfs", "efivarfs", "rpc_pipefs", "selinuxfs", "ramfs",
+        "autofs", "binfmt_misc", "nsfs", "efivarfs", "rpc_pipefs", "selinuxfs",
     )
 )  # fmt: skip
+SKIPPED_FSTYPES = REMOTE_FSTYPES | KERNEL_FSTYPES | frozenset(("overlay", "ramfs"))
 
 
 def skipped(fstype: str) -> bool:
@@ -139,6 +141,16 @@ def read_mounts(text: str | None = None) -> list[Mount]:
         if len(fields) >= 5 and tail:
             mounts.append(Mount(fields[2], _unescape(fields[3]), _unescape(fields[4]), tail[0]))
     return mounts
+
+
+def fstype_at(path: str, mounts: Sequence[Mount] | None = None) -> str | None:
+    """The type of the filesystem mounted where `path` (absolute, links resolved) lies:
+    the last-mounted of the deepest mount points above it."""
+    best: Mount | None = None
+    for mount in read_mounts() if mounts is None else mounts:
+        if under(path, mount.point) and (best is None or len(mount.point) >= len(best.point)):
+            best = mount
+    return best.fstype if best is not None else None
 
 
 def plan_filesystems(

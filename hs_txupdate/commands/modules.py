@@ -110,7 +110,7 @@ def _source_versions(config: Config, names: list[str]) -> dict[str, str]:
 def _loads(data: bytes) -> Any:
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
 
 
@@ -184,7 +184,7 @@ def read_index(index_file: Path) -> dict[str, Any]:
         raise ModuleDefinitionError(
             f"module {name}: {index_file} is missing", "every module dir needs an index.json"
         ) from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModuleDefinitionError(
             f"module {name}: index.json is malformed: {exc}", f"fix {index_file}"
         ) from exc

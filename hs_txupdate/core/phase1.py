@@ -20,7 +20,7 @@ from ..modules.discovery import Module, check_module_name, module_from_index
 from ..modules.merge import merge_local_state
 from ..snapshot.base import tx_key
 from ..snapshot.entries import STAGE_PREFIX, remove_entry
-from ..sync.git import SourceError, SourceState, export_tree, read_blob, subdirs
+from ..sync.git import SourceError, SourceState, check_tree, export_tree, read_blob, subdirs
 from ..sync.versions import Version, VersionError
 from .context import Context
 
@@ -61,7 +61,8 @@ def plan(
 ) -> Phase1Plan:
     """Compare the source's modules with the installed ones. Changes nothing.
 
-    Raises SourceError when the source has no modules/ dir, and
+    Raises SourceError when the source has no modules/ dir or a module to install
+    holds a submodule, BadTreeEntry for a tree entry no checkout could hold, and
     ModuleDefinitionError for a source module without a usable index.json.
     """
     names = subdirs(state, SOURCE_MODULES)
@@ -110,6 +111,7 @@ def _plan_one(
                 " not applied (use --allow-downgrade)"
             )
             return None
+    check_tree(state, f"{SOURCE_MODULES}/{name}")  # before any change, not mid-install
     index = merge_local_state(current.index, incoming) if current is not None else incoming
     module = module_from_index(name, modules_dir / name, index)
     return SchemaChange(
@@ -127,7 +129,7 @@ def _source_index(state: SourceState, name: str) -> dict[str, Any]:
         )
     try:
         index = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModuleDefinitionError(f"{where}: index.json is malformed: {exc}", "fix it") from exc
     if not isinstance(index, dict) or not isinstance(index.get("metadata"), dict):
         raise ModuleDefinitionError(f"{where}: field 'metadata' is missing", "fix its index.json")

@@ -66,7 +66,7 @@ def plan(state: SourceState) -> tuple[SelfUpdate | None, str | None]:
     try:
         raw = json.loads(data).get("metadata", {}).get("schema_version")
         incoming = Version.parse(raw)
-    except (ValueError, AttributeError, VersionError):
+    except (ValueError, AttributeError, VersionError, RecursionError):
         return None, "the source's index.json has no valid metadata.schema_version; no self-update"
     if incoming <= Version.parse(__version__):
         return None, None

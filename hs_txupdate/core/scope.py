@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..audit.paths import is_watched
+from ..audit.paths import KERNEL_FSTYPES, fstype_at, is_watched
 from ..base.errors import NoSpaceError, ScopeError
 from ..journal import Origin
 from ..modules.discovery import Module
@@ -170,6 +170,13 @@ def check_path(config: Config, item: Planned) -> ScopeEntry:
         raise ScopeError(
             f"scope path {path} would hold or lie in the state dir {config.state_dir}",
             "move state_dir elsewhere or take the path out of backup_paths/extra_paths",
+        )
+    fstype = fstype_at(str(path))
+    if fstype in KERNEL_FSTYPES:
+        raise ScopeError(
+            f"scope path {path} lies on a {fstype} filesystem, the kernel's own view:"
+            " there are no files there to snapshot or restore",
+            "take it out of backup_paths / the scope",
         )
     existed = os.path.lexists(path)
     size = _check_tree(path) if existed else 0

@@ -22,6 +22,7 @@ from ..snapshot.manifest import (
     Changes,
     Manifest,
     build_manifest,
+    check_reference,
     diff,
     manifest_fingerprint,
     needed_entries,
@@ -189,7 +190,9 @@ def restore_path(
             target = target_of(journal, tx_id, info.n, live)
             backend = backend_by_name(info.backend, config.snapshots_dir)
             captured = Captured(info.snapshot or "", info.size, info.checksum)
-            with backend.reference(target, captured, needed_entries(changes, manifest)) as ref:
+            needed = needed_entries(changes, manifest)
+            with backend.reference(target, captured, needed) as ref:
+                check_reference(ref, manifest, needed)
                 restore_tree(live, ref, changes, announce)
     return changes.count
 

@@ -6,6 +6,7 @@ needs only the session factory the journal opened.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,11 +40,14 @@ from .records import (
     from_row,
     loads,
     tx_info,
+    typed_row,
 )
 from .vocab import POINT, RUNNING_STATES, State, Step
 
 NET_COLUMNS = frozenset({"before", "after", "restored", "actions"})
 MAX_ID = (1 << 63) - 1
+_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Where a bulk read puts the errors of the transactions it left out (None: raise them).
 Malformed = list[DamagedError] | None
 
@@ -59,23 +63,31 @@ class JournalReads:
         """The journal's identity, created with it; every snapshot name carries it."""
         if self._uuid is None:
             with self._session() as s:
-                self._uuid = s.scalar(select(Meta.value).where(Meta.key == "journal_uuid"))
-            if self._uuid is None:
+                found: object = s.scalar(select(Meta.value).where(Meta.key == "journal_uuid"))
+            if found is None:
                 raise DamagedError(
                     "the journal has no identity (hs_tx_meta.journal_uuid)",
                     "it was edited by hand; move it aside to start a new journal",
                 )
+            if not isinstance(found, str) or not _UUID.fullmatch(found):
+                raise MalformedRowError("hs_tx_meta", "journal_uuid", f"it is {found!r:.80}")
+            self._uuid = found
         return self._uuid
 
     def last_applied_source(self) -> str | None:
         """The source commit of the newest committed transaction that fetched one."""
         with self._session() as s:
-            return s.scalar(
-                select(Transaction.source_after)
+            row = s.execute(
+                select(Transaction.id, Transaction.source_after)
                 .where(Transaction.state == State.COMMITTED, Transaction.source_after.is_not(None))
                 .order_by(Transaction.id.desc())
                 .limit(1)
-            )
+            ).first()
+        if row is None:
+            return None
+        if not isinstance(row[1], str) or not _COMMIT.fullmatch(row[1]):
+            raise MalformedRowError("transactions", row[0], f"source_after is {row[1]!r:.80}")
+        return row[1]
 
     def net(self, tx_id: int) -> dict[str, Any]:
         """The network guard data of a transaction: `before`, `after`, `restored`,
@@ -160,14 +172,15 @@ class JournalReads:
         (whose captures may not be recorded yet)."""
         with self._session() as s:
             rows = s.execute(
-                select(ScopePath.backend, ScopePath.snapshot, ScopePath.manifest)
+                select(ScopePath.id, ScopePath.backend, ScopePath.snapshot, ScopePath.manifest)
                 .join(Transaction, Transaction.id == ScopePath.tx_id)
                 .where(ScopePath.pruned_at.is_(None), Transaction.snapshots_pruned_at.is_(None))
             ).all()
             running = set(
                 s.scalars(select(Transaction.id).where(Transaction.state.in_(RUNNING_STATES)))
             )
-        return [(r[0], r[1], r[2]) for r in rows], running
+        optional = str | None
+        return [typed_row("paths", r[0], r[1:], str, optional, optional) for r in rows], running
 
     def unfinished(self) -> list[TxInfo]:
         """Transactions left in a running state, oldest first, with paths and events."""
@@ -245,19 +258,19 @@ class JournalReads:
         changed, newest transaction first."""
         with self._session() as s:
             rows = s.execute(
-                select(ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
+                select(ScopePath.id, ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
                 .join(Transaction, Transaction.id == ScopePath.tx_id)
                 .where(Transaction.state == State.COMMITTED, ScopePath.changed.is_(True))
                 .order_by(ScopePath.tx_id.desc(), ScopePath.n)
             )
-            return [(tx, path, fp) for tx, path, fp in rows]
+            return [typed_row("paths", r[0], r[1:], int, str, str | None) for r in rows]
 
     def latest_fingerprints(self) -> list[tuple[int, str, str | None]]:
         """(transaction, path, fingerprint) of every state hs-tx left a path in, newest
         transaction first: what a committed run changed, and what a rollback put back."""
         with self._session() as s:
             rows = s.execute(
-                select(ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
+                select(ScopePath.id, ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
                 .join(Transaction, Transaction.id == ScopePath.tx_id)
                 .where(
                     ScopePath.fingerprint.is_not(None),
@@ -266,18 +279,19 @@ class JournalReads:
                 )
                 .order_by(ScopePath.tx_id.desc(), ScopePath.n)
             )
-            return [(tx, path, fp) for tx, path, fp in rows]
+            return [typed_row("paths", r[0], r[1:], int, str, str | None) for r in rows]
 
     def footprints(self, module: str | None = None) -> list[tuple[str, str, int]]:
         """(module, path, learned in transaction) of every footprint not forgotten,
         of `module` or of all modules, oldest first."""
-        query = select(Footprint.module, Footprint.path, Footprint.tx_id).where(
+        query = select(Footprint.id, Footprint.module, Footprint.path, Footprint.tx_id).where(
             Footprint.forgotten_at.is_(None)
         )
         if module is not None:
             query = query.where(Footprint.module == module)
         with self._session() as s:
-            return [(m, p, t) for m, p, t in s.execute(query.order_by(Footprint.id))]
+            rows = s.execute(query.order_by(Footprint.id))
+            return [typed_row("footprints", r[0], r[1:], str, str, int) for r in rows]
 
     def backups(self, name: str) -> list[BackupInfo]:
         """Every path of the newest StateManager backup called `name` (in the newest

@@ -165,8 +165,8 @@ class MalformedRowError(DamagedError):
     def __init__(self, table: str, row_id: object, why: str) -> None:
         super().__init__(
             f"journal row {table} #{row_id} is malformed: {why}",
-            "it was damaged or edited by hand; hs-tx does not act on it (inspect it:"
-            f" sqlite3 JOURNAL 'SELECT * FROM {table} WHERE id = {row_id}')",
+            "it was damaged or edited by hand, and hs-tx does not act on it; inspect it in"
+            f" the journal: SELECT * FROM {table} WHERE id = {row_id}",
         )
         self.table, self.row_id = table, row_id
 
@@ -181,15 +181,31 @@ def from_row(cls: type[_Info], row: Any) -> _Info:
 
 
 def checked(cls: type[_Info], values: dict[str, Any], table: str, row_id: object) -> _Info:
-    """`cls(**values)` once every value has the type `cls` declares for it (and every
-    `path` is an absolute path). Raises MalformedRowError naming the row otherwise."""
+    """`cls(**values)` once every value has the type `cls` declares for it (every `path`
+    an absolute path, every time ISO 8601). Raises MalformedRowError naming the row
+    otherwise."""
     hints = _hints(cls)
     for name, value in values.items():
         if not _conforms(value, hints[name]):
             raise MalformedRowError(table, row_id, f"{name} is {_show(value)}")
         if name == "path" and isinstance(value, str) and not _is_path(value):
             raise MalformedRowError(table, row_id, f"path is {_show(value)}")
+        if (name == "at" or name.endswith("_at")) and isinstance(value, str):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise MalformedRowError(table, row_id, f"{name} is {_show(value)}") from None
     return cls(**values)
+
+
+def typed_row(table: str, row_id: object, values: Any, *hints: Any) -> tuple[Any, ...]:
+    """`values` (the columns of one row, read raw) as a tuple, once each has the type of
+    its hint. Raises MalformedRowError naming the row otherwise."""
+    row = tuple(values)
+    for value, hint in zip(row, hints, strict=True):
+        if not _conforms(value, hint):
+            raise MalformedRowError(table, row_id, f"a value is {_show(value)}")
+    return row
 
 
 _HINTS: dict[type, dict[str, Any]] = {}

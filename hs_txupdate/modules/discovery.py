@@ -119,7 +119,7 @@ def _read_json(path: Path) -> Any:
     """The parsed JSON of `path`, or None when it cannot be read or parsed."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return None
 
 
@@ -140,7 +140,7 @@ def load_module(path: Path) -> Module:
             f"module {name}: {index_file} is missing",
             "every module dir needs an index.json; remove the dir if it is not a module",
         ) from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModuleDefinitionError(
             f"module {name}: index.json is malformed: {exc}", f"fix {index_file}"
         ) from exc

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..base.errors import ScopeError
+from ..base.errors import DamagedError, ScopeError
 from .entries import entry_type, fingerprint, join, walk, with_ancestors
 
 CTIME_MARGIN_NS = 200_000_000
@@ -160,3 +160,28 @@ def needed_entries(changes: Changes, manifest: Manifest) -> list[str] | None:
     # a new directory's parents may be new as well: the snapshot has only the old ones
     kept = (rel for rel in wanted if rel in manifest.entries)
     return sorted(kept, key=lambda r: (r.count("/"), r))
+
+
+def check_reference(reference: Path, manifest: Manifest, rels: list[str] | None) -> None:
+    """Check that the snapshot tree `reference` holds, at every entry `rels` (None: all)
+    a restore reads, an entry of the type the manifest recorded, reached without a
+    link: a snapshot that is not what hs-tx took is never restored from.
+
+    Raises DamagedError naming the first entry that differs.
+    """
+    for rel in manifest.entries if rels is None else rels:
+        kind = manifest.entries[rel][0] if rel in manifest.entries else None
+        try:
+            found = entry_type(os.lstat(join(reference, rel)))
+            through_link = any(
+                os.path.islink(join(reference, up)) for up in with_ancestors(rel)[:-1] if up
+            )
+        except OSError:
+            found, through_link = None, False
+        if kind is not None and (found != kind or through_link):
+            raise DamagedError(
+                f"the snapshot at {reference} does not hold what its manifest recorded at"
+                f" {rel or '.'!r} (a {kind!r} entry; found {found!r}"
+                + (", through a link)" if through_link else ")"),
+                "the snapshot was damaged or replaced; restore that path by hand",
+            )

@@ -262,6 +262,7 @@ def export_tree(state: SourceState, path: str, dest: Path) -> None:
     dirs = [dest]
     for item in tree.traverse():
         assert isinstance(item, git.Tree | git.Blob | git.Submodule)  # not a (parent, child) pair
+        check_entry_name(item.name, str(item.path))
         target = dest / (os.path.relpath(item.path, path) if path else item.path)
         if item.type == "tree":
             _mkdir(target)
@@ -269,12 +270,46 @@ def export_tree(state: SourceState, path: str, dest: Path) -> None:
         elif item.type == "blob":
             _write_blob(item, target)
         else:
-            raise SourceError(
-                f"{item.path} in the source is a submodule, which hs-tx cannot install",
-                "vendor its files into the source repository instead",
-            )
+            raise _submodule(str(item.path))
     for directory in reversed(dirs):
         fsync_dir(directory)
+
+
+def check_tree(state: SourceState, path: str) -> None:
+    """Check that the directory `path` of the fetched commit can be exported: every
+    entry name one a checkout could hold, no submodule. Reads objects only.
+
+    Raises BadTreeEntry or SourceError (see export_tree).
+    """
+    for item in (state.tree() / path).traverse():
+        assert isinstance(item, git.Tree | git.Blob | git.Submodule)
+        check_entry_name(item.name, str(item.path))
+        if item.type not in ("tree", "blob"):
+            raise _submodule(str(item.path))
+
+
+def _submodule(where: str) -> SourceError:
+    return SourceError(
+        f"{where} in the source is a submodule, which hs-tx cannot install",
+        "vendor its files into the source repository instead",
+    )
+
+
+class BadTreeEntry(UsageError):
+    """The source holds a tree entry no checkout could hold (crafted by hand)."""
+
+
+def check_entry_name(name: str, where: str) -> None:
+    """Refuse a git tree entry name that would leave its directory or is git's own.
+
+    Raises BadTreeEntry (exit 2): nothing is written for such a source.
+    """
+    if name in ("", ".", "..") or "/" in name or "\0" in name or name.lower() == ".git":
+        raise BadTreeEntry(
+            f"the source holds a tree entry named {name!r} (at {where!r}), which no checkout"
+            " could hold: the commit was crafted",
+            "do not install from this source; ask its maintainer to check the repository",
+        )
 
 
 def _mkdir(path: Path) -> None:

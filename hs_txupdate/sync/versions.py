@@ -33,7 +33,9 @@ class Version:
     def parse(cls, text: object) -> Version:
         """Parse `1.2.3`, `v1.2.3`, `1.2.3-rc.1`; raise VersionError for anything else."""
         if not isinstance(text, str):
-            raise VersionError(f"{text!r} is not a version string")
+            raise VersionError(f"{text!r:.80} is not a version string")
+        if len(text) > 256:
+            raise VersionError(f"{text[:40]!r}... is too long for a version (256 characters)")
         match = _SEMVER.match(text.strip())
         if not match:
             raise VersionError(f"{text!r} is not a semantic version (like 1.2.3)")

@@ -1,0 +1,289 @@
+"""Property-based tests: every input ends in a one-line answer or a correct result.
+
+Random and malformed config files, index.json files, version strings, ids and limits,
+journal rows and git tree entry names go through the loaders and the CLI (in-process,
+as `hs-tx` runs them): the answer is an exit code of the documented kind with an
+`hs-tx: error:` line, never a traceback or an "internal error".
+
+The suite runs a bounded number of examples per property; the bench runs them long:
+    HS_TX_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/unit/test_fuzz.py
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import shutil
+import sqlite3
+from contextlib import closing, redirect_stderr, redirect_stdout, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from hs_txupdate.base.errors import ConfigError, ModuleDefinitionError
+from hs_txupdate.cli.main import main
+from hs_txupdate.core.config import load_config
+from hs_txupdate.journal import Journal, Kind, Phase, RunStatus, State, Status, Step
+from hs_txupdate.modules.discovery import load_module
+from hs_txupdate.sync.git import BadTreeEntry, check_entry_name
+from hs_txupdate.sync.versions import Version, VersionError
+
+EXAMPLES = int(os.environ.get("HS_TX_FUZZ_EXAMPLES", "40"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+INT64 = st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)
+# every kind of value a SQLite column or a JSON/TOML document can hold
+SCALARS = st.one_of(
+    st.none(), st.booleans(), INT64, st.integers(), st.floats(), st.text(max_size=40)
+)
+JSON = st.recursive(
+    SCALARS, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids)
+)
+
+
+def cli(*argv: str) -> tuple[int, str, str]:
+    """Run `hs-tx ARGV` in this process; return (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    umask = os.umask(0o022)  # hs-tx sets its own; the test process keeps its one
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(argv))
+    finally:
+        os.umask(umask)
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_clean(code: int, err: str, allowed: set[int]) -> None:
+    """A documented exit, and an error (if any) said in hs-tx's own words."""
+    assert code in allowed, (code, err)
+    assert "internal error" not in err and "Traceback" not in err, err
+    if code:
+        assert "hs-tx: error:" in err or "usage:" in err, err
+
+
+# --- configuration files -------------------------------------------------------------
+
+
+def _toml(value: Any) -> str:
+    """`value` as a TOML value (inline tables for dicts)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return (
+            "nan"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else repr(value)
+        )
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value if v is not None) + "]"
+    return (
+        "{"
+        + ", ".join(f"{json.dumps(k)} = {_toml(v)}" for k, v in value.items() if v is not None)
+        + "}"
+    )
+
+
+KEYS = {
+    "": ["state_dir", "modules_dir", "bogus"],
+    "snapshot": ["backend", "keep"],
+    "scope": ["extra_paths", "watch", "ignore", "outside_writes", "modules"],
+    "runtime": ["path", "wheels"],
+    "source": ["url", "branch", "allowed_signers", "max_age_days", "fetch_timeout", "max_fetch_mb"],
+    "net": ["guard", "guard_interfaces"],
+    "services": ["manager", "restart", "is_active", "stop"],
+}
+PATHLIKE = st.one_of(st.just("/srv/x"), st.text(max_size=12), st.just("/a\x00b"))
+
+
+@st.composite
+def config_documents(draw: st.DrawFn) -> str:
+    lines = []
+    for section, keys in KEYS.items():
+        chosen = draw(st.lists(st.sampled_from(keys), unique=True, max_size=len(keys)))
+        if section and (chosen or draw(st.booleans())):
+            lines.append(f"[{section}]")
+        for key in chosen:
+            value = draw(st.one_of(JSON, PATHLIKE, st.lists(PATHLIKE, max_size=3)))
+            if value is not None:
+                lines.append(f"{key} = {_toml(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@FUZZ
+@given(text=st.one_of(config_documents(), st.text(max_size=200)))
+def test_any_config_file_loads_or_is_a_config_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        load_config(str(path))
+    except ConfigError as exc:
+        assert "\n" not in str(exc).strip() or "TOML" in str(exc)
+
+
+def test_deep_nesting_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("a = " + "[" * 20000 + "]" * 20000 + "\n")
+    with pytest.raises(ConfigError, match=r"nested too deeply|invalid TOML"):
+        load_config(str(path))
+
+
+# --- index.json and versions ---------------------------------------------------------
+
+
+@FUZZ
+@given(doc=st.one_of(JSON, st.fixed_dictionaries({"metadata": JSON, "configuration": JSON})))
+def test_any_index_json_loads_or_is_a_module_error(tmp_path: Path, doc: Any) -> None:
+    module = tmp_path / "modules" / "m"
+    module.mkdir(parents=True, exist_ok=True)
+    (module / "index.json").write_text(json.dumps(doc))
+    with suppress(ModuleDefinitionError):
+        load_module(module)
+
+
+def test_deeply_nested_index_json_is_a_module_error(tmp_path: Path) -> None:
+    module = tmp_path / "m"
+    module.mkdir()
+    (module / "index.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ModuleDefinitionError, match="malformed"):
+        load_module(module)
+
+
+@FUZZ
+@given(
+    text=st.one_of(
+        st.text(max_size=30), st.from_regex(r"v?\d{1,30}\.\d{1,5}\.\d{1,5}(-[a-z0-9.]{1,9})?")
+    )
+)
+def test_any_version_string_parses_or_is_a_version_error(text: str) -> None:
+    try:
+        version = Version.parse(text)
+    except VersionError:
+        return
+    assert Version.parse(str(version.text)) == version
+
+
+# --- git tree entry names ------------------------------------------------------------
+
+
+@FUZZ
+@given(
+    name=st.one_of(st.text(max_size=12), st.sampled_from(["..", ".", ".git", ".GIT", "a/b", ""]))
+)
+def test_a_tree_entry_name_is_either_refused_or_stays_in_its_directory(name: str) -> None:
+    try:
+        check_entry_name(name, f"modules/m/{name}")
+    except BadTreeEntry as exc:
+        assert exc.exit_code == 2
+        return
+    base = Path("/x/dest")
+    assert (base / name).parent == base and name not in ("", ".", "..")
+
+
+# --- the CLI: ids, limits, and journal rows --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def journal_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state dir whose journal holds one committed update with a path, a module run
+    and events, written through the journal API."""
+    root = tmp_path_factory.mktemp("fuzz")
+    (root / "state").mkdir(mode=0o700)
+    (root / "modules").mkdir()
+    journal = Journal(root / "state" / "journal.db")
+    tx = journal.begin(Kind.UPDATE, ["hs-tx", "update"], "root", "box")
+    journal.event(tx, Phase.PLAN, Step.SCOPE, Status.DONE, {"paths": ["/srv/x"]})
+    journal.add_path(tx, 0, "/srv/x", True, "tar")
+    run = journal.start_module_run(tx, "m", "1.0.0")
+    journal.finish_module_run(run, RunStatus.SUCCESS, duration_s=0.5)
+    journal.set_state(tx, State.COMMITTED, exit_code=0)
+    journal.close()
+    return root
+
+
+def _config(root: Path) -> Path:
+    config = root / "config.toml"
+    config.write_text(
+        f'state_dir = "{root / "state"}"\nmodules_dir = "{root / "modules"}"\n'
+        '[net]\nguard = false\n[services]\nmanager = "command"\n'
+        'restart = ["/bin/true"]\nis_active = ["/bin/true"]\n'
+    )
+    return config
+
+
+@FUZZ
+@given(
+    value=st.one_of(st.integers(), st.text(max_size=25)),
+    verb=st.sampled_from(["show", "undo", "limit"]),
+)
+def test_any_id_or_limit_gets_a_clean_answer(
+    journal_template: Path, tmp_path: Path, value: Any, verb: str
+) -> None:
+    assume(not (verb == "undo" and str(value).strip() in ("1", "+1", "01")))  # a real undo
+    assume(not str(value).startswith("-") or verb != "limit" or str(value)[1:].isdigit())
+    root = tmp_path / "sbx"
+    if not root.exists():
+        shutil.copytree(journal_template, root)
+    config = str(_config(root))
+    if verb == "limit":
+        code, _, err = cli("--config", config, "history", "--limit", str(value))
+    else:
+        code, _, err = cli("--config", config, verb, str(value))
+    assert_clean(code, err, {0, 2})
+
+
+def _columns(db: Path) -> list[tuple[str, str]]:
+    with closing(sqlite3.connect(db)) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return [
+            (table, col[1])
+            for table in tables
+            if not table.startswith("sqlite_")
+            for col in conn.execute(f"PRAGMA table_info({table})")
+            if not col[5]  # not the primary key
+        ]
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_malformed_journal_row_is_named_and_nothing_else_fails(
+    journal_template: Path, tmp_path: Path, data: st.DataObject
+) -> None:
+    root = tmp_path / "sbx"
+    if root.exists():
+        shutil.rmtree(root)
+    shutil.copytree(journal_template, root)
+    db = root / "state" / "journal.db"
+    table, column = data.draw(st.sampled_from(_columns(db)))
+    value = data.draw(st.one_of(SCALARS, st.binary(max_size=20), st.just("{"), st.just("[]")))
+    with closing(sqlite3.connect(db)) as conn:
+        try:
+            conn.execute(f'UPDATE "{table}" SET "{column}" = ?', (value,))
+            conn.commit()
+        except (sqlite3.DatabaseError, OverflowError):
+            assume(False)  # SQLite itself refuses it
+    config = str(_config(root))
+    for argv, allowed in (
+        (["history", "--json"], {0, 3}),
+        (["show", "1", "--json"], {0, 2, 3}),
+        (["status", "--json"], {0, 3}),
+    ):
+        code, out, err = cli("--config", config, *argv)
+        assert_clean(code, err, allowed)
+        if code == 0:
+            json.loads(out)
+        if code == 3:
+            assert "journal" in err, err
