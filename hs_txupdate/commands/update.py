@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..base.errors import EXIT_DAMAGED, Interrupted, ScopeError
+from ..base.errors import EXIT_DAMAGED, EXIT_FAILED, Interrupted, ScopeError
 from ..core import netguard, phase3
 from ..core.audit import RunAudit, describe
 from ..core.config import require_modules_dir
@@ -67,13 +67,13 @@ def update(ctx: Context, options: UpdateOptions | None = None) -> int:
             tx_id,
             lambda: _plan_and_snapshot(ctx, tx_id, options),
             body,
-            lambda failure: _roll_back(ctx, tx_id, failure),
+            lambda failure, code: _roll_back(ctx, tx_id, failure, code),
         )
 
 
-def _roll_back(ctx: Context, tx_id: int, failure: str) -> int:
+def _roll_back(ctx: Context, tx_id: int, failure: str, code: int) -> int:
     """Roll the files back; then the network guard brings the network back (or says how)."""
-    return roll_back(ctx, tx_id, failure, after_restore=lambda: netguard.repair(ctx, tx_id))
+    return roll_back(ctx, tx_id, failure, code, after_restore=lambda: netguard.repair(ctx, tx_id))
 
 
 def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> RunPlan:
@@ -182,7 +182,7 @@ def _resume(ctx: Context, tx_id: int) -> int:
         guard.disarm()
         if failure is not None:
             phase3.preload()  # the rollback replaces this code on disk: keep running this one
-            return _roll_back(ctx, tx_id, failure)
+            return _roll_back(ctx, tx_id, failure, EXIT_FAILED)
         return commit(ctx, tx_id)
 
 

@@ -22,7 +22,7 @@ from ..base.errors import (
 )
 from ..base.fsio import syncfs
 from ..base.proc import CommandError
-from ..journal import Decision, OutsideInfo, Phase, State, Status, Step, TxInfo
+from ..journal import Decision, JournalLostError, OutsideInfo, Phase, State, Status, Step, TxInfo
 from ..snapshot.entries import remove_entry
 from ..snapshot.manifest import tree_fingerprint
 from .audit import describe
@@ -47,15 +47,16 @@ def run_transaction(
     tx_id: int,
     prepare: Callable[[], _Plan],
     body: Callable[[_Plan], str | None],
-    rollback: Callable[[str], int] | None = None,
+    rollback: Callable[[str, int], int] | None = None,
 ) -> int:
     """The skeleton every kind of transaction shares; returns the exit code.
 
     `prepare` plans and snapshots (nothing on the system changes, so a failure
     aborts); `body` changes things (an error, an interruption or a returned
-    reason rolls back, through `rollback` when given); else the transaction
-    commits. SIGINT/SIGTERM/SIGHUP interrupt `prepare` and `body`, never the
-    rollback or the commit.
+    reason rolls back, through `rollback(reason, exit code)` when given); else the
+    transaction commits. A body that met damaged data (a snapshot not as recorded)
+    ends with exit 3 even when the rollback succeeds. SIGINT/SIGTERM/SIGHUP
+    interrupt `prepare` and `body`, never the rollback or the commit.
     """
     with SignalGuard() as guard:
         try:
@@ -63,18 +64,21 @@ def run_transaction(
         except BaseException as exc:
             guard.disarm()
             return abort(ctx, tx_id, exc)
+        code = EXIT_FAILED
         try:
             ctx.journal.set_state(tx_id, State.RUNNING)
             failure = body(plan)
         except HsTxError as exc:  # Interrupted among them
             failure = str(exc)
+            if isinstance(exc, DamagedError) and not isinstance(exc, JournalLostError):
+                code = EXIT_DAMAGED
         except OSError as exc:
             failure = f"{type(exc).__name__}: {exc}"
         except Exception as exc:
             failure = f"internal error: {type(exc).__name__}: {exc}"
         guard.disarm()
         if failure is not None:
-            return rollback(failure) if rollback else roll_back(ctx, tx_id, failure)
+            return rollback(failure, code) if rollback else roll_back(ctx, tx_id, failure, code)
         return commit(ctx, tx_id)
 
 

@@ -4,7 +4,7 @@
 records it returns; `vocab` holds every word it stores, as enums.
 """
 
-from .api import Journal, StepRecord
+from .api import Journal, JournalLostError, StepRecord
 from .records import (
     BackupInfo,
     EventInfo,
@@ -42,6 +42,7 @@ __all__ = [
     "Decision",
     "EventInfo",
     "Journal",
+    "JournalLostError",
     "Kind",
     "LastRunInfo",
     "MalformedRowError",

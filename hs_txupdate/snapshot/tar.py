@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir, publish
-from ..base.proc import run
+from ..base.proc import CommandError, run
 from .base import Captured, SnapshotTarget
 from .entries import STAGE_PREFIX, remove_entry
 
@@ -72,6 +72,20 @@ def remove_file_snapshot(path: Path) -> None:
         path.parent.rmdir()
     if path.parent.parent.is_dir():
         fsync_dir(path.parent.parent)
+
+
+def _extract(argv: list[str], target: SnapshotTarget) -> None:
+    """Run the tar extraction `argv` of a checksum-verified archive of `target`.
+
+    Raises DamagedError when tar fails: the archive is not what hs-tx wrote.
+    """
+    try:
+        run(argv, timeout=None)
+    except CommandError as exc:
+        raise DamagedError(
+            f"the snapshot archive of {target.path} cannot be extracted: {exc}",
+            "the archive was replaced or damaged; restore that path by hand",
+        ) from exc
 
 
 class TarBackend:
@@ -151,7 +165,7 @@ class TarBackend:
                 f"--files-from={members}",
             ]
         try:
-            run(
+            _extract(
                 [
                     "tar",
                     "--extract",
@@ -162,7 +176,7 @@ class TarBackend:
                     f"--directory={stage}",
                     *select,
                 ],
-                timeout=None,
+                target,
             )
             yield stage / target.path.name
         finally:

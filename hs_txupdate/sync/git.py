@@ -12,8 +12,10 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import git
 
@@ -232,45 +234,42 @@ def is_ancestor(state: SourceState, older: str) -> bool:
 
 
 def read_blob(state: SourceState, path: str) -> bytes | None:
-    """The bytes of file `path` in the fetched commit, or None when it is absent."""
-    try:
-        item = state.tree() / path
-    except KeyError:
-        return None
-    return item.data_stream.read() if item.type == "blob" else None
+    """The bytes of file `path` in the fetched commit, or None when it is absent.
+
+    Raises BadTreeEntry when a tree on the way holds an entry no checkout could hold.
+    """
+    item = _item(state, path)
+    return item.data_stream.read() if item is not None and item.type == "blob" else None
 
 
 def subdirs(state: SourceState, path: str) -> list[str] | None:
-    """Names of the directories directly under `path`, or None if `path` is no dir."""
-    try:
-        tree = state.tree() / path
-    except KeyError:
+    """Names of the directories directly under `path`, or None if `path` is no dir.
+
+    Raises BadTreeEntry as read_blob does.
+    """
+    tree = _item(state, path)
+    if tree is None or tree.type != "tree":
         return None
-    if tree.type != "tree":
-        return None
-    return sorted(t.name for t in tree.trees)
+    with _crafted_as_error(path):
+        return sorted(t.name for t in tree.trees)
 
 
 def export_tree(state: SourceState, path: str, dest: Path) -> None:
     """Write the directory `path` of the fetched commit to the new dir `dest`, durably.
 
     Files get mode 0644 or 0755 as git records them; symlinks stay symlinks.
-    Raises SourceError for a submodule, which cannot be exported.
+    Raises SourceError for a submodule, which cannot be exported, and BadTreeEntry
+    (check_tree finds both before any change).
     """
-    tree = state.tree() / path if path else state.tree()
     _mkdir(dest)
     dirs = [dest]
-    for item in tree.traverse():
-        assert isinstance(item, git.Tree | git.Blob | git.Submodule)  # not a (parent, child) pair
-        check_entry_name(item.name, str(item.path))
+    for item in _walk(state, path):
         target = dest / (os.path.relpath(item.path, path) if path else item.path)
         if item.type == "tree":
             _mkdir(target)
             dirs.append(target)
-        elif item.type == "blob":
-            _write_blob(item, target)
         else:
-            raise _submodule(str(item.path))
+            _write_blob(item, target)
     for directory in reversed(dirs):
         fsync_dir(directory)
 
@@ -281,11 +280,44 @@ def check_tree(state: SourceState, path: str) -> None:
 
     Raises BadTreeEntry or SourceError (see export_tree).
     """
-    for item in (state.tree() / path).traverse():
-        assert isinstance(item, git.Tree | git.Blob | git.Submodule)
-        check_entry_name(item.name, str(item.path))
-        if item.type not in ("tree", "blob"):
-            raise _submodule(str(item.path))
+    list(_walk(state, path))
+
+
+def _walk(state: SourceState, path: str) -> Iterator[git.Tree | git.Blob]:
+    """Every tree and blob under `path` (the root for ''), parents first, each name
+    checked. Raises BadTreeEntry, or SourceError for a submodule."""
+    top = _item(state, path)
+    if top is None or top.type != "tree":
+        raise SourceError(f"{path!r} is not a directory in the source", "")
+    with _crafted_as_error(path):
+        for item in top.traverse():
+            assert isinstance(item, git.Tree | git.Blob | git.Submodule)  # no (parent, child)
+            check_entry_name(item.name, str(item.path))
+            if isinstance(item, git.Submodule):
+                raise _submodule(str(item.path))
+            yield item
+
+
+def _item(state: SourceState, path: str) -> Any:
+    """The tree or blob at `path` of the fetched commit (the root for ''), or None."""
+    with _crafted_as_error(path):
+        try:
+            return state.tree() / path if path else state.tree()
+        except KeyError:
+            return None
+
+
+@contextlib.contextmanager
+def _crafted_as_error(path: str) -> Iterator[None]:
+    """Turn GitPython's refusal of a tree entry's name into BadTreeEntry."""
+    try:
+        yield
+    except ValueError as exc:
+        raise BadTreeEntry(
+            f"the source holds, under {path!r}, a tree entry no checkout could hold ({exc}):"
+            " the commit was crafted",
+            "do not install from this source; ask its maintainer to check the repository",
+        ) from exc
 
 
 def _submodule(where: str) -> SourceError:

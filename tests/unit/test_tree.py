@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from hs_txupdate.base.errors import ScopeError
+from hs_txupdate.base.errors import DamagedError, ScopeError
 from hs_txupdate.core.scope import fold
-from hs_txupdate.snapshot.manifest import CTIME_MARGIN_NS, Manifest, build_manifest, diff
+from hs_txupdate.snapshot.manifest import (
+    CTIME_MARGIN_NS,
+    Manifest,
+    build_manifest,
+    check_reference,
+    diff,
+)
 
 
 def populate(root: Path) -> None:
@@ -165,3 +171,23 @@ def test_fold(given: list[str], folded: list[str]) -> None:
 def test_fold_keeps_siblings_with_common_prefix() -> None:
     result = fold([Path("/var/lib/app"), Path("/var/lib/app2"), Path("/var/lib/app/db")])
     assert result == [Path("/var/lib/app"), Path("/var/lib/app2")]
+
+
+def test_a_snapshot_tree_unlike_its_manifest_is_never_read(tmp_path: Path) -> None:
+    """check_reference: a link where the manifest recorded a directory, or another
+    type of entry, is damage named before a restore reads anything."""
+    live = tmp_path / "live"
+    (live / "conf").mkdir(parents=True)
+    (live / "conf/app.conf").write_text("v1")
+    manifest = build_manifest(live)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "app.conf").write_text("not ours")
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "conf").symlink_to(outside)
+    with pytest.raises(DamagedError, match=r"at 'conf' .* found 'l'"):
+        check_reference(snap, manifest, ["", "conf", "conf/app.conf"])
+    with pytest.raises(DamagedError, match="through a link"):
+        check_reference(snap, manifest, ["conf/app.conf"])
+    check_reference(live, manifest, None)
