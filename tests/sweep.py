@@ -345,11 +345,16 @@ def _btrfs_store(path: Path) -> Path | None:
 
 
 def _drop_btrfs_snapshots(path: Path) -> None:
-    """Delete every snapshot in the store: a new journal reuses transaction ids, and
-    a snapshot named after an id would be taken for one of the new transaction."""
+    """Empty the store (snapshots and owner files), so each reset starts like a fresh
+    box and no space stays pinned by the earlier runs."""
     store = _btrfs_store(path)
-    if store is not None and (snapshots := sorted(store.iterdir())):
+    if store is None:
+        return
+    entries = sorted(store.iterdir())
+    if snapshots := [p for p in entries if p.is_dir()]:
         sh("btrfs", "subvolume", "delete", *snapshots)
+    for other in (p for p in entries if not p.is_dir()):
+        other.unlink()
 
 
 def pictures(scope: list[str]) -> Pictures:

@@ -145,19 +145,23 @@ def _watch(
     watch: Callable[[], str | None],
     interval: float,
 ) -> str | None:
-    """Wait for `proc`; kill its whole session when `watch` gives a reason or `timeout`
-    passes, and return that reason (None when it ended by itself)."""
+    """Wait for `proc`; kill its whole session when `watch` gives a reason, `timeout`
+    passes or the wait is interrupted (the exception goes on), and return that reason
+    (None when it ended by itself)."""
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            proc.wait(interval)
-            return None
-        except subprocess.TimeoutExpired:
-            pass
-        stopped = watch()
-        if stopped is None and time.monotonic() > deadline:
-            stopped = f"timed out after {timeout:g} s"
-        if stopped is not None:
+    try:
+        while True:
+            try:
+                proc.wait(interval)
+                return None
+            except subprocess.TimeoutExpired:
+                pass
+            stopped = watch()
+            if stopped is None and time.monotonic() > deadline:
+                stopped = f"timed out after {timeout:g} s"
+            if stopped is not None:
+                return stopped
+    finally:
+        if proc.returncode is None:  # stopped, or hs-tx itself interrupted
             os.killpg(proc.pid, signal.SIGKILL)  # git forks helpers (index-pack, transports)
             proc.wait()
-            return stopped

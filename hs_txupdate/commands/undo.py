@@ -55,7 +55,7 @@ def undo(ctx: Context, tx_id: int, options: UndoOptions | None = None) -> int:
         _check_drift(ctx, chain, options.force)
         for info in chain:
             for path in _changed(info):
-                verify_snapshot(ctx.config, path)
+                verify_snapshot(ctx.config, ctx.journal, path)
         undo_id = open_transaction(ctx, lock, Kind.UNDO)
         ctx.journal.set_undoes(undo_id, tx_id)
         ctx.journal.link_undo(undo_id, [info.id for info in chain])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..base.fsio import durable_write, fsync_dir
 from ..base.proc import run
-from ..journal import Journal, identity_of
+from ..journal import Journal, MalformedRowError, identity_of
 from ..snapshot.btrfs import is_btrfs, subvolume_root
 from ..snapshot.entries import SNAPSHOT_STORE, remove_entry
 from .config import Config
@@ -80,11 +80,17 @@ def remove_orphan(orphan: Orphan) -> None:
     fsync_dir(orphan.path.parent)
 
 
-def _kept_places(rows: list[tuple[str, str | None, str | None]]) -> tuple[set[Path], set[Path]]:
-    """(every snapshot or transaction dir the rows rely on, the btrfs stores they use)."""
+def _kept_places(
+    rows: list[tuple[int, str, str | None, str | None]],
+) -> tuple[set[Path], set[Path]]:
+    """(every snapshot or transaction dir the rows rely on, the btrfs stores they use).
+
+    Raises MalformedRowError for a btrfs ref that names no snapshot: which one it
+    relies on is unknown, so none is judged an orphan.
+    """
     kept: set[Path] = set()
     stores: set[Path] = set()
-    for backend, snapshot, manifest in rows:
+    for row_id, backend, snapshot, manifest in rows:
         if manifest:
             kept.add(_real(Path(manifest).parent))
         if not snapshot:
@@ -92,8 +98,9 @@ def _kept_places(rows: list[tuple[str, str | None, str | None]]) -> tuple[set[Pa
         if backend == "btrfs":
             try:
                 where = Path(json.loads(snapshot)["snapshot"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a malformed row is reported where it is used
+            except (ValueError, KeyError, TypeError) as exc:
+                why = f"snapshot is {snapshot!r:.80}"
+                raise MalformedRowError("paths", row_id, why) from exc
             kept.add(_real(where))
             stores.add(_real(where.parent))
         else:
@@ -147,8 +154,15 @@ def _why_orphan(
     owner_file = place / f"{uuid}{_OWNER}"
     try:
         owner = Path(owner_file.read_text().strip())
-    except OSError:
+    except FileNotFoundError:
         return f"no journal owns it (journal {uuid})"
-    if identity_of(owner) == uuid:
-        return None  # another state dir's journal still records its own snapshots
-    return f"its journal {owner} (identity {uuid}) is gone or was replaced"
+    except OSError:
+        return None  # cannot tell: kept
+    if not os.path.lexists(owner):
+        return f"its journal {owner} (identity {uuid}) is gone"
+    found = identity_of(owner)
+    if found is not None and found != uuid:
+        return f"its journal {owner} was replaced by another (identity {found})"
+    # that journal is there (another state dir's, recording its own snapshots), or a
+    # file is there that cannot be read now: hs-tx cannot tell, so it keeps them
+    return None

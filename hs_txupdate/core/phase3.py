@@ -23,7 +23,7 @@ from ..base.errors import HsTxError
 from ..base.proc import CommandError, run
 from ..journal import Phase, Status, Step
 from ..snapshot.entries import remove_entry
-from ..sync.git import SourceState, export_tree, read_blob
+from ..sync.git import SourceState, check_tree, export_tree, read_blob
 from ..sync.versions import Version, VersionError
 from .context import Context
 from .lock import StateLock
@@ -58,7 +58,8 @@ def install_dir() -> Path:
 def plan(state: SourceState) -> tuple[SelfUpdate | None, str | None]:
     """Compare the source's orchestrator version with the running one.
 
-    Returns the planned self-update (or None) and a note for the operator.
+    Returns the planned self-update (or None) and a note for the operator. Raises
+    BadTreeEntry / SourceError when the source could not be exported (see check_tree).
     """
     data = read_blob(state, "index.json")
     if data is None:
@@ -75,6 +76,7 @@ def plan(state: SourceState) -> tuple[SelfUpdate | None, str | None]:
             f"hs-tx {incoming} is available but this hs-tx does not run from a virtualenv;"
             " install it by hand"
         )
+    check_tree(state, "")  # the whole source is exported mid-run: refuse it now
     return SelfUpdate(__version__, str(incoming), install_dir()), None
 
 

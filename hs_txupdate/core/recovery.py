@@ -13,7 +13,7 @@ from pathlib import Path
 from ..base.errors import EXIT_DAMAGED, EXIT_OK, DamagedError, HsTxError
 from ..base.fsio import durable_write
 from ..base.proc import CommandError
-from ..journal import CHANGING_PHASES, Decision, Phase, State, Status, Step, TxInfo, now_iso
+from ..journal import CHANGING_PHASES, Decision, Kind, Phase, State, Status, Step, TxInfo, now_iso
 from ..modules import cgroup
 from .audit import audit_cut_off
 from .context import Context
@@ -115,6 +115,10 @@ def recover_one(ctx: Context, info: TxInfo) -> int:
     decision = _decision(info)
     if decision == Decision.COMMIT:
         return finish_commit(ctx, info.id)
+    if info.kind == Kind.PRUNE:  # its deletions are final: nothing to put back
+        error = "hs-tx stopped during the prune; the deletions its events record are done"
+        ctx.journal.set_state(info.id, State.COMMITTED, error=error, exit_code=EXIT_OK)
+        return EXIT_OK
     if decision == Decision.ROLLBACK or _may_have_changed(info):
         audit_cut_off(ctx, info)
         reason = info.error or "hs-tx stopped before the transaction finished"

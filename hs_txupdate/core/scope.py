@@ -134,25 +134,23 @@ def _fold_entries(entries: list[ScopeEntry]) -> list[ScopeEntry]:
 
 
 def resolve(config: Config, path: Path) -> tuple[Path, Path | None]:
-    """The path a scope path stands for, links resolved: (real path, the planned path
-    when it was itself a link, else None). Directories above it are resolved as they
-    are now, so a link planted there later is seen at restore.
+    """The path a scope path stands for, links resolved (the path itself and the
+    directories above it, as they are now, so a link planted there later is seen at
+    restore): (real path, the planned path when a link led elsewhere, else None).
 
-    Raises ScopeError when the path is a link whose target lies outside every
-    `[scope] watch` root, in an ignored path or in the state dir.
+    Raises ScopeError when a link leads to a path outside every `[scope] watch` root,
+    in an ignored path or in the state dir.
     """
-    real_parent = Path(os.path.realpath(path.parent))
-    here = real_parent / path.name
-    if not os.path.islink(here):
-        return here, None
-    target = Path(os.path.realpath(here))
+    target = Path(os.path.realpath(path))
+    if target == path:
+        return path, None
     roots = [str(root) for root in config.watch]
     if is_watched(str(target), roots, [str(i) for i in config.ignores]):
         return target, path
     inside = any(target.is_relative_to(root) for root in config.watch)
     where = "in a path the write audit ignores" if inside else "outside [scope] watch"
     raise ScopeError(
-        f"scope path {path} is a symbolic link to {target}, {where}",
+        f"scope path {path} leads through a symbolic link to {target}, {where}",
         "name the real path in backup_paths, or replace the link with the directory",
     )
 

@@ -208,7 +208,7 @@ def _restore_database(
     return 1
 
 
-def verify_snapshot(config: Config, info: PathInfo) -> None:
+def verify_snapshot(config: Config, journal: Journal, info: PathInfo) -> None:
     """Check that the manifest and snapshot of a scope path are intact and the ones
     recorded, changing nothing.
 
@@ -216,7 +216,7 @@ def verify_snapshot(config: Config, info: PathInfo) -> None:
     """
     load_manifest(info)
     if info.existed:
-        target = SnapshotTarget("", info.n, Path(info.path))  # checks use recorded refs only
+        target = target_of(journal, 0, info.n, Path(info.path))  # checks read recorded refs
         captured = Captured(info.snapshot or "", info.size, info.checksum)
         backend_by_name(info.backend, config.snapshots_dir).check(target, captured)
 
@@ -245,9 +245,17 @@ def _tx_dirs(config: Config, journal: Journal, tx_id: int, paths: list[PathInfo]
     """The existing dirs of the snapshots dir that hold this transaction's files: its
     own, and where its rows recorded manifests (journals older than their identity
     used `<txid>`)."""
-    places = {tx_dir(config, journal, tx_id)}
-    places |= {Path(info.manifest).parent for info in paths if info.manifest}
-    return {p for p in places if p.parent == config.snapshots_dir and p.is_dir()}
+    own = tx_dir(config, journal, tx_id)
+    places = {own} | {Path(info.manifest).parent for info in paths if info.manifest}
+    names = (own.name, str(tx_id))
+    return {
+        p
+        for p in places
+        if p.parent == config.snapshots_dir
+        and p.name in names
+        and p.is_dir()
+        and not p.is_symlink()
+    }
 
 
 def remove_stage_dirs(

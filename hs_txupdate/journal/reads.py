@@ -166,8 +166,8 @@ class JournalReads:
             ]
             return info
 
-    def kept_snapshots(self) -> tuple[list[tuple[str, str | None, str | None]], set[int]]:
-        """What the journal still relies on: (backend, snapshot ref, manifest) of every
+    def kept_snapshots(self) -> tuple[list[tuple[int, str, str | None, str | None]], set[int]]:
+        """What the journal still relies on: (row id, backend, snapshot ref, manifest) of every
         scope path whose snapshot was not pruned, and the ids of running transactions
         (whose captures may not be recorded yet)."""
         with self._session() as s:
@@ -180,7 +180,8 @@ class JournalReads:
                 s.scalars(select(Transaction.id).where(Transaction.state.in_(RUNNING_STATES)))
             )
         optional = str | None
-        return [typed_row("paths", r[0], r[1:], str, optional, optional) for r in rows], running
+        typed = [(r[0], *typed_row("paths", r[0], r[1:], str, optional, optional)) for r in rows]
+        return typed, running
 
     def unfinished(self) -> list[TxInfo]:
         """Transactions left in a running state, oldest first, with paths and events."""

@@ -34,6 +34,11 @@ class SnapshotTarget:
     fresh: bool = False  # taken mid-run: a snapshot taken earlier in the run may not serve
 
     @property
+    def journal(self) -> str:
+        """The UUID of the journal the transaction belongs to ('' when not known)."""
+        return self.tx.rpartition("-")[0]
+
+    @property
     def name(self) -> str:
         """The snapshot's name, `<journal-uuid>-<txid>-<n>`."""
         return f"{self.tx}-{self.n}"

@@ -5,28 +5,31 @@ Snapshots live in a `.hs-tx-snapshots` subvolume at the top of that subvolume
 snapshots stop at nested subvolumes), named `<journal-uuid>-<txid>-<n>`. Capturing
 is O(1) in the size of the data; a restore reflinks back only what changed.
 
-The ref recorded in the journal holds the snapshot's own btrfs UUID and generation:
-before a restore or a delete, the snapshot must still be read-only with both
-unchanged, or hs-tx refuses to use it (a snapshot set writable and edited, or one
-put in its place, is not the state the journal recorded).
+The ref recorded in the journal holds the snapshot's own btrfs UUID and the
+transaction of its last change (see snapshot.subvol): before a restore or a delete,
+the snapshot must still be read-only with both unchanged, or hs-tx refuses to use
+it (a snapshot set writable and edited, or one put in its place, is not the state
+the journal recorded).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir
-from ..base.proc import CommandError, run
+from ..base.proc import run
 from .base import Captured, SnapshotTarget
 from .entries import SNAPSHOT_STORE
+from .subvol import SUBVOLUME_ROOT_INO, subvolume_identity
 
 BTRFS_SUPER_MAGIC = 0x9123683E
-SUBVOLUME_ROOT_INO = 256
+_LEGACY_NAME = re.compile(r"[0-9]+-[0-9]+")  # `<txid>-<n>`, before journal identities
 # Headroom for snapshot metadata and copy-on-write during the run.
 MIN_FREE = 16 << 20
 
@@ -52,42 +55,27 @@ def subvolume_root(path: Path) -> Path:
     return current
 
 
-def subvolume_identity(path: Path) -> dict[str, str]:
-    """`uuid`, `generation` and `flags` of the subvolume at `path` (`btrfs subvolume show`).
-
-    Raises CommandError when `path` is not a subvolume.
-    """
-    wanted = {"UUID": "uuid", "Generation": "generation", "Flags": "flags"}
-    found = {}
-    for line in run(["btrfs", "subvolume", "show", str(path)]).stdout.splitlines():
-        key, _, value = line.strip().partition(":")
-        if key in wanted and wanted[key] not in found:
-            found[wanted[key]] = value.strip()
-    return found
-
-
 def _mismatch(snapshot: Path, ref: dict[str, str]) -> str | None:
     """Why the snapshot at `snapshot` is not the one `ref` recorded, or None."""
     if "uuid" not in ref:  # recorded before snapshots carried their identity
         return None
-    try:
-        now = subvolume_identity(snapshot)
-    except CommandError:
+    now = subvolume_identity(snapshot)
+    if now is None:
         return "it is not a btrfs subvolume"
-    if now.get("uuid") != ref["uuid"]:
-        return f"its UUID is {now.get('uuid')}, the journal recorded {ref['uuid']}"
-    if "readonly" not in now.get("flags", ""):
+    if now.uuid != ref["uuid"]:
+        return f"its UUID is {now.uuid}, the journal recorded {ref['uuid']}"
+    if not now.readonly:
         return "it is no longer read-only"
-    if now.get("generation") != ref["generation"]:
+    if str(now.ctransid) != ref["ctransid"]:
         return (
-            f"its generation is {now.get('generation')}, the journal recorded"
-            f" {ref['generation']}: it was changed after it was taken"
+            f"it was last changed in btrfs transaction {now.ctransid}, after the journal"
+            f" recorded it ({ref['ctransid']})"
         )
     return None
 
 
 class BtrfsBackend:
-    """Read-only subvolume snapshots; the ref is JSON {snapshot, rel, uuid, generation}."""
+    """Read-only subvolume snapshots; the ref is JSON {snapshot, rel, uuid, ctransid}."""
 
     name = "btrfs"
 
@@ -117,22 +105,26 @@ class BtrfsBackend:
             run(["btrfs", "subvolume", "snapshot", "-r", str(root), str(snapshot)])
             run(["btrfs", "filesystem", "sync", str(root)])
         identity = subvolume_identity(snapshot)
+        if identity is None or not identity.readonly:
+            raise DamagedError(f"{snapshot} is not the read-only snapshot just taken", "")
         ref = {
             "snapshot": str(snapshot),
             "rel": os.path.relpath(target.path, root),
-            "uuid": identity["uuid"],
-            "generation": identity["generation"],
+            "uuid": identity.uuid,
+            "ctransid": str(identity.ctransid),
         }
         return Captured(ref=json.dumps(ref))
 
-    def _tree(self, captured: Captured) -> tuple[Path, Path, dict[str, str]]:
-        ref = _parse_ref(captured.ref)
+    def _tree(
+        self, target: SnapshotTarget, captured: Captured
+    ) -> tuple[Path, Path, dict[str, str]]:
+        ref = _parse_ref(captured.ref, target.journal)
         snapshot = Path(ref["snapshot"])
         return snapshot, snapshot / ref["rel"] if ref["rel"] != "." else snapshot, ref
 
     def manifest_root(self, target: SnapshotTarget, captured: Captured) -> Path:
         """The path as the snapshot holds it (same inode numbers and ctimes as live)."""
-        return self._tree(captured)[1]
+        return self._tree(target, captured)[1]
 
     @contextmanager
     def reference(
@@ -143,11 +135,11 @@ class BtrfsBackend:
 
     def check(self, target: SnapshotTarget, captured: Captured) -> Path:
         """The path inside the snapshot, after checking the snapshot is there and is
-        the one recorded (UUID, read-only, generation).
+        the one recorded (UUID, read-only, unchanged since: see snapshot.subvol).
 
         Raises DamagedError otherwise.
         """
-        snapshot, tree, ref = self._tree(captured)
+        snapshot, tree, ref = self._tree(target, captured)
         if not snapshot.is_dir():
             raise DamagedError(
                 f"btrfs snapshot {snapshot} of {target.path} is missing",
@@ -162,7 +154,7 @@ class BtrfsBackend:
         Raises DamagedError, deleting nothing, when it is not.
         """
         if ref is not None:
-            recorded = _parse_ref(ref)
+            recorded = _parse_ref(ref, target.journal)
             snapshot = Path(recorded["snapshot"])
             if os.path.lexists(snapshot):
                 _refuse_if_changed(snapshot, recorded, target)
@@ -173,17 +165,23 @@ class BtrfsBackend:
             run(["btrfs", "subvolume", "delete", "--commit-after", str(snapshot)])
 
 
-def _parse_ref(text: str) -> dict[str, str]:
-    """A recorded btrfs ref, checked to name a snapshot inside a snapshot store.
+def _parse_ref(text: str, owner: str) -> dict[str, str]:
+    """A recorded btrfs ref, checked to name a snapshot of journal `owner` (its UUID;
+    '' for any) inside a snapshot store, and a path inside that snapshot; a ref
+    without the snapshot's identity only with a name from before identities.
 
     Raises DamagedError for anything else, so a damaged or crafted journal row can
-    never make hs-tx read or delete another subvolume.
+    never make hs-tx read another subvolume or delete another journal's snapshot.
     """
     try:
         ref = json.loads(text)
-        snapshot = Path(ref["snapshot"])
+        snapshot, rel = Path(ref["snapshot"]), Path(ref["rel"])
         ok = snapshot.is_absolute() and snapshot.parent.name == SNAPSHOT_STORE
-        ok = ok and ".." not in snapshot.parts and isinstance(ref["rel"], str)
+        ok = ok and ".." not in snapshot.parts and not rel.is_absolute() and ".." not in rel.parts
+        if "uuid" in ref:
+            ok = ok and "ctransid" in ref and snapshot.name.startswith(f"{owner}-" if owner else "")
+        else:
+            ok = ok and _LEGACY_NAME.fullmatch(snapshot.name) is not None
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:

@@ -70,7 +70,7 @@ class SqliteBackend:
 
         Raises DamagedError otherwise.
         """
-        copy = recorded_file(captured.ref, self.copy_path(target), self.snapshots_dir)
+        copy = recorded_file(captured.ref, target, self.copy_path(target), self.snapshots_dir)
         return verified_file(copy, captured.checksum, "database copy", target)
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
@@ -78,7 +78,7 @@ class SqliteBackend:
 
         Raises DamagedError when `ref` is not a file of the snapshots dir.
         """
-        remove_file_snapshot(recorded_file(ref, self.copy_path(target), self.snapshots_dir))
+        remove_file_snapshot(recorded_file(ref, target, self.copy_path(target), self.snapshots_dir))
 
     def restore(self, target: SnapshotTarget, captured: Captured) -> None:
         """Put the database back as copied, through the backup API into the live file

@@ -48,15 +48,23 @@ def verified_file(path: Path, checksum: str | None, what: str, target: SnapshotT
     return path
 
 
-def recorded_file(ref: str | None, fallback: Path, snapshots_dir: Path) -> Path:
+def recorded_file(
+    ref: str | None, target: SnapshotTarget, fallback: Path, snapshots_dir: Path
+) -> Path:
     """The snapshot file a journal row recorded (`fallback`, this run's own name, when
-    none was recorded yet), checked to lie in `snapshots_dir/<tx>/`.
+    none was recorded yet), checked to lie in a transaction dir of this journal
+    (`snapshots_dir/<journal-uuid>-<txid>/`, or `<txid>/` from before identities)
+    that is a real directory.
 
     Raises DamagedError otherwise: a damaged or crafted row never makes hs-tx read or
     delete a file it did not write.
     """
     path = fallback if ref is None else Path(ref)
-    if not (path.is_absolute() and path.parent.parent == snapshots_dir and ".." not in path.parts):
+    tx_dir = path.parent
+    ok = path.is_absolute() and tx_dir.parent == snapshots_dir and ".." not in path.parts
+    ok = ok and (tx_dir.name.isdigit() or tx_dir.name.startswith(f"{target.journal}-"))
+    ok = ok and not tx_dir.is_symlink()
+    if not ok:
         raise DamagedError(
             f"the journal records snapshot file {ref!r}, which is not in {snapshots_dir}",
             "the journal row was damaged or edited; hs-tx will not touch that file",
@@ -190,7 +198,7 @@ class TarBackend:
 
         Raises DamagedError otherwise: hs-tx never extracts what it did not write.
         """
-        archive = recorded_file(captured.ref, self.archive_path(target), self.snapshots_dir)
+        archive = recorded_file(captured.ref, target, self.archive_path(target), self.snapshots_dir)
         return verified_file(archive, captured.checksum, "snapshot archive", target)
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
@@ -198,4 +206,6 @@ class TarBackend:
 
         Raises DamagedError when `ref` is not a file of the snapshots dir.
         """
-        remove_file_snapshot(recorded_file(ref, self.archive_path(target), self.snapshots_dir))
+        remove_file_snapshot(
+            recorded_file(ref, target, self.archive_path(target), self.snapshots_dir)
+        )

@@ -35,6 +35,7 @@ _QUIET_ENV = {
 }
 REMOTE_REF = "refs/remotes/origin/{branch}"
 INCOMING_REF = "refs/hs-tx/incoming"  # where a fetch lands until its limits are checked
+MAX_PACKS = 50  # each fetch adds a pack; beyond this many, they are repacked into one
 
 
 class SourceError(HsTxError):
@@ -140,7 +141,10 @@ def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: i
         return None
 
     git_dir = ["git", "--git-dir", str(clone_dir)]
-    argv = [*git_dir, "-c", "core.hooksPath=/dev/null", "-c", "fetch.unpackLimit=1", "fetch"]
+    # packs only (what a fetch brings is then one new file to watch), and no automatic
+    # gc or maintenance, which would rewrite packs while they are counted
+    settings = ["core.hooksPath=/dev/null", "fetch.unpackLimit=1", "gc.auto=0"]
+    argv = [*git_dir, *(x for s in settings for x in ("-c", s)), "fetch", "--no-auto-maintenance"]
     argv += ["--no-tags", "--no-recurse-submodules", "--no-write-fetch-head"]
     argv += ["origin", f"+refs/heads/{branch}:{INCOMING_REF}"]
     try:
@@ -149,14 +153,18 @@ def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: i
             raise CommandError(f"git stopped: {why}", "")
         commit = repo.rev_parse(INCOMING_REF).hexsha
         run([*git_dir, "update-ref", REMOTE_REF.format(branch=branch), commit])
-    except CommandError as exc:
+    except BaseException as exc:  # stopped, failed or interrupted: keep nothing it brought
         _drop_new_packs(packs, before)
+        if not isinstance(exc, CommandError):
+            raise
         raise SourceError(
             f"cannot fetch branch {branch!r} from {url}: {exc}",
             "check [source] url and branch and that the source is reachable; nothing was changed",
         ) from exc
     finally:
         run([*git_dir, "update-ref", "-d", INCOMING_REF], check=False)
+    if len([n for n in _pack_sizes(packs) if n.endswith(".pack")]) > MAX_PACKS:
+        run([*git_dir, "-c", "core.hooksPath=/dev/null", "repack", "-a", "-d", "-q"], timeout=None)
     return SourceState(commit, repo)
 
 

@@ -50,7 +50,7 @@ def test_a_scope_link_out_of_the_watched_roots_is_refused(tar_sandbox: Sandbox) 
     result = sbx.hs_tx("update")
 
     assert result.returncode == 2, result.stderr
-    assert f"is a symbolic link to {outside}, outside [scope] watch" in result.stderr
+    assert f"leads through a symbolic link to {outside}, outside [scope] watch" in result.stderr
     assert "Traceback" not in result.stderr
 
 

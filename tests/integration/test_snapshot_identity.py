@@ -66,7 +66,7 @@ def test_a_changed_btrfs_snapshot_is_neither_restored_nor_deleted(
 
     assert undo.returncode == 3, undo.stderr
     assert "is not the one recorded" in undo.stderr
-    want = {"edited": "generation", "writable": "read-only", "replaced": "UUID"}[how]
+    want = {"edited": "last changed", "writable": "read-only", "replaced": "UUID"}[how]
     assert want in undo.stderr
     assert (sbx.data / "f").read_text() == "after", "nothing may change"
     assert [t["id"] for t in json.loads(sbx.hs_tx("history", "--json").stdout)] == [1]
@@ -80,6 +80,27 @@ def test_a_changed_btrfs_snapshot_is_neither_restored_nor_deleted(
     assert "is not the one recorded" in again.stderr
     assert snapshot.exists()
     assert sbx.journal_json(1)["paths"][0]["pruned_at"] is None
+
+
+def test_a_balance_does_not_make_a_snapshot_look_changed(
+    make_loopfs: Callable[..., LoopFs],
+) -> None:
+    """A balance rewrites where a snapshot's metadata lies (its generation moves);
+    the snapshot is still the one recorded, and undo uses it."""
+    (sbx,) = _btrfs_sandbox(make_loopfs, "sbx")
+    sbx.writer_module()
+    assert sbx.hs_tx("update").returncode == 0
+    snapshot = _snapshot_of(sbx, 1)
+    before = sh("btrfs", "subvolume", "show", snapshot).stdout
+    sh("btrfs", "balance", "start", "--full-balance", sbx.root.parent)
+    after = sh("btrfs", "subvolume", "show", snapshot).stdout
+    generation = [line for line in before.splitlines() if "Generation:" in line]
+    assert generation != [line for line in after.splitlines() if "Generation:" in line]
+
+    undo = sbx.hs_tx("undo", "1")
+
+    assert undo.returncode == 0, undo.stderr
+    assert (sbx.data / "f").read_text() == "before"
 
 
 def test_a_journal_moved_aside_never_meets_its_old_snapshots(
@@ -104,7 +125,7 @@ def test_a_journal_moved_aside_never_meets_its_old_snapshots(
     status = sbx.hs_tx("status", "--json")
     orphans = {o["path"]: o for o in json.loads(status.stdout)["orphan_snapshots"]}
     assert set(orphans) == {str(old_snapshot), str(sbx.state / "snapshots" / old_key)}
-    assert "gone or was replaced" in orphans[str(old_snapshot)]["why"]
+    assert "was replaced by another" in orphans[str(old_snapshot)]["why"]
     assert "ORPHANED SNAPSHOT" in sbx.hs_tx("status").stdout
 
     pruned = sbx.hs_tx("prune", "--orphans")
