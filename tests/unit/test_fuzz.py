@@ -17,21 +17,28 @@ import math
 import os
 import shutil
 import sqlite3
+import tarfile
 from contextlib import closing, redirect_stderr, redirect_stdout, suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from hs_txupdate.base.errors import ConfigError, ModuleDefinitionError
+from hs_txupdate.base.errors import ConfigError, DamagedError, ModuleDefinitionError
 from hs_txupdate.cli.main import main
 from hs_txupdate.core.config import load_config
 from hs_txupdate.journal import Journal, Kind, Phase, RunStatus, State, Status, Step
 from hs_txupdate.modules.discovery import load_module
+from hs_txupdate.snapshot import Captured, SnapshotTarget
+from hs_txupdate.snapshot.entries import entry_type
+from hs_txupdate.snapshot.manifest import build_manifest, check_reference, diff, needed_entries
+from hs_txupdate.snapshot.restore import restore
+from hs_txupdate.snapshot.tar import TarBackend, sha256_file
 from hs_txupdate.sync.git import BadTreeEntry, check_entry_name
 from hs_txupdate.sync.versions import Version, VersionError
+from tests.helpers import need, tree_state
 
 EXAMPLES = int(os.environ.get("HS_TX_FUZZ_EXAMPLES", "40"))
 FUZZ = settings(
@@ -294,3 +301,102 @@ def test_a_malformed_journal_row_is_named_and_nothing_else_fails(
             json.loads(out)
         if code == 3:
             assert "journal" in err, err
+
+
+# --- tar members through a restore ---------------------------------------------------
+
+MEMBER_NAMES = st.one_of(
+    st.sampled_from(
+        [
+            "data", "data/conf", "data/conf/app.conf", "data/sub", "data/new", "../x",
+            "/abs", "data/../../x", "data/conf/../../x", "x", "data/conf/app.conf/y",
+        ]
+    ),
+    st.text(alphabet="ab./-", min_size=1, max_size=12).map(lambda t: f"data/{t}"),
+)  # fmt: skip
+MEMBER_TYPES = st.sampled_from(["file", "dir", "symlink", "hardlink", "fifo", "chr"])
+
+
+def _tar_member(name: str, kind: str, text: str) -> tuple[tarfile.TarInfo, bytes | None]:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644 if kind == "file" else 0o755
+    data = None
+    if kind == "file":
+        data = text.encode()
+        info.size = len(data)
+    else:
+        info.type = {
+            "dir": tarfile.DIRTYPE,
+            "symlink": tarfile.SYMTYPE,
+            "hardlink": tarfile.LNKTYPE,
+            "fifo": tarfile.FIFOTYPE,
+            "chr": tarfile.CHRTYPE,
+        }[kind]
+        info.linkname = text or "/etc/passwd"
+        info.devmajor, info.devminor = 1, 3
+    return info, data
+
+
+@st.composite
+def archives(draw: st.DrawFn) -> list[tuple[str, str, str]]:
+    """Members of a crafted archive: the entries a restore reads, each of any type,
+    and more of any name and type, in any order."""
+    # mostly of the right type, so the restore goes on and meets the odd one out
+    needed = [
+        (
+            name,
+            draw(st.one_of(st.just(kind), st.just(kind), MEMBER_TYPES)),
+            draw(st.text(max_size=8)),
+        )
+        for name, kind in NEEDED
+    ]
+    more = draw(st.lists(st.tuples(MEMBER_NAMES, MEMBER_TYPES, st.text(max_size=8)), max_size=6))
+    return draw(st.permutations(needed + more))
+
+
+NEEDED = (("data", "dir"), ("data/conf", "dir"), ("data/conf/app.conf", "file"))
+
+
+@FUZZ
+@given(members=archives())
+def test_any_archive_is_restored_only_inside_the_scope_or_refused(
+    tmp_path: Path, members: list[tuple[str, str, str]]
+) -> None:
+    need(os.geteuid() == 0, "tar restores keep owners: needs root")
+    case = tmp_path / "case"
+    if case.exists():
+        shutil.rmtree(case)
+    live, outside, snapshots = case / "data", case / "outside", case / "snapshots"
+    (live / "conf").mkdir(parents=True)
+    (live / "conf/app.conf").write_text("v1")
+    outside.mkdir()
+    (outside / "keep").write_text("not in the scope")
+    manifest = build_manifest(live)
+    key = "00000000-0000-4000-8000-000000000000"
+    archive = snapshots / f"{key}-1" / "0.tar"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, text in members:
+            info, data = _tar_member(name, kind, text)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    (live / "conf/app.conf").write_text("v2")  # what the run changed
+    (live / "new").write_text("made by the run")
+    changes = diff(live, manifest)
+    needed = needed_entries(changes, manifest)
+    captured = Captured(str(archive), archive.stat().st_size, sha256_file(archive))
+    target = SnapshotTarget(f"{key}-2", 0, live)
+    outside_before = tree_state(outside)
+    try:
+        with TarBackend(snapshots).reference(target, captured, needed) as ref:
+            check_reference(ref, manifest, needed)
+            restore(live, ref, changes)
+        event("restored")
+    except DamagedError as exc:
+        event("refused " + str(exc)[:60])
+    assert tree_state(outside) == outside_before, "a restore wrote outside its scope"
+    assert not (case / "x").exists() and not Path("/abs").exists()
+    for rel, entry in manifest.entries.items():  # no entry of another type made
+        path = live / rel if rel else live
+        if os.path.lexists(path):
+            assert entry_type(os.lstat(path)) in (entry[0], "f", "d"), (rel, members)
+    assert not [p for p in case.iterdir() if p.name.startswith(".hs-tx-")], "staging left"
