@@ -351,9 +351,10 @@ def _drop_btrfs_snapshots(path: Path) -> None:
     if store is None:
         return
     entries = sorted(store.iterdir())
-    if snapshots := [p for p in entries if p.is_dir()]:
+    snapshots = [p for p in entries if p.is_dir()]
+    if snapshots:
         sh("btrfs", "subvolume", "delete", *snapshots)
-    for other in (p for p in entries if not p.is_dir()):
+    for other in set(entries) - set(snapshots):
         other.unlink()
 
 
