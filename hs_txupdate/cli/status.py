@@ -71,6 +71,13 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"ORPHANED SNAPSHOT {orphan['path']}: {orphan['why']}")
     if info["orphan_snapshots"] and not info["journal_missing"]:
         lines.append("  (no journal relies on them: hs-tx prune --orphans removes them)")
+    space = info["snapshot_space"]
+    if space is not None:
+        count = len(space["transactions"])
+        lines.append(
+            f"kept snapshots: {space['bytes'] / (1 << 20):.1f} MiB held by {count}"
+            f" transaction(s) (measured {local_time(space['at'])})"
+        )
     for broken in info["broken_modules"]:
         lines.append(f"BROKEN MODULE {broken['name']}: {broken['problem']} (it does not run)")
     lines += _net_lines(info["net"])

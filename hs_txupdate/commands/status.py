@@ -13,6 +13,7 @@ from ..core.lock import lock_holder
 from ..core.netguard import current as current_network
 from ..core.orphans import find_orphans
 from ..core.recovery import RECOVERY_REPORT
+from ..core.space import cached_space
 from ..journal import Phase, Status, Step, TxInfo
 from ..modules.discovery import discover_usable
 from .history import summary
@@ -26,7 +27,9 @@ def status(ctx: Context) -> tuple[dict[str, Any], int]:
     `running` is None or `{pid, tx, phase, module}` of the run holding the lock;
     `unfinished` lists only transactions no live process owns. `orphan_snapshots`
     lists {path, kind, why} of the snapshots no journal relies on (hs-tx prune
-    --orphans). `net` is the guarded network as captured now (see core.netguard.current)."""
+    --orphans). `net` is the guarded network as captured now (see core.netguard.current).
+    `snapshot_space` is what the kept snapshots held after the last commit
+    (`bytes`, `transactions`: [{id, bytes, method}], `at`), or None."""
     config = ctx.config
     holder = lock_holder(config.lock_path)
     out: dict[str, Any] = {
@@ -47,6 +50,7 @@ def status(ctx: Context) -> tuple[dict[str, Any], int]:
             for name in ctx.orphan_snapshots()
         ],
         "net": current_network(config),
+        "snapshot_space": cached_space(config),
     }
     report = config.state_dir / RECOVERY_REPORT
     if report.is_file():

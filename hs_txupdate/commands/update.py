@@ -21,6 +21,7 @@ from ..core.scope import Planned
 from ..core.services import record_services, unit_files
 from ..core.signals import SignalGuard
 from ..core.source import fetch_source
+from ..core.space import release_for_space
 from ..core.start import open_transaction, recover_first, snapshot_scope
 from ..core.transaction import commit, roll_back, run_transaction
 from ..journal import Kind, Phase, Status, Step
@@ -97,6 +98,7 @@ def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> RunP
         "modules": [m.name for m in plan.future.values() if m.enabled],
         "self_update": plan.self_update.version_to if plan.self_update else None,
     }
+    release_for_space(ctx, tx_id)
     snapshot_scope(ctx, tx_id, plan.paths, detail)
     modules = [m for m in plan.future.values() if m.enabled]
     record_services(ctx, tx_id, [m.service_name for m in modules if m.service_name], "module")

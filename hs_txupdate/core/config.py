@@ -7,6 +7,7 @@ that need it.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class Config:
     modules_dir: Path = Path("/usr/local/lib/hs-tx/modules")
     snapshot_backend: str = "auto"
     keep: int = 10
+    min_free: str = "10%"  # "N%" of the filesystem, a size ("2G", "500M"), or "0": off
     extra_paths: tuple[Path, ...] = ()
     watch: tuple[Path, ...] = (Path("/"),)
     ignore: tuple[Path, ...] = ()
@@ -90,7 +92,7 @@ class Config:
 _SCHEMA: dict[str, Any] = {
     "state_dir": "abspath",
     "modules_dir": "abspath",
-    "snapshot": {"backend": "backend", "keep": "keep"},
+    "snapshot": {"backend": "backend", "keep": "keep", "min_free": "min_free"},
     "scope": {
         "extra_paths": "abspath_list",
         "watch": "abspath_list",
@@ -114,6 +116,26 @@ _SCHEMA: dict[str, Any] = {
         **dict.fromkeys(SERVICE_ACTIONS, "str_list"),
     },
 }
+
+
+_SIZE = re.compile(r"([0-9]{1,15})(%|[KMGT]?)")
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_min_free(text: str) -> tuple[int, str] | None:
+    """`[snapshot] min_free` as (number, "%" or a unit), or None when malformed."""
+    match = _SIZE.fullmatch(text.strip().upper())
+    if match is None or (match[2] == "%" and int(match[1]) > 99):
+        return None
+    return int(match[1]), match[2]
+
+
+def min_free_bytes(text: str, total: int) -> int:
+    """The bytes `[snapshot] min_free` asks to keep free on a filesystem of `total` bytes."""
+    parsed = parse_min_free(text)
+    assert parsed is not None, "checked when the config was loaded"
+    number, unit = parsed
+    return total * number // 100 if unit == "%" else number * _UNITS[unit]
 
 
 def find_config_path(explicit: str | None, environ: dict[str, str] | None = None) -> Path | None:
@@ -177,6 +199,7 @@ def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Config:
         modules_dir=values.get("modules_dir", defaults.modules_dir),
         snapshot_backend=snapshot.get("backend", defaults.snapshot_backend),
         keep=snapshot.get("keep", defaults.keep),
+        min_free=snapshot.get("min_free", defaults.min_free),
         extra_paths=tuple(scope.get("extra_paths", ())),
         watch=tuple(scope.get("watch", defaults.watch)),
         ignore=tuple(scope.get("ignore", ())),
@@ -257,6 +280,10 @@ def _check_value(kind: str, value: Any, name: str, origin: str) -> Any:
     if kind == "manager":
         if value not in SERVICE_MANAGERS:
             raise bad("one of " + ", ".join(SERVICE_MANAGERS))
+        return value
+    if kind == "min_free":
+        if not isinstance(value, str) or parse_min_free(value) is None:
+            raise bad('a percentage ("10%"), a size ("2G", "500M") or "0"')
         return value
     if kind == "positive_int":
         if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 40:

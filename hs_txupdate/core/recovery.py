@@ -57,7 +57,7 @@ def recover_all(ctx: Context, always_record: bool = False, retry_failed: bool = 
     for info in finals:
         # snapshots of a rolled-back or aborted run can never serve an undo
         try:
-            delete_snapshots(ctx.config, ctx.journal, info.id, info.paths)
+            delete_snapshots(ctx.config, ctx.journal, info)
         except (OSError, CommandError, DamagedError) as exc:
             ctx.log(f"hs-tx: warning: could not delete the snapshots of {info.id}: {exc}")
     if outcomes or always_record:
@@ -125,7 +125,7 @@ def recover_one(ctx: Context, info: TxInfo) -> int:
         if not reason.startswith("recovered: "):
             reason = f"recovered: {reason}"
         return roll_back(ctx, info.id, reason)
-    delete_snapshots(ctx.config, ctx.journal, info.id, info.paths)
+    delete_snapshots(ctx.config, ctx.journal, info)
     remove_stage_dirs(ctx.journal, info.id, info.paths, ctx.config.modules_dir)
     ctx.journal.set_state(
         info.id, State.ABORTED, error="hs-tx stopped before changing anything", exit_code=1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..base.errors import DamagedError
 from ..base.fsio import durable_write, fsync_dir
-from ..journal import Journal, PathInfo, Phase, Status, Step
+from ..journal import Journal, PathInfo, Phase, Status, Step, TxInfo
 from ..snapshot import Captured, SnapshotTarget, backend_by_name
 from ..snapshot.base import tx_key
 from ..snapshot.entries import STAGE_PREFIX, remove_entry
@@ -222,19 +222,21 @@ def verify_snapshot(config: Config, journal: Journal, info: PathInfo) -> None:
 
 
 def delete_snapshots(
-    config: Config, journal: Journal, tx_id: int, paths: list[PathInfo], on_tx: int | None = None
+    config: Config, journal: Journal, info: TxInfo, on_tx: int | None = None
 ) -> None:
-    """Delete every snapshot and manifest of `tx_id`, journaled on transaction `on_tx`.
+    """Delete every snapshot (point-in-time ones too) and manifest of transaction
+    `info`, journaled on transaction `on_tx` (default: its own).
 
     Raises DamagedError, before the transaction's dir is removed, when a snapshot is
     not the one recorded (it is kept, and so is everything not yet deleted).
     """
+    tx_id, paths = info.id, [*info.paths, *info.points]
     on = tx_id if on_tx is None else on_tx
     with journal.step(on, Phase.RETENTION, Step.DELETE_SNAPSHOTS, {"of": tx_id}):
-        for info in paths:
-            if info.existed:
-                target = target_of(journal, tx_id, info.n, Path(info.path))
-                backend_by_name(info.backend, config.snapshots_dir).delete(target, info.snapshot)
+        for path in paths:
+            if path.existed:
+                target = target_of(journal, tx_id, path.n, Path(path.path))
+                backend_by_name(path.backend, config.snapshots_dir).delete(target, path.snapshot)
         for place in _tx_dirs(config, journal, tx_id, paths):
             remove_entry(place)
             fsync_dir(place.parent)

@@ -38,6 +38,7 @@ from .snapshots import (
     restore_path,
     tx_dir,
 )
+from .space import record_space
 
 _Plan = TypeVar("_Plan")
 
@@ -115,6 +116,10 @@ def finish_commit(ctx: Context, tx_id: int) -> int:
     ctx.journal.set_state(tx_id, State.COMMITTED, exit_code=EXIT_OK)
     ctx.log(f"hs-tx: transaction {tx_id} committed")
     apply_retention(ctx, tx_id)
+    try:
+        record_space(ctx.config, ctx.journal)
+    except (OSError, CommandError) as exc:  # a figure for status; the commit stands
+        ctx.log(f"hs-tx: warning: could not measure the space snapshots hold: {exc}")
     return EXIT_OK
 
 
@@ -125,7 +130,7 @@ def apply_retention(ctx: Context, tx_id: int) -> None:
     warn_malformed(ctx, malformed)
     for old in kept[ctx.config.keep :]:
         try:
-            delete_snapshots(ctx.config, ctx.journal, old.id, old.paths, on_tx=tx_id)
+            delete_snapshots(ctx.config, ctx.journal, old, on_tx=tx_id)
         except (OSError, CommandError, DamagedError) as exc:
             ctx.log(f"hs-tx: warning: could not delete the snapshots of {old.id}: {exc}")
 
@@ -267,7 +272,7 @@ def abort(ctx: Context, tx_id: int, exc: BaseException) -> int:
 def _discard_snapshots(ctx: Context, tx_id: int, info: TxInfo) -> None:
     """Snapshots of a rolled-back or aborted transaction can never be used for undo."""
     try:
-        delete_snapshots(ctx.config, ctx.journal, tx_id, info.paths)
+        delete_snapshots(ctx.config, ctx.journal, info)
     except (OSError, CommandError, DamagedError) as exc:
         ctx.log(f"hs-tx: warning: could not delete the snapshots of transaction {tx_id}: {exc}")
 

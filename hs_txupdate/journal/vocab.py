@@ -115,6 +115,7 @@ class Step(StrEnum):
     ACCEPT_CURRENT = "accept-current"
     BROKEN = "broken"
     DELETE_ORPHAN = "delete-orphan"
+    RELEASE_FOR_SPACE = "release-for-space"
 
 
 class Status(StrEnum):

@@ -1,0 +1,173 @@
+"""The space kept snapshots hold: released for `[snapshot] min_free` before a run,
+measured after a run and cached for `hs-tx status`.
+
+A snapshot of a whole subvolume pins every block the system rewrites after it,
+so a box that keeps ten of them can run short of space while nothing of hs-tx's
+grows. Before a run, while a filesystem that holds kept snapshots has less free
+space than `min_free`, the snapshots of the oldest committed transactions go
+(never those of the newest committed one; never those of a transaction in any
+other state, so a failed rollback can still be repaired).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..base.errors import DamagedError
+from ..base.fsio import durable_write
+from ..base.proc import CommandError, run
+from ..journal import Journal, Phase, Status, Step, TxInfo, now_iso
+from ..snapshot.btrfs import is_btrfs
+from .config import Config, min_free_bytes
+from .context import Context
+from .snapshots import delete_snapshots
+
+SPACE_CACHE = "snapshot-space.json"
+
+
+def snapshot_places(config: Config, info: TxInfo) -> dict[int, Path]:
+    """The filesystems (by device) on which `info`'s kept snapshots lie, each with a
+    directory on it: the btrfs snapshot stores, and the state dir for files."""
+    places: dict[int, Path] = {}
+    for path in info.paths + info.points:
+        if not path.existed or not path.snapshot:
+            continue
+        where = _btrfs_snapshot(path.snapshot) if path.backend == "btrfs" else None
+        where = where.parent if where is not None else config.snapshots_dir
+        try:
+            places.setdefault(os.stat(where).st_dev, where)
+        except OSError:
+            continue
+    return places
+
+
+def release_for_space(ctx: Context, tx_id: int) -> list[int]:
+    """Before run `tx_id`: release the snapshots of the oldest committed transactions
+    while a filesystem holding them has less free space than `min_free`, each release
+    journaled on `tx_id`; return the ids released."""
+    kept = ctx.journal.committed_with_snapshots([])  # newest first; malformed left alone
+    released: list[int] = []
+    for old in reversed(kept[1:]):  # oldest first, never the newest committed one
+        short = _short_of_space(ctx.config, snapshot_places(ctx.config, old))
+        if short is None:
+            continue
+        where, free, wanted = short
+        detail = {"of": old.id, "filesystem": str(where), "free": free, "min_free": wanted}
+        ctx.journal.event(tx_id, Phase.RETENTION, Step.RELEASE_FOR_SPACE, Status.DONE, detail)
+        ctx.log(
+            f"hs-tx: releasing the snapshots of transaction {old.id}: the filesystem of"
+            f" {where} has {_mib(free)} free, below [snapshot] min_free ({_mib(wanted)})"
+        )
+        try:
+            delete_snapshots(ctx.config, ctx.journal, old, tx_id)
+            _wait_for_cleaner(where)
+        except (OSError, CommandError, DamagedError) as exc:
+            ctx.log(f"hs-tx: warning: could not release the snapshots of {old.id}: {exc}")
+            continue
+        released.append(old.id)
+    return released
+
+
+def _short_of_space(config: Config, places: dict[int, Path]) -> tuple[Path, int, int] | None:
+    """(a place, its free bytes, the bytes min_free wants) for the first filesystem
+    among `places` that is below min_free; None when none is."""
+    for where in places.values():
+        vfs = os.statvfs(where)
+        free, total = vfs.f_bavail * vfs.f_frsize, vfs.f_blocks * vfs.f_frsize
+        wanted = min_free_bytes(config.min_free, total)
+        if free < wanted:
+            return where, free, wanted
+    return None
+
+
+def _wait_for_cleaner(where: Path) -> None:
+    """btrfs frees a deleted snapshot's blocks in the background, and counts them free
+    from the next commit on: wait for both, so the next look at the free space sees
+    them (nothing to wait for elsewhere)."""
+    if is_btrfs(where):
+        run(["btrfs", "subvolume", "sync", str(where)], timeout=600)
+        run(["btrfs", "filesystem", "sync", str(where)])
+
+
+def record_space(config: Config, journal: Journal) -> dict[str, Any]:
+    """Measure what the kept snapshots of every committed transaction hold and cache
+    it in the state dir for `hs-tx status`; return what was cached.
+
+    btrfs snapshots count their exclusive bytes (qgroups when quotas are enabled,
+    else one `btrfs filesystem du` over all of them), archives and database copies
+    their size.
+    """
+    kept = journal.committed_with_snapshots([])
+    snapshots = {info.id: _btrfs_snapshots(info) for info in kept}
+    exclusive, method = _exclusive(sorted(set().union(*snapshots.values())))
+    per_tx: list[dict[str, Any]] = []
+    for info in kept:
+        files = sum(p.size or 0 for p in info.paths + info.points if p.backend != "btrfs")
+        held = files + sum(exclusive.get(s, 0) for s in snapshots[info.id])
+        per_tx.append(
+            {"id": info.id, "bytes": held, "method": method if snapshots[info.id] else "files"}
+        )
+    total = sum(t["bytes"] for t in per_tx)
+    report = {"at": now_iso(), "bytes": total, "transactions": per_tx}
+    durable_write(config.state_dir / SPACE_CACHE, (json.dumps(report) + "\n").encode(), 0o600)
+    return report
+
+
+def _btrfs_snapshots(info: TxInfo) -> set[Path]:
+    """The btrfs snapshot subvolumes transaction `info` keeps."""
+    found = set()
+    for path in info.paths + info.points:
+        where = (
+            _btrfs_snapshot(path.snapshot) if path.backend == "btrfs" and path.snapshot else None
+        )
+        if where is not None and where.is_dir():
+            found.add(where)
+    return found
+
+
+def cached_space(config: Config) -> dict[str, Any] | None:
+    """What `record_space` cached after the last run, or None (never measured here)."""
+    try:
+        data: dict[str, Any] = json.loads((config.state_dir / SPACE_CACHE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data
+
+
+def _exclusive(snapshots: list[Path]) -> tuple[dict[Path, int], str]:
+    """The bytes only each snapshot holds, and how they were counted."""
+    if not snapshots:
+        return {}, "files"
+    qgroups = run(["btrfs", "qgroup", "show", "--raw", "-e", str(snapshots[0])], check=False)
+    if qgroups.returncode == 0:
+        by_id = {
+            f[0]: int(f[2])
+            for f in (line.split() for line in qgroups.stdout.splitlines())
+            if len(f) >= 3 and f[0].startswith("0/") and f[2].isdigit()
+        }
+        ids = {
+            s: run(["btrfs", "inspect-internal", "rootid", str(s)]).stdout.strip()
+            for s in snapshots
+        }
+        return {s: by_id.get(f"0/{i}", 0) for s, i in ids.items()}, "qgroup"
+    du = run(["btrfs", "filesystem", "du", "-s", "--raw", *map(str, snapshots)], timeout=None)
+    sizes = {}
+    for line in du.stdout.splitlines()[1:]:  # Total Exclusive Set-shared Filename
+        fields = line.split(None, 3)
+        if len(fields) == 4 and fields[1].isdigit():
+            sizes[Path(fields[3])] = int(fields[1])
+    return sizes, "du"
+
+
+def _btrfs_snapshot(ref: str) -> Path | None:
+    try:
+        return Path(json.loads(ref)["snapshot"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
