@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from tabulate import tabulate
 
+from ..base.errors import EXIT_DAMAGED
 from ..commands.check import CheckReport, check
 from ..commands.context import Context
 from ..commands.update import UpdateOptions, update
@@ -37,8 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(ctx: Context, args: argparse.Namespace) -> int:
     """Run the update (progress on stderr), or with --check print what it would do."""
     if args.check:
-        print(render_check(check(ctx, wait=args.wait, allow_downgrade=args.allow_downgrade)))
-        return 0
+        report = check(ctx, wait=args.wait, allow_downgrade=args.allow_downgrade)
+        print(render_check(report))
+        return EXIT_DAMAGED if report.leaked else 0
     options = UpdateOptions(
         wait=args.wait,
         allow_downgrade=args.allow_downgrade,
@@ -57,7 +60,7 @@ def render_check(report: CheckReport) -> str:
             f"Phase 3 would update hs-tx {report.self_update['installed']}"
             f" -> {report.self_update['source']}"
         )
-    lines += ["", "Module checks (isolated; nothing they wrote was kept):"]
+    lines += ["", "Module checks (in a throwaway copy of the system; nothing was kept):"]
     checks = [
         [m["name"], m["status"], m["error"] or json.dumps(m["result"], sort_keys=True)]
         for m in report.modules
@@ -65,5 +68,22 @@ def render_check(report: CheckReport) -> str:
     lines.append(
         tabulate(checks, headers=["Module", "Status", "Result"]) if checks else "  no modules"
     )
+    for m in report.modules:
+        lines += [f"{m['name']} would {c['change']:>8}: {c['path']}" for c in m["would_write"]]
+        lines += [f"{m['name']} would run: {call}" for call in m["services"]]
+    lines += _audit_lines(report.audit)
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def _audit_lines(audit: dict[str, Any]) -> list[str]:
+    """What the write audit proved about the real filesystems."""
+    leaked = audit.get("leaked", [])
+    if audit.get("method") != "fanotify":
+        why = audit.get("reason") or "fanotify could not be used"
+        found = f"; {len(leaked)} path(s) changed meanwhile, by the checks or not" if leaked else ""
+        return [f"note: the write audit could only scan ({why}){found}"]
+    if not leaked:
+        return ["write audit: no write of a check reached the real filesystems"]
+    lines = [f"FAILED: {len(leaked)} write(s) of a check reached the real filesystems:"]
+    return lines + [f"  {c['module'] or '?'} {c['change']} {c['path']}" for c in leaked]

@@ -1,9 +1,9 @@
 """`hs-tx update --check`: what an update would do, changing nothing.
 
 It fetches into the source clone (the only write), reports what phase 1 and
-phase 3 would install, and runs every enabled module's `main(["--check"])` in
-a private mount namespace where each scope path is an overlay with a
-throwaway upper dir. It opens no transaction.
+phase 3 would install, and runs every enabled module's `main(["--check"])`
+chrooted into a throwaway copy of the whole system (core.checkrun), with service
+control recorded instead of done, under the write audit. It opens no transaction.
 """
 
 from __future__ import annotations
@@ -32,7 +32,16 @@ class CheckReport:
     schema: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     self_update: dict[str, str] | None = None
+    # per module: name, status, error, result, would_write [{path, change}], services
     modules: list[dict[str, Any]] = field(default_factory=list)
+    # the write audit's proof: method, reason, leaked [{path, change, module}]
+    audit: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def leaked(self) -> bool:
+        """True when a write by a check reached the real filesystems (the audit saw it
+        as the check's own, which only fanotify can tell)."""
+        return self.audit.get("method") == "fanotify" and bool(self.audit.get("leaked"))
 
 
 def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> CheckReport:
@@ -66,12 +75,13 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
     spec = {
         "state_dir": str(config.state_dir),
         "modules_dir": str(config.modules_dir),
-        "scope": [str(p.path) for p in plan.paths],
+        "watch": [str(p) for p in config.watch],
+        "ignore": [str(p) for p in config.ignores],
         "modules": [m.name for m in sorted(selected, key=lambda m: m.sort_key)],
         "env": module_env(ctx),
         "runtime": list(astuple(module_runtime(config))),
     }
-    report.modules = _run_isolated(spec)
+    report.modules, report.audit = _run_isolated(spec)
     return report
 
 
@@ -82,8 +92,9 @@ def _learned(ctx: Context) -> list[tuple[str, str]]:
     return [(m, p) for m, p, _tx in ctx.journal.footprints()]
 
 
-def _run_isolated(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """Run the checks in a private mount namespace; return each module's outcome."""
+def _run_isolated(spec: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the checks in a private mount namespace; return each module's outcome and
+    the write audit's proof."""
     argv = [
         "unshare",
         "--mount",
@@ -92,7 +103,7 @@ def _run_isolated(spec: dict[str, Any]) -> list[dict[str, Any]]:
         "--",
         sys.executable,
         "-m",
-        "hs_txupdate.modules.checkns",
+        "hs_txupdate.core.checkrun",
         json.dumps(spec),
     ]
     try:
@@ -109,5 +120,4 @@ def _run_isolated(spec: dict[str, Any]) -> list[dict[str, Any]]:
             answer.get("error") or f"the isolated check process failed (exit {result.returncode})"
         )
         raise HsTxError(reason, "nothing was changed")
-    modules: list[dict[str, Any]] = answer["modules"]
-    return modules
+    return answer["modules"], answer["audit"]

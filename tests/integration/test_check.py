@@ -75,3 +75,81 @@ def test_check_reports_what_phase_one_would_install(tar_sandbox: Sandbox) -> Non
     assert tree_state(sbx.modules) == modules_before
     assert (sbx.state / "source" / "HEAD").exists(), "the fetch into the clone is allowed"
     assert not (sbx.state / "journal.db").exists(), "no journal was written"
+
+
+CARELESS_EVERYWHERE = """
+import os, pathlib, subprocess
+APP = pathlib.Path({app!r})
+
+def main(args):
+    # like the published adblock module: no --check branch at all
+    (APP / "blocklist.conf").write_text("rewritten")
+    (APP / "new.conf").write_text("created")
+    os.unlink(APP / "old.conf")
+    os.chmod(APP / "run.sh", 0o700)
+    subprocess.run(["systemctl", "restart", "unbound"], check=True)
+    subprocess.run(["service", "nginx", "reload"], check=True)
+    return {{"success": True}}
+"""
+
+
+def test_check_isolates_writes_outside_every_declared_path_and_records_services(
+    tar_sandbox: Sandbox,
+) -> None:
+    sbx = tar_sandbox
+    app = sbx.root / "opt" / "appA"  # declared nowhere, watched by no one
+    app.mkdir(parents=True)
+    (app / "blocklist.conf").write_text("original")
+    (app / "old.conf").write_text("old")
+    (app / "run.sh").write_text("#!/bin/sh\n")
+    (app / "run.sh").chmod(0o755)
+    sbx.module("adblock", CARELESS_EVERYWHERE.format(app=str(app)))
+    before = tree_state(sbx.root / "opt"), tree_state(sbx.modules), sbx.service_log.exists()
+
+    result = sbx.hs_tx("update", "--check")
+
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert (
+        tree_state(sbx.root / "opt"),
+        tree_state(sbx.modules),
+        sbx.service_log.exists(),
+    ) == before
+    out = result.stdout
+    assert f"adblock would modified: {app / 'blocklist.conf'}" in out
+    assert f"adblock would  created: {app / 'new.conf'}" in out
+    assert f"adblock would  deleted: {app / 'old.conf'}" in out
+    assert f"adblock would metadata: {app / 'run.sh'}" in out
+    assert "adblock would run: systemctl restart unbound" in out
+    assert "adblock would run: service nginx reload" in out
+    assert "no write of a check reached the real filesystems" in out
+    assert "hs-tx-check" not in Path("/proc/self/mountinfo").read_text()
+
+
+ESCAPING_CHECK = """
+import os, pathlib
+
+def main(args):
+    # a check that breaks out of its chroot and writes the real filesystem
+    os.makedirs("/tmp/hs-tx-escape", exist_ok=True)
+    top = os.open("/", os.O_RDONLY)
+    os.chroot("/tmp/hs-tx-escape")
+    os.fchdir(top)
+    for _ in range(64):
+        os.chdir("..")
+    os.chroot(".")
+    pathlib.Path({leak!r}).write_text("escaped")
+    return {{"success": True}}
+"""
+
+
+def test_a_write_that_escapes_the_copy_fails_the_check(tar_sandbox: Sandbox) -> None:
+    sbx = tar_sandbox
+    leak = sbx.data / "leak"
+    sbx.module("escaper", ESCAPING_CHECK.format(leak=str(leak)))
+
+    result = sbx.hs_tx("update", "--check")
+
+    assert leak.read_text() == "escaped", "the module did escape: the audit must say so"
+    assert result.returncode == 3, result.stderr + result.stdout
+    assert "FAILED: 1 write(s) of a check reached the real filesystems" in result.stdout
+    assert f"escaper created {leak}" in result.stdout
