@@ -345,7 +345,7 @@ class GitSource:
     def url(self) -> str:
         return f"file://{self.bare}"
 
-    def git(self, *args: str, cwd: Path | None = None) -> str:
+    def git(self, *args: str, cwd: Path | None = None, stdin: str | None = None) -> str:
         env = {
             **os.environ,
             "GIT_AUTHOR_NAME": "t",
@@ -357,6 +357,7 @@ class GitSource:
             ["git", *args],
             cwd=cwd or self.work,
             env=env,
+            input=stdin,
             check=True,
             capture_output=True,
             text=True,

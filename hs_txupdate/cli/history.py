@@ -11,14 +11,16 @@ from tabulate import tabulate
 
 from ..base.errors import EXIT_DAMAGED, DamagedError
 from ..commands.context import Context
-from ..commands.history import history
+from ..commands.history import PAGE, history
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
     """Add the `history` subcommand."""
-    p = sub.add_parser("history", help="list transactions, newest first")
+    p = sub.add_parser("history", help=text)
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument("--limit", type=int, metavar="N", help="show at most N transactions")
+    p.add_argument(
+        "--limit", type=int, metavar="N", default=PAGE, help=f"show at most N (default {PAGE})"
+    )
     p.set_defaults(run=run)
 
 
@@ -62,4 +64,6 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
     ]
     headers = ["ID", "Date and time", "Kind", "State", "Modules run/failed", "Duration"]
     print(tabulate(table, headers=headers, tablefmt="simple") if table else "no transactions yet")
+    if len(rows) + len(malformed) >= args.limit:
+        print(f"hs-tx: the newest {args.limit} shown; --limit N shows more", file=sys.stderr)
     return code

@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
 
 from .. import __version__
 from ..base.errors import EXIT_USAGE, HsTxError, exit_code_for
-from ..commands.context import open_context
-from . import history, modules, prune, recover, show, status, undo, update
 
-COMMANDS = (update, history, show, undo, recover, status, prune, modules)
+# Each command's one-line help; `hs_txupdate.cli.<name>.register` adds its arguments.
+# Only the command being run is imported: `hs-tx --help` loads none of them.
+COMMANDS = {
+    "update": "run every enabled module in one transaction",
+    "history": "list transactions, newest first",
+    "show": "everything journaled about one transaction",
+    "undo": "put back what a committed transaction changed",
+    "recover": "finish transactions an earlier run left unfinished",
+    "status": "a run in progress, the last recovery, the last run",
+    "prune": "delete snapshots no journal relies on (see status)",
+    "modules": "list modules, enable or disable one, show its scope",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand registered."""
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every subcommand listed, the one named in `argv` (None:
+    all of them) with its arguments."""
     parser = argparse.ArgumentParser(
         prog="hs-tx", description="Transactional updates from a git repository of modules."
     )
@@ -24,20 +35,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=f"hs-tx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
-        command.register(sub)
+    wanted = _command_word(argv)
+    for name, text in COMMANDS.items():
+        if argv is None or name == wanted:
+            importlib.import_module(f"{__package__}.{name}").register(sub, text)
+        else:
+            sub.add_parser(name, help=text)
     return parser
+
+
+def _command_word(argv: list[str] | None) -> str | None:
+    """The command `argv` names: its first word that is no global option."""
+    words = iter(argv or [])
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run hs-tx with `argv` (default: sys.argv[1:]); return the exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else 0
     os.umask(0o077)
+    from ..commands.context import open_context  # after parsing: --help needs none of it
+
     ctx = None
     try:
         ctx = open_context(args.config, ["hs-tx", *argv])

@@ -16,9 +16,9 @@ from ..commands.modules import forget, list_modules, module_scope, set_enabled
 HEADERS = ["Name", "Installed", "Source", "Enabled", "Group", "Last result"]
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
     """Add the `modules` subcommand with its `list`, `enable`, `disable`, `scope` actions."""
-    p = sub.add_parser("modules", help="list modules, enable or disable one, show its scope")
+    p = sub.add_parser("modules", help=text)
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="installed modules, versions, last results")
     listing.add_argument("--json", action="store_true", help="print one JSON document")

@@ -9,9 +9,9 @@ from ..commands.context import Context
 from ..commands.prune import prune_orphans
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
     """Add the `prune` subcommand."""
-    p = sub.add_parser("prune", help="delete snapshots no journal relies on (see status)")
+    p = sub.add_parser("prune", help=text)
     p.add_argument(
         "--orphans", action="store_true", help="the orphaned snapshots hs-tx status lists"
     )

@@ -8,9 +8,9 @@ from ..commands.context import Context
 from ..commands.recover import recover
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
     """Add the `recover` subcommand."""
-    p = sub.add_parser("recover", help="finish transactions an earlier run left unfinished")
+    p = sub.add_parser("recover", help=text)
     p.add_argument("--wait", action="store_true", help="wait for another run instead of exit 75")
     p.add_argument(
         "--accept-current",

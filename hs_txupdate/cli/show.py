@@ -14,9 +14,9 @@ from ..commands.history import describe_network, show
 from .history import format_duration, local_time
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
     """Add the `show` subcommand."""
-    p = sub.add_parser("show", help="everything journaled about one transaction")
+    p = sub.add_parser("show", help=text)
     p.add_argument("id", type=int, help="transaction id (see hs-tx history)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run)

@@ -12,9 +12,9 @@ from ..commands.status import status
 from .history import local_time
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
     """Add the `status` subcommand."""
-    p = sub.add_parser("status", help="a run in progress, the last recovery, the last run")
+    p = sub.add_parser("status", help=text)
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(run=run)
 

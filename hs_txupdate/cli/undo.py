@@ -8,9 +8,9 @@ from ..commands.context import Context
 from ..commands.undo import UndoOptions, undo
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
     """Add the `undo` subcommand."""
-    p = sub.add_parser("undo", help="put back what a committed transaction changed")
+    p = sub.add_parser("undo", help=text)
     p.add_argument("id", type=int, help="transaction id (see hs-tx history)")
     p.add_argument(
         "--cascade",

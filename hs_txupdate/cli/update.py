@@ -14,9 +14,9 @@ from ..commands.context import Context
 from ..commands.update import UpdateOptions, update
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
     """Add the `update` subcommand."""
-    p = sub.add_parser("update", help="run every enabled module in one transaction")
+    p = sub.add_parser("update", help=text)
     p.add_argument(
         "--check",
         action="store_true",

@@ -44,10 +44,13 @@ def summary(info: TxInfo) -> dict[str, Any]:
     }
 
 
+PAGE = 50  # what `hs-tx history` shows without --limit
+
+
 def history(
-    ctx: Context, limit: int | None = None, malformed: list[DamagedError] | None = None
+    ctx: Context, limit: int | None = PAGE, malformed: list[DamagedError] | None = None
 ) -> list[dict[str, Any]]:
-    """`hs-tx history`: transactions newest first, at most `limit`. A transaction with a
+    """`hs-tx history`: transactions newest first, at most `limit` (None: all). A transaction with a
     malformed journal row is left out and its error added to `malformed` (without
     that list, MalformedRowError is raised).
 

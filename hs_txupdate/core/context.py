@@ -7,13 +7,15 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..base.fsio import ensure_private_dir
-from ..journal import Journal
 from .config import Config
 from .lock import StateLock
 from .services import ServiceManager
+
+if TYPE_CHECKING:  # SQLAlchemy is opened only by commands that read or write the journal
+    from ..journal import Journal
 
 
 @dataclass
@@ -29,6 +31,8 @@ class Context:
     def journal(self) -> Journal:
         """The journal, opened (and the state dir created 0700) on first use."""
         if self._journal is None:
+            from ..journal import Journal
+
             ensure_private_dir(self.config.state_dir)
             self._journal = Journal(self.config.journal_path)
         return self._journal

@@ -111,11 +111,14 @@ class JournalReads:
                 query = query.limit(min(limit, MAX_ID))
             rows = list(s.scalars(query))
             undone = self._undone_by(s, [r.id for r in rows])
+            runs, bad = self._module_runs_from(s, min((r.id for r in rows), default=0))
             infos = []
             for row in rows:
                 try:
+                    if row.id in bad:
+                        raise bad[row.id]
                     info = tx_info(row, undone.get(row.id))
-                    info.modules = self._modules(s, info.id)
+                    info.modules = runs.get(row.id, [])
                 except MalformedRowError as exc:
                     if malformed is None:
                         raise
@@ -376,6 +379,22 @@ class JournalReads:
     def _paths(s: Session, tx_id: int) -> list[PathInfo]:
         rows = s.scalars(select(ScopePath).where(ScopePath.tx_id == tx_id).order_by(ScopePath.n))
         return [from_row(PathInfo, r) for r in rows]
+
+    @staticmethod
+    def _module_runs_from(
+        s: Session, low: int
+    ) -> tuple[dict[int, list[ModuleRunInfo]], dict[int, MalformedRowError]]:
+        """The module runs of every transaction from id `low` on, in one query, by
+        transaction; and, by transaction, the first malformed run row met."""
+        runs: dict[int, list[ModuleRunInfo]] = {}
+        bad: dict[int, MalformedRowError] = {}
+        query = select(ModuleRun).where(ModuleRun.tx_id >= low).order_by(ModuleRun.id)
+        for row in s.scalars(query):
+            try:
+                runs.setdefault(row.tx_id, []).append(from_row(ModuleRunInfo, row))
+            except MalformedRowError as exc:
+                bad.setdefault(row.tx_id, exc)
+        return runs, bad
 
     @staticmethod
     def _modules(s: Session, tx_id: int) -> list[ModuleRunInfo]:

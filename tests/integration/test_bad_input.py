@@ -60,13 +60,7 @@ def _crafted_commit(source: GitSource, entry: str) -> None:
     """Commit a module dir holding a tree entry named `entry`, built with git's plumbing
     (no checkout could hold it)."""
     source.publish({"m": module_files("m", OK, version="2.0.0")})
-
-    def git(*args: str, stdin: str | None = None) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=source.work, input=stdin, capture_output=True, text=True,
-            check=True,
-        ).stdout.strip()  # fmt: skip
-
+    git = source.git
     blob = git("hash-object", "-w", "--stdin", stdin="planted\n")
     module_tree = git("rev-parse", "HEAD:modules/m")
     listing = git("ls-tree", module_tree) + f"\n100644 blob {blob}\t{entry}\n"
