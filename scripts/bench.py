@@ -1,17 +1,21 @@
-"""Benchmark: hs-tx snapshots and rollbacks against the reference tools, same run.
+"""Benchmark: hs-tx against the reference tools, measured in the same run.
 
-Needs root (loop devices). Builds trees on a loop-mounted btrfs and ext4,
-then prints one table: each hs-tx operation, the reference tool doing the
-nearest equivalent job, both times and their ratio.
+Needs root (loop devices). Builds trees on a loop-mounted btrfs and ext4 and a
+journal of many transactions, then prints one table: each hs-tx operation, the
+reference doing the nearest equivalent job, both times, their ratio, and (for
+whole `hs-tx` processes) the peak memory. Whole processes are timed as the
+median of several runs.
 
-    .venv/bin/python scripts/bench.py [--files N] [--size-kib K]
+    .venv/bin/python scripts/bench.py [--files N] [--size-kib K] [--history N] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,7 +28,7 @@ from tabulate import tabulate
 from hs_txupdate.core.config import Config
 from hs_txupdate.core.scope import ScopeEntry
 from hs_txupdate.core.snapshots import capture_scope, restore_path
-from hs_txupdate.journal import Journal, Kind
+from hs_txupdate.journal import Journal, Kind, RunStatus, State
 from hs_txupdate.modules.discovery import load_module
 from hs_txupdate.modules.runner import run_module
 
@@ -109,6 +113,59 @@ def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list) -> None:
     journal.close()
 
 
+def process(argv: list[str], runs: int = 5) -> tuple[float, int]:
+    """(median seconds, peak RSS in KiB) of the whole process `argv`, run `runs` times.
+
+    The peak is GNU time's: a child forked from this (big) process would count its
+    parent's pages until it execs.
+    """
+    times, peak = [], 0
+    with tempfile.NamedTemporaryFile("r") as rss:
+        for _ in range(runs):
+            start = time.perf_counter()
+            subprocess.run(
+                ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+            times.append(time.perf_counter() - start)
+            rss.seek(0)
+            peak = max(peak, int(rss.read().split()[-1]))
+    return statistics.median(times), peak
+
+
+def seed_journal(state_dir: Path, count: int) -> None:
+    """A journal of `count` committed updates, one module run each."""
+    state_dir.mkdir(mode=0o700, parents=True)
+    journal = Journal(state_dir / "journal.db")
+    for _ in range(count):
+        tx = journal.begin(Kind.UPDATE, ["hs-tx", "update"], "root", "bench")
+        run = journal.start_module_run(tx, "m", "1.0.0")
+        journal.finish_module_run(run, RunStatus.SUCCESS, duration_s=0.1)
+        journal.set_state(tx, State.COMMITTED, exit_code=0)
+    journal.close()
+
+
+def bench_commands(top: Path, history: int, rows: list) -> None:
+    """Whole `hs-tx` processes (start-up, reading the journal) against `python -c pass`."""
+    hs_tx = str(Path(sys.executable).with_name("hs-tx"))
+    base_t, _rss = process([sys.executable, "-c", "pass"])
+    reference = "python -c pass"
+    for args in (["--help"], ["--version"]):
+        t, rss = process([hs_tx, *args])
+        rows.append([f"hs-tx {' '.join(args)}", t, reference, base_t, rss])
+    for count in (10, history):
+        root = top / f"journal{count}"
+        seed_journal(root / "state", count)
+        config = root / "config.toml"
+        config.write_text(f'state_dir = "{root / "state"}"\n[net]\nguard = false\n')
+        for args in (["history"], ["show", "1"], ["status"]):
+            t, rss = process([hs_tx, "--config", str(config), *args])
+            label = f"hs-tx {' '.join(args)}, {count} transactions"
+            rows.append([label, t, reference, base_t, rss])
+
+
 def bench_worker(top: Path, rows: list, runs: int = 20) -> None:
     """What running a module in its own worker process costs, against a bare interpreter."""
     mod = top / "modules" / "noop"
@@ -125,6 +182,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--size-kib", type=int, default=64)
+    parser.add_argument("--history", type=int, default=10000, help="transactions in the journal")
+    parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root for loop devices; run as root", file=sys.stderr)
@@ -134,6 +193,7 @@ def main() -> int:
     rows: list = []
     loops = []
     try:
+        bench_commands(top, args.history, rows)
         bench_worker(top, rows)
         for fstype, backend in (("btrfs", "btrfs"), ("ext4", "tar")):
             fs = Loop(top, fstype, size_mb)
@@ -143,8 +203,16 @@ def main() -> int:
         for fs in loops:
             fs.close()
         shutil.rmtree(top, ignore_errors=True)
-    table = [[op, f"{t:.3f}", ref, f"{r:.3f}", f"{t / r:.2f}"] for op, t, ref, r in rows]
-    print(tabulate(table, headers=["hs-tx operation", "s", "reference tool", "s", "ratio"]))
+    rows = [row if len(row) == 5 else [*row, None] for row in rows]
+    table = [
+        [op, f"{t:.3f}", ref, f"{r:.3f}", f"{t / r:.2f}", f"{rss >> 10} MiB" if rss else ""]
+        for op, t, ref, r, rss in rows
+    ]
+    headers = ["hs-tx operation", "s", "reference", "s", "ratio", "peak RSS"]
+    print(tabulate(table, headers=headers))
+    if args.json:
+        keys = ("operation", "seconds", "reference", "reference_seconds", "peak_rss_kib")
+        Path(args.json).write_text(json.dumps([dict(zip(keys, row, strict=True)) for row in rows]))
     return 0
 
 

@@ -1,0 +1,45 @@
+"""The benchmark runs on a tiny tree and prints every row; no time is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import REPO, need
+
+ROWS = (
+    "hs-tx --help",
+    "hs-tx --version",
+    "hs-tx history, 10 transactions",
+    "hs-tx history, 30 transactions",
+    "hs-tx show 1, 30 transactions",
+    "hs-tx status, 30 transactions",
+    "run one module in its own worker",
+    "btrfs: snapshot 20 files",
+    "btrfs: roll back 1 changed file of 20",
+    "tar: snapshot 20 files",
+    "tar: roll back 1 changed file of 20",
+)
+
+
+def test_the_benchmark_prints_every_row(tmp_path: Path) -> None:
+    need(os.geteuid() == 0, "the benchmark mounts loop devices: needs root")
+    out = tmp_path / "bench.json"
+    argv = [sys.executable, str(REPO / "scripts/bench.py"), "--files", "20", "--size-kib", "1"]
+    result = subprocess.run(
+        [*argv, "--history", "30", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    operations = [row["operation"] for row in rows]
+    for wanted in ROWS:
+        assert any(op.startswith(wanted) for op in operations), (wanted, operations)
+        assert wanted in result.stdout or wanted.split(",")[0] in result.stdout
+    assert all(row["seconds"] > 0 and row["reference_seconds"] > 0 for row in rows)
