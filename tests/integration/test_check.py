@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tests.helpers import GitSource, Sandbox, module_files, tree_state
@@ -134,10 +135,20 @@ def main(args):
     top = os.open("/", os.O_RDONLY)
     os.chroot("/tmp/hs-tx-escape")
     os.fchdir(top)
+    leak = pathlib.Path({leak!r})
+    # climb until the real sandbox shows, its own filesystem, not the copy's overlay
+    # (and not further: hs-tx itself may run chrooted)
+    def real_here():
+        try:
+            return os.stat("." + str(leak.parent)).st_dev == {dev}
+        except OSError:
+            return False
     for _ in range(64):
+        if real_here():
+            break
         os.chdir("..")
     os.chroot(".")
-    pathlib.Path({leak!r}).write_text("escaped")
+    leak.write_text("escaped")
     return {{"success": True}}
 """
 
@@ -145,7 +156,8 @@ def main(args):
 def test_a_write_that_escapes_the_copy_fails_the_check(tar_sandbox: Sandbox) -> None:
     sbx = tar_sandbox
     leak = sbx.data / "leak"
-    sbx.module("escaper", ESCAPING_CHECK.format(leak=str(leak)))
+    dev = os.stat(sbx.data).st_dev
+    sbx.module("escaper", ESCAPING_CHECK.format(leak=str(leak), dev=dev))
 
     result = sbx.hs_tx("update", "--check")
 
