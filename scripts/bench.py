@@ -155,7 +155,7 @@ def bench_commands(top: Path, history: int, rows: list) -> None:
     for args in (["--help"], ["--version"]):
         t, rss = process([hs_tx, *args])
         rows.append([f"hs-tx {' '.join(args)}", t, reference, base_t, rss])
-    for count in (10, history):
+    for count in sorted({10, history}):
         root = top / f"journal{count}"
         seed_journal(root / "state", count)
         config = root / "config.toml"
