@@ -182,20 +182,26 @@ def from_row(cls: type[_Info], row: Any) -> _Info:
 
 def checked(cls: type[_Info], values: dict[str, Any], table: str, row_id: object) -> _Info:
     """`cls(**values)` once every value has the type `cls` declares for it (every `path`
-    an absolute path, every time ISO 8601). Raises MalformedRowError naming the row
-    otherwise."""
+    an absolute path, every time ISO 8601 with its UTC offset, since times of different
+    rows are compared). Raises MalformedRowError naming the row otherwise."""
     hints = _hints(cls)
     for name, value in values.items():
         if not _conforms(value, hints[name]):
             raise MalformedRowError(table, row_id, f"{name} is {_show(value)}")
         if name == "path" and isinstance(value, str) and not _is_path(value):
             raise MalformedRowError(table, row_id, f"path is {_show(value)}")
-        if (name == "at" or name.endswith("_at")) and isinstance(value, str):
-            try:
-                datetime.fromisoformat(value)
-            except ValueError:
-                raise MalformedRowError(table, row_id, f"{name} is {_show(value)}") from None
+        is_time_field = name == "at" or name.endswith("_at")
+        if is_time_field and isinstance(value, str) and not _is_time(value):
+            raise MalformedRowError(table, row_id, f"{name} is {_show(value)}")
     return cls(**values)
+
+
+def _is_time(value: str) -> bool:
+    """True when `value` is an ISO 8601 time carrying its UTC offset."""
+    try:
+        return datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def typed_row(table: str, row_id: object, values: Any, *hints: Any) -> tuple[Any, ...]:

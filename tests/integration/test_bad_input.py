@@ -45,6 +45,27 @@ def test_a_malformed_row_of_an_old_transaction_does_not_block_an_update(
     assert "Traceback" not in show.stderr + result.stderr
 
 
+def test_a_transaction_time_without_its_utc_offset_is_named_not_compared(
+    tar_sandbox: Sandbox,
+) -> None:
+    sbx = tar_sandbox
+    sbx.write_config()
+    sbx.writer_module()
+    assert sbx.hs_tx("update").returncode == 0
+    assert sbx.hs_tx("update").returncode == 0
+    with closing(sqlite3.connect(sbx.state / "journal.db")) as db:  # one naive, one aware
+        db.execute("UPDATE transactions SET started_at = '2026-01-01T00:00:00' WHERE id = 1")
+        db.commit()
+
+    for verb in (["history"], ["show", "1"]):
+        result = sbx.hs_tx(*verb)
+        assert result.returncode == 3, (verb, result.stderr)
+        assert "journal row transactions #1 is malformed" in result.stderr
+        assert "started_at" in result.stderr and "Traceback" not in result.stderr
+    status = sbx.hs_tx("status")  # reads only the newest transaction
+    assert status.returncode == 0, status.stderr
+
+
 def test_a_kernel_filesystem_as_a_backup_path_is_refused(tar_sandbox: Sandbox) -> None:
     sbx = tar_sandbox
     sbx.module("m", OK, backup_paths=["/proc"])
