@@ -1,6 +1,7 @@
 """The Linux calls the audit needs that Python lacks, made on libc through ctypes:
 fanotify_init/fanotify_mark, name_to_handle_at/open_by_handle_at, the fsid of
-fstatfs, and unshare/setns of the pid namespace new children land in."""
+fstatfs, unshare/setns of the pid namespace new children land in, and a detached
+mount (fsopen/fsmount) of a btrfs filesystem's top-level subvolume."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ FAN_MARK_FILESYSTEM = 0x100
 AT_FDCWD = -100
 CLONE_NEWPID = 0x20000000
 MAX_HANDLE_SZ = 128
+# the new mount API (x86_64 and aarch64 share these numbers since Linux 5.2)
+_SYS_FSOPEN, _SYS_FSCONFIG, _SYS_FSMOUNT = 430, 431, 432
+_FSOPEN_CLOEXEC = _FSMOUNT_CLOEXEC = 0x1
+_FSCONFIG_SET_FLAG, _FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 0, 1, 6
+_MOUNT_ATTR_RDONLY = 0x1
 
 GROUP_FLAGS = (
     FAN_CLASS_NOTIF
@@ -59,6 +65,7 @@ _name_to_handle_at = _fn(
 )
 _fstatfs = _fn("fstatfs", _c.c_int, _c.c_int, _c.c_char_p)
 _unshare = _fn("unshare", _c.c_int, _c.c_int)
+_syscall = _fn("syscall", _c.c_long)  # variadic: each call passes typed arguments
 _setns = _fn("setns", _c.c_int, _c.c_int, _c.c_int)
 
 
@@ -90,14 +97,48 @@ def fanotify_group() -> int:
     return _call(_fanotify_init, "fanotify_init", GROUP_FLAGS, os.O_RDONLY)
 
 
-def mark_filesystem(group_fd: int, path: str) -> None:
-    """Watch the whole filesystem holding `path` for entry and content changes.
+def mark_filesystem(group_fd: int, path: str, dir_fd: int = AT_FDCWD) -> None:
+    """Watch the whole filesystem holding `path` (relative to `dir_fd` when given)
+    for entry and content changes.
 
     Raises OSError (EXDEV through a btrfs subvolume, EOPNOTSUPP on overlayfs, ...).
     """
     flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM
-    _call(_fanotify_mark, f"fanotify_mark {path}", group_fd, flags, WATCHED_MASK, AT_FDCWD,
+    _call(_fanotify_mark, f"fanotify_mark {path}", group_fd, flags, WATCHED_MASK, dir_fd,
           os.fsencode(path))  # fmt: skip
+
+
+def _sys(what: str, number: int, *args: int | bytes | None) -> int:
+    """Make system call `number` (ints passed as C ints, bytes as strings, None as
+    NULL); return its result or raise OSError naming `what`."""
+    typed = [ctypes.c_int(a) if isinstance(a, int) else ctypes.c_char_p(a) for a in args]
+    return _call(_syscall, what, ctypes.c_long(number), *typed)
+
+
+def btrfs_top_level(source: str) -> int:
+    """Mount the top-level subvolume (subvolid=5) of the btrfs filesystem on the
+    device `source`, read-only and attached nowhere (no mount point, no other
+    process sees it), and return an fd of its root directory (close-on-exec). The
+    mount goes away with the last fd. Paths read back from fds opened through it
+    start at the filesystem's top ("/@/etc/..."). Raises OSError."""
+    fs_fd = _sys("fsopen btrfs", _SYS_FSOPEN, b"btrfs", _FSOPEN_CLOEXEC)
+    try:
+        for kind, key, value in (
+            (_FSCONFIG_SET_STRING, b"source", os.fsencode(source)),
+            (_FSCONFIG_SET_STRING, b"subvolid", b"5"),
+            (_FSCONFIG_SET_FLAG, b"ro", None),
+            (_FSCONFIG_CMD_CREATE, None, None),
+        ):
+            _sys(f"fsconfig {source}", _SYS_FSCONFIG, fs_fd, kind, key, value, 0)
+        mount_fd = _sys(
+            f"fsmount {source}", _SYS_FSMOUNT, fs_fd, _FSMOUNT_CLOEXEC, _MOUNT_ATTR_RDONLY
+        )
+    finally:
+        os.close(fs_fd)
+    try:  # an fd that fanotify_mark and open_by_handle_at take (not O_PATH)
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mount_fd)
+    finally:
+        os.close(mount_fd)
 
 
 def open_by_handle(mount_fd: int, handle: bytes) -> int:
@@ -107,13 +148,14 @@ def open_by_handle(mount_fd: int, handle: bytes) -> int:
     return _call(_open_by_handle_at, "open_by_handle_at", mount_fd, buf, os.O_PATH)
 
 
-def handle_of_path(path: str) -> bytes:
-    """Return the `struct file_handle` bytes of `path` (symlinks not followed).
-    Raises OSError (EOPNOTSUPP where the filesystem has no handles)."""
+def handle_of_path(path: str, dir_fd: int = AT_FDCWD) -> bytes:
+    """Return the `struct file_handle` bytes of `path` (relative to `dir_fd` when
+    given; symlinks not followed). Raises OSError (EOPNOTSUPP where the filesystem
+    has no handles)."""
     buf = ctypes.create_string_buffer(8 + MAX_HANDLE_SZ)
     ctypes.memmove(buf, MAX_HANDLE_SZ.to_bytes(4, sys.byteorder), 4)  # handle_bytes in
     mount_id = ctypes.c_int()
-    _call(_name_to_handle_at, f"name_to_handle_at {path}", AT_FDCWD, os.fsencode(path), buf,
+    _call(_name_to_handle_at, f"name_to_handle_at {path}", dir_fd, os.fsencode(path), buf,
           ctypes.byref(mount_id), 0)  # fmt: skip
     size = int.from_bytes(buf.raw[:4], sys.byteorder)
     return buf.raw[: 8 + size]

@@ -28,15 +28,16 @@ class ReaderLink:
         self._chunks: list[bytes] = []
 
     @classmethod
-    def spawn(cls, python: str, fan_fd: int) -> ReaderLink:
-        """Start `python -m hs_txupdate.audit.reader`, handing it `fan_fd`, in its
-        own session. Raises OSError when it cannot be started."""
+    def spawn(cls, python: str, fds: tuple[int, ...]) -> ReaderLink:
+        """Start `python -m hs_txupdate.audit.reader`, handing it `fds` (the
+        fanotify group's and those of detached mounts), in its own session.
+        Raises OSError when it cannot be started."""
         proc = subprocess.Popen(
             [python, "-m", "hs_txupdate.audit.reader"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            pass_fds=(fan_fd,),
+            pass_fds=fds,
             start_new_session=True,
             env=child_env(),
             cwd="/",

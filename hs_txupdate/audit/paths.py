@@ -103,18 +103,27 @@ class Mount:
     root: str  # the directory of the filesystem mounted here
     point: str  # where it is mounted
     fstype: str
+    source: str = ""  # the device (or what stands for it)
 
 
 @dataclass
 class Filesystem:
     """One filesystem to mark: marked and decoded through `point` (showing its
-    directory `root`); `views` are (root, point) of the mounts that matter."""
+    directory `root`); `views` are (root, point) of the mounts that matter;
+    `source` the device, for a private mount of the whole filesystem."""
 
     dev: str
     fstype: str
     point: str
     root: str
     views: list[tuple[str, str]] = field(default_factory=list)
+    source: str = ""
+
+    @property
+    def needs_top_level(self) -> bool:
+        """True for btrfs seen only through subvolumes (e.g. a root mounted with
+        `subvol=@`): the kernel refuses a filesystem mark through those (EXDEV)."""
+        return self.fstype == "btrfs" and self.root != "/"
 
 
 class Unwatchable(OSError):
@@ -139,7 +148,10 @@ def read_mounts(text: str | None = None) -> list[Mount]:
         left, _, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
         if len(fields) >= 5 and tail:
-            mounts.append(Mount(fields[2], _unescape(fields[3]), _unescape(fields[4]), tail[0]))
+            source = _unescape(tail[1]) if len(tail) > 1 else ""
+            mounts.append(
+                Mount(fields[2], _unescape(fields[3]), _unescape(fields[4]), tail[0], source)
+            )
     return mounts
 
 
@@ -197,7 +209,7 @@ def _group(relevant: Iterable[Mount], mounts: Sequence[Mount]) -> list[Filesyste
         fs = by_dev.get(m.dev)
         if fs is None:
             top = next((o for o in mounts if o.dev == m.dev and o.root == "/"), m)
-            fs = by_dev[m.dev] = Filesystem(m.dev, m.fstype, top.point, top.root)
+            fs = by_dev[m.dev] = Filesystem(m.dev, m.fstype, top.point, top.root, source=m.source)
         if (m.root, m.point) not in fs.views:
             fs.views.append((m.root, m.point))
     for fs in by_dev.values():

@@ -6,7 +6,9 @@ each on stdin/stdout) and exits when stdin reaches EOF.
 Requests: {"op": "window", "module": M} drains every queued event, then
 attributes what follows to M; {"op": "finish"} drains and answers with the
 aggregate, then exits. The first stdin line is the configuration:
-{"fan_fd": N, "watch": [...], "ignore": [...], "filesystems": [{"point", "root", "views"}]}.
+{"fan_fd": N, "watch": [...], "ignore": [...], "filesystems": [{"point", "root", "views",
+"top_fd"}]}, where `top_fd` (or null) is an inherited fd of a detached mount of the
+filesystem's top directory, to decode through instead of `point`.
 """
 
 from __future__ import annotations
@@ -130,9 +132,15 @@ def _setup(config: dict[str, Any]) -> Reader:
     """Build the reader from its configuration. Raises OSError."""
     filesystems = []
     for fs in config["filesystems"]:
-        fd = os.open(fs["point"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         views = [(r, p) for r, p in fs["views"]]
-        filesystems.append(MarkedFs(kernel.fsid_of_fd(fd), fd, fs["point"], fs["root"], views))
+        top_fd = fs.get("top_fd")
+        if top_fd is not None:  # paths through it start at the filesystem's top
+            fd = int(top_fd)
+            marked = MarkedFs(kernel.fsid_of_fd(fd), fd, "/", "/", views, detached=True)
+        else:
+            fd = os.open(fs["point"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            marked = MarkedFs(kernel.fsid_of_fd(fd), fd, fs["point"], fs["root"], views)
+        filesystems.append(marked)
     tracker = Tracker(Resolver(filesystems), config["watch"], config["ignore"], os.path.lexists)
     return Reader(int(config["fan_fd"]), tracker)
 

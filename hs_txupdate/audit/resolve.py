@@ -22,14 +22,22 @@ Node = tuple[bytes | None, str]  # (parent key, name) or (None, absolute path)
 @dataclass
 class MarkedFs:
     """A marked filesystem as the reader sees it: its fsid, an fd of the mount it
-    is decoded through (`point`, showing the filesystem's directory `root`), and
-    the (root, point) views of the watched mounts, most specific first."""
+    is decoded through (`point`, showing the filesystem's directory `root`; for a
+    `detached` mount, which has no mount point, paths are relative to `mount_fd`),
+    and the (root, point) views of the watched mounts, most specific first."""
 
     fsid: bytes
     mount_fd: int
     point: str
     root: str
     views: list[tuple[str, str]] = field(default_factory=list)
+    detached: bool = False
+
+    def handle_of(self, path: str) -> bytes:
+        """The file handle of `path` as seen through `point`. Raises OSError."""
+        if self.detached:
+            return kernel.handle_of_path(path.lstrip("/") or ".", self.mount_fd)
+        return kernel.handle_of_path(path)
 
     @property
     def direct(self) -> bool:
@@ -123,7 +131,7 @@ class Resolver:
             parent_path, name = parent_and_name(path)
             parent_key = None
             with contextlib.suppress(OSError):
-                parent_key = fs.fsid + kernel.handle_of_path(parent_path)
+                parent_key = fs.fsid + fs.handle_of(parent_path)
             if parent_key is None or parent_key == key:
                 self._nodes[key] = (None, path)
                 return

@@ -155,21 +155,30 @@ class Audit:
         if remote:
             self._unseen = f"not audited (network or FUSE filesystems): {', '.join(remote)}"
         fan_fd = kernel.fanotify_group()
+        tops: dict[str, int] = {}  # dev -> fd of a detached top-level mount
         try:
             for fs in plan:
-                kernel.mark_filesystem(fan_fd, fs.point)
+                if fs.needs_top_level:
+                    tops[fs.dev] = kernel.btrfs_top_level(fs.source)
+                    kernel.mark_filesystem(fan_fd, ".", tops[fs.dev])
+                else:
+                    kernel.mark_filesystem(fan_fd, fs.point)
             self._ns = kernel.PidNamespace.enter()
-            self._link = ReaderLink.spawn(python, fan_fd)  # the namespace's PID 1
+            self._link = ReaderLink.spawn(python, (fan_fd, *tops.values()))  # PID 1 there
         except BaseException:
             self._teardown()
             raise
         finally:
-            os.close(fan_fd)
+            for fd in (fan_fd, *tops.values()):
+                os.close(fd)
         config = {
             "fan_fd": fan_fd,
             "watch": self.roots,
             "ignore": self.ignores,
-            "filesystems": [{"point": f.point, "root": f.root, "views": f.views} for f in plan],
+            "filesystems": [
+                {"point": f.point, "root": f.root, "views": f.views, "top_fd": tops.get(f.dev)}
+                for f in plan
+            ],
         }
         try:
             self._link.request(config, READY_TIMEOUT_S)

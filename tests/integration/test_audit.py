@@ -292,21 +292,36 @@ def test_btrfs_subvolume_mounts_are_watched_through_the_top_level(
         sh("umount", "-l", view, check=False)
 
 
-def test_a_btrfs_subvolume_alone_falls_back_to_the_scan(
+def test_a_btrfs_root_mounted_as_a_subvolume_is_watched_through_a_private_top_level(
     make_loopfs: Callable[..., LoopFs], audits: StartAudit
 ) -> None:
+    """A Debian root on btrfs is mounted `subvol=@` and nothing mounts the top
+    level: the audit reaches it through a mount no other process can see."""
     fs = make_loopfs("btrfs", 256)
-    sh("btrfs", "subvolume", "create", fs.mount / "sub")
+    sh("btrfs", "subvolume", "create", fs.mount / "@")
+    sh("btrfs", "subvolume", "create", fs.mount / "other")
+    (fs.mount / "@" / "etc" / "old").mkdir(parents=True)
+    (fs.mount / "@" / "etc" / "old" / "f").write_text("x")
+    (fs.mount / "@" / "gone").mkdir()
+    (fs.mount / "@" / "gone" / "g").write_text("x")
     sh("umount", fs.mount)
-    sh("mount", "-o", "subvol=sub", fs.device, fs.mount)
+    sh("mount", "-o", "subvol=@", fs.device, fs.mount)
+    mounts_before = Path("/proc/self/mountinfo").read_text()
+
     audit = audits([fs.mount])
-    assert audit.method == "scan"
+    assert audit.method == "fanotify", audit.reason
+    assert Path("/proc/self/mountinfo").read_text() == mounts_before
     audit.window("m1")
-    module("echo a > a", fs.mount)
-    result = audit.finish()
-    assert result.method == "scan"
-    assert result.reason is not None and "EXDEV" in result.reason
-    assert (str(fs.mount / "a"), None) in {(c.path, c.module) for c in result.changes}
+    module("echo a > etc/a; mv etc/old etc/new; echo y > etc/new/f; rm -r gone", fs.mount)
+    result = fanotify_result(audit)
+
+    assert changes(result, fs.mount) == {
+        ("etc/a", "created", "m1", 1),
+        ("etc/old", "deleted", "m1", 1),
+        ("etc/new", "created", "m1", 1),
+        ("etc/new/f", "modified", "m1", 1),
+        ("gone", "deleted", "m1", 2),
+    }
 
 
 def test_the_scan_sees_changes_since_the_start_but_no_deletions(tree: Path) -> None:
