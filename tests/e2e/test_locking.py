@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Sandbox
+from tests.helpers import Sandbox, process_gone
 
 # The module announces that it is running, then waits (bounded) to be released.
 WAITER = """
@@ -105,11 +105,13 @@ class Waiter:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while `pid` runs a program. A worker records its pid as seen in the run's pid
+    namespace, which here may name a kernel thread (no command line): not a worker."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    return bool(cmdline) and not process_gone(pid)
 
 
 @pytest.fixture
