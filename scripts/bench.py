@@ -178,6 +178,67 @@ def bench_worker(top: Path, rows: list, runs: int = 20) -> None:
     rows.append(["run one module in its own worker", t_worker, "python -c pass", t_python])
 
 
+SMALL_FILES, SMALL_KIB = 200, 100  # the small tree the btrfs rows compare against
+
+
+def bench_btrfs_scaling(top: Path, files: int, size: int, rows: list) -> None:
+    """The btrfs snapshot step and a whole `hs-tx update` (one module, one btrfs backup
+    path, one file changed, committed) at the small tree against the same at the large
+    one: btrfs snapshots should cost the same whatever the tree holds."""
+    small = _measure_btrfs(top / "small", SMALL_FILES, SMALL_KIB << 10)
+    large = _measure_btrfs(top / "large", files, size)
+    what = f"{files} files ({files * size >> 20} MiB)"
+    than = f"the same at {SMALL_FILES} files ({SMALL_FILES * SMALL_KIB >> 10} MiB)"
+    rows.append([f"btrfs: snapshot step, {what}", large[0], than, small[0]])
+    rows.append([f"hs-tx update, one btrfs path of {what}", large[1], than, small[1], large[2]])
+
+
+def _measure_btrfs(top: Path, files: int, size: int) -> tuple[float, float, int]:
+    """(snapshot step s, whole update s, its peak RSS KiB) on a fresh btrfs holding a
+    tree of `files` files of `size` bytes."""
+    top.mkdir()
+    fs = Loop(top, "btrfs", max(1024, files * size * 3 >> 20))
+    try:
+        tree = fs.mount / "tree"
+        make_tree(tree, files, size)
+        config = Config(state_dir=fs.mount / "state-step", modules_dir=fs.mount)
+        config.state_dir.mkdir(mode=0o700)
+        journal = Journal(config.journal_path)
+        tx = journal.begin(Kind.UPDATE, ["bench"], "root", "bench")
+        entry = [ScopeEntry(tree, True, "btrfs", 0)]
+        t_step = timed(lambda: capture_scope(config, journal, tx, entry))
+        journal.close()
+        hs_tx = str(Path(sys.executable).with_name("hs-tx"))
+        t_update, rss = process([hs_tx, "--config", str(_update_sandbox(fs.mount)), "update"])
+        return t_step, t_update, rss
+    finally:
+        fs.close()
+
+
+def _update_sandbox(base: Path) -> Path:
+    """A config and modules dir under `base` for one whole update: a module backing up
+    `base/tree` that changes one file in it. Returns the config file."""
+    module = base / "modules" / "touch"
+    module.mkdir(parents=True)
+    index = {
+        "metadata": {"schema_version": "1.0.0", "name": "touch", "enabled": True},
+        "configuration": {"backup_paths": [str(base / "tree")]},
+    }
+    (module / "index.json").write_text(json.dumps(index))
+    victim = base / "tree" / "d0000" / "f000000"
+    (module / "index.py").write_text(
+        f"def main(args):\n    open({str(victim)!r}, 'ab').write(b'x')\n"
+        "    return {'success': True}\n"
+    )
+    config = base / "config.toml"
+    config.write_text(
+        f'state_dir = "{base / "state"}"\nmodules_dir = "{base / "modules"}"\n'
+        f'[snapshot]\nbackend = "btrfs"\nkeep = 2\n[scope]\nwatch = ["{base}"]\n'
+        "[net]\nguard = false\n"
+    )
+    return config
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=5000)
@@ -195,6 +256,7 @@ def main() -> int:
     try:
         bench_commands(top, args.history, rows)
         bench_worker(top, rows)
+        bench_btrfs_scaling(top, args.files, args.size_kib << 10, rows)
         for fstype, backend in (("btrfs", "btrfs"), ("ext4", "tar")):
             fs = Loop(top, fstype, size_mb)
             loops.append(fs)

@@ -26,7 +26,7 @@ from .config import Config
 
 _NAME = re.compile(
     r"^(?:(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-)?"
-    r"(?P<tx>[0-9]+)(?:-[0-9]+)?$"
+    r"(?P<tx>[0-9]+)(?:-[0-9]+)?(?:-probe)?$"
 )
 _OWNER = ".owner"
 

@@ -6,7 +6,8 @@ nested paths folded into their parents; each path keeps where it came from
 (journal.Origin). StateManager backups add paths while the run runs (see
 core.statemanager). A path is refused when it is `/`, when it holds
 a mount point or a nested subvolume (a snapshot would miss what is below it),
-when it holds the state dir or lies inside it, or when it holds a socket. Links
+when it holds the state dir or lies inside it, or (tar) when it holds a socket.
+On btrfs these checks ask the mount table and btrfs, never walking the path. Links
 are resolved when planned: a scope path that is a link stands for its target
 (inside a watched root), so restores never have to write through a link.
 """
@@ -18,12 +19,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..audit.paths import KERNEL_FSTYPES, fstype_at, is_watched
+from ..audit.paths import KERNEL_FSTYPES, fstype_at, is_watched, read_mounts, under
 from ..base.errors import NoSpaceError, ScopeError
 from ..journal import Origin
 from ..modules.discovery import Module
 from ..snapshot import backend_by_name, choose_backend
+from ..snapshot.btrfs import subvolume_root
 from ..snapshot.entries import entry_type, join, walk
+from ..snapshot.subvol import child_subvolumes
 from .config import Config
 
 # Room kept free beyond the snapshots, for the journal and the system to go on.
@@ -177,8 +180,12 @@ def check_path(config: Config, item: Planned) -> ScopeEntry:
             "take it out of backup_paths / the scope",
         )
     existed = os.path.lexists(path)
-    size = _check_tree(path) if existed else 0
     backend = choose_backend(config.snapshot_backend, path, config.snapshots_dir)
+    size = 0
+    if existed and backend == "btrfs":
+        _check_subvolume_tree(path)
+    elif existed:
+        size = _check_tree(path)
     return ScopeEntry(path, existed, backend, size, item.origin, item.module, linked_from)
 
 
@@ -202,6 +209,24 @@ def _check_tree(root: Path) -> int:
             )
         size += st.st_blocks * 512 + TAR_ENTRY_OVERHEAD
     return size
+
+
+def _check_subvolume_tree(root: Path) -> None:
+    """Refuse a mount point or nested subvolume below the btrfs path `root`, asking the
+    mount table and btrfs (no walk: a snapshot needs no size, and keeps sockets)."""
+    real = os.path.realpath(root)
+    below = [m.point for m in read_mounts() if m.point != real and under(m.point, real)]
+    if os.path.isdir(root) and not os.path.islink(root):
+        top = subvolume_root(root)
+        inside = os.path.relpath(real, os.path.realpath(top))
+        for child in child_subvolumes(top):
+            if inside == "." or child.startswith(inside + "/"):
+                below.append(str(top / child))
+    if below:
+        raise ScopeError(
+            f"scope path {root} contains {sorted(below)[0]}, a mount point or nested subvolume",
+            "a snapshot would miss what is below it; list the paths inside it separately",
+        )
 
 
 def check_free_space(config: Config, entries: list[ScopeEntry]) -> None:

@@ -17,8 +17,10 @@ from ..base.fsio import durable_write, fsync_dir
 from ..journal import Journal, PathInfo, Phase, Status, Step, TxInfo
 from ..snapshot import Captured, SnapshotTarget, backend_by_name
 from ..snapshot.base import tx_key
+from ..snapshot.btrfs import BtrfsBackend
 from ..snapshot.entries import STAGE_PREFIX, remove_entry
 from ..snapshot.manifest import (
+    IN_SNAPSHOT,
     Changes,
     Manifest,
     build_manifest,
@@ -26,6 +28,7 @@ from ..snapshot.manifest import (
     diff,
     manifest_fingerprint,
     needed_entries,
+    tree_fingerprint,
 )
 from ..snapshot.restore import refuse_links_above
 from ..snapshot.restore import restore as restore_tree
@@ -88,14 +91,17 @@ def _capture_one(
     backend_name: str,
     fresh: bool,
 ) -> None:
-    """Snapshot one existing scope path and record its snapshot and manifest."""
+    """Snapshot one existing scope path and record its snapshot and manifest (a lazy one
+    on btrfs: the snapshot step reads nothing of the tree)."""
     target = target_of(journal, tx_id, n, path, fresh)
     backend = backend_by_name(backend_name, config.snapshots_dir)
     taken_ns = time.time_ns()
     captured = backend.capture(target)
-    if backend_name == "btrfs":
+    if isinstance(backend, BtrfsBackend):
         claim_store(Path(json.loads(captured.ref)["snapshot"]).parent, journal)
-    manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
+        manifest = Manifest(taken_ns, lazy=True)
+    else:
+        manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
     data = manifest.to_bytes()
     where = tx_dir(config, journal, tx_id) / f"{n}.manifest"
     where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -144,9 +150,37 @@ def never_snapshotted(info: PathInfo) -> bool:
     return info.added_by is not None and info.existed and info.manifest is None
 
 
-def path_changes(info: PathInfo) -> Changes:
-    """How the live path differs from what its snapshot holds."""
-    return diff(Path(info.path), load_manifest(info))
+def path_changes(config: Config, journal: Journal, info: PathInfo) -> Changes:
+    """How the live path differs from what its snapshot holds.
+
+    Raises DamagedError when the manifest or (btrfs) the snapshot is not the one recorded.
+    """
+    return _changes(config, journal, info, load_manifest(info))
+
+
+def _changes(
+    config: Config, journal: Journal, info: PathInfo, manifest: Manifest | None
+) -> Changes:
+    """`path_changes` with the manifest loaded: from btrfs's change list when it is lazy."""
+    live = Path(info.path)
+    if manifest is None or not manifest.lazy:
+        return diff(live, manifest)
+    target = target_of(journal, 0, info.n, live)  # only the recorded ref is read
+    captured = Captured(info.snapshot or "", info.size, info.checksum)
+    return BtrfsBackend().changes(target, captured, config.snapshots_dir)
+
+
+def snapshot_fingerprint(config: Config, journal: Journal, info: PathInfo) -> str | None:
+    """What tree_fingerprint said of the path when it was snapshotted: recorded, or (lazy
+    manifest) read from the snapshot now, which keeps inode numbers and ctimes.
+
+    Raises DamagedError when the snapshot is not the one recorded.
+    """
+    if info.fingerprint_before != IN_SNAPSHOT:
+        return info.fingerprint_before
+    target = target_of(journal, 0, info.n, Path(info.path))
+    captured = Captured(info.snapshot or "", info.size, info.checksum)
+    return tree_fingerprint(BtrfsBackend().check(target, captured))
 
 
 def restore_path(
@@ -167,7 +201,7 @@ def restore_path(
     manifest = load_manifest(info)
     live = Path(info.path)
     refuse_links_above(live)  # before the diff walks it
-    changes = diff(live, manifest)
+    changes = _changes(config, journal, info, manifest)
     if only is not None:
         changes = changes.under("" if only == live else str(only.relative_to(live)))
     if not changes:
@@ -190,9 +224,11 @@ def restore_path(
             target = target_of(journal, tx_id, info.n, live)
             backend = backend_by_name(info.backend, config.snapshots_dir)
             captured = Captured(info.snapshot or "", info.size, info.checksum)
-            needed = needed_entries(changes, manifest)
+            # a lazy manifest's snapshot was checked to be the one recorded
+            needed = None if manifest.lazy else needed_entries(changes, manifest)
             with backend.reference(target, captured, needed) as ref:
-                check_reference(ref, manifest, needed)
+                if not manifest.lazy:
+                    check_reference(ref, manifest, needed)
                 restore_tree(live, ref, changes, announce)
     return changes.count
 

@@ -29,12 +29,11 @@ from ..base.fsio import fsync_dir
 from ..journal import POINT, BackupInfo, Origin, PathInfo, Phase, Step
 from ..modules.discovery import Module
 from ..snapshot.entries import remove_entry
-from ..snapshot.manifest import diff
 from .audit import RunAudit
 from .context import Context
 from .scope import Planned, ScopeEntry, check_free_space, check_path, resolve
 from .services import put_back, record_services
-from .snapshots import capture_path, load_manifest, record_path, restore_path
+from .snapshots import capture_path, path_changes, record_path, restore_path
 
 
 @dataclass
@@ -91,9 +90,14 @@ class BackupServer:
             return n if exists else None
         if not exists:
             return None
-        if backend is None and _unchanged_since(covering, path):
+        if backend is None and self._unchanged_since(covering, path):
             return covering.n
         return self._snapshot(path, backend, POINT)
+
+    def _unchanged_since(self, covering: PathInfo, path: Path) -> bool:
+        """True when `path` (inside scope path `covering`) is still as its snapshot holds it."""
+        rel = "" if path == Path(covering.path) else str(path.relative_to(covering.path))
+        return not path_changes(self.ctx.config, self.ctx.journal, covering).under(rel)
 
     def _covering(self, path: Path) -> PathInfo | None:
         """The newest scope path of this transaction that holds `path`, if any."""
@@ -196,12 +200,3 @@ def _sqlite_paths(databases: list[Any], log: list[str]) -> list[Path]:
             continue
         paths.append(_absolute(db["database"]))
     return paths
-
-
-def _unchanged_since(covering: PathInfo, path: Path) -> bool:
-    """True when `path` (inside scope path `covering`) is still as its snapshot holds it."""
-    manifest = load_manifest(covering)
-    rel = "" if path == Path(covering.path) else str(path.relative_to(covering.path))
-    if manifest is None:
-        return not os.path.lexists(path)
-    return not diff(Path(covering.path), manifest).under(rel)

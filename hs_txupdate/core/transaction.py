@@ -36,6 +36,7 @@ from .snapshots import (
     path_changes,
     remove_stage_dirs,
     restore_path,
+    snapshot_fingerprint,
     tx_dir,
 )
 from .space import record_space
@@ -88,7 +89,7 @@ def commit(ctx: Context, tx_id: int) -> int:
     journal = ctx.journal
     info = _tx(ctx, tx_id)
     for path in info.paths:
-        changed = bool(path_changes(path))
+        changed = bool(path_changes(ctx.config, journal, path))
         # the fingerprint lets a later undo notice changes made outside hs-tx
         fingerprint = tree_fingerprint(Path(path.path)) if changed else None
         journal.update_path(tx_id, path.n, changed=changed, fingerprint=fingerprint)
@@ -232,8 +233,10 @@ def _record_restored_state(ctx: Context, info: TxInfo) -> None:
         if tx != info.id:
             latest.setdefault(path, fingerprint)
     for scope_path in info.paths:
-        before = scope_path.fingerprint_before
-        if before is not None and latest.get(scope_path.path) == before:
+        last = latest.get(scope_path.path)
+        if last is None:
+            continue
+        if snapshot_fingerprint(ctx.config, ctx.journal, scope_path) == last:
             fingerprint = tree_fingerprint(Path(scope_path.path))
             ctx.journal.update_path(info.id, scope_path.n, fingerprint=fingerprint)
 

@@ -25,7 +25,9 @@ from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir
 from ..base.proc import run
 from .base import Captured, SnapshotTarget
-from .entries import SNAPSHOT_STORE
+from .changelist import PROBE_SUFFIX, changes_since, delete_probe
+from .entries import SNAPSHOT_STORE, walk
+from .manifest import Changes
 from .subvol import SUBVOLUME_ROOT_INO, subvolume_identity
 
 BTRFS_SUPER_MAGIC = 0x9123683E
@@ -126,6 +128,17 @@ class BtrfsBackend:
         """The path as the snapshot holds it (same inode numbers and ctimes as live)."""
         return self._tree(target, captured)[1]
 
+    def changes(self, target: SnapshotTarget, captured: Captured, work: Path) -> Changes:
+        """How the live `target.path` differs from the snapshot, from btrfs's own change
+        list (see snapshot.changelist; `work`: a dir for its stream), after checking the
+        snapshot is the one recorded. Raises DamagedError, CommandError, OSError."""
+        snapshot, tree, ref = self._tree(target, captured)
+        self.check(target, captured)
+        if not os.path.lexists(target.path):
+            return Changes(missing=[rel for rel, _ in walk(tree)])
+        rel = "" if ref["rel"] == "." else ref["rel"]
+        return changes_since(snapshot, rel, target.path, subvolume_root(target.path), work)
+
     @contextmanager
     def reference(
         self, target: SnapshotTarget, captured: Captured, entries: list[str] | None = None
@@ -161,6 +174,7 @@ class BtrfsBackend:
         else:  # capture was cut off before its ref was recorded: the name is this run's
             existing = target.path if target.path.exists() else target.path.parent
             snapshot = subvolume_root(existing) / SNAPSHOT_STORE / target.name
+        delete_probe(snapshot.with_name(snapshot.name + PROBE_SUFFIX))  # left by a crash
         if os.path.lexists(snapshot):
             run(["btrfs", "subvolume", "delete", "--commit-after", str(snapshot)])
 

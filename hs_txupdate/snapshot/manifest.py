@@ -7,6 +7,10 @@ ctime still match was not touched, whatever its size and mtime say. Entries
 whose ctime was within `CTIME_MARGIN_NS` of the manifest (a later change could
 fall on the same clock tick) also get a full fingerprint (content and all
 metadata) and are compared by that instead.
+
+A *lazy* manifest records no entries: the read-only btrfs snapshot it stands for
+already holds every one, and btrfs itself lists what changed (snapshot.changelist),
+so taking it reads nothing of the tree.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from ..base.errors import DamagedError, ScopeError
 from .entries import entry_type, fingerprint, join, walk, with_ancestors
 
 CTIME_MARGIN_NS = 200_000_000
+# the fingerprint of a lazy manifest: the tree as its snapshot holds it (see snapshot_fingerprint)
+IN_SNAPSHOT = "in-snapshot"
 Entry = tuple[str, int, int, str | None, int]  # type, inode, ctime_ns, fingerprint, links
 
 
@@ -32,10 +38,14 @@ class Manifest:
 
     taken_ns: int
     entries: dict[str, Entry] = field(default_factory=dict)  # by relative path
+    lazy: bool = False  # no entries: the snapshot holds them (see module docstring)
 
     def to_bytes(self) -> bytes:
         """Serialise to JSON bytes (names kept exact through surrogate escapes)."""
-        doc = {"taken_ns": self.taken_ns, "entries": [[k, *v] for k, v in self.entries.items()]}
+        doc: dict[str, object] = {"taken_ns": self.taken_ns}
+        doc["entries"] = [[k, *v] for k, v in self.entries.items()]
+        if self.lazy:
+            doc["lazy"] = True
         return json.dumps(doc, separators=(",", ":")).encode()
 
     @classmethod
@@ -43,7 +53,7 @@ class Manifest:
         """Parse what `to_bytes` wrote."""
         doc = json.loads(data)
         entries = {e[0]: (e[1], e[2], e[3], e[4], e[5]) for e in doc["entries"]}
-        return cls(doc["taken_ns"], entries)
+        return cls(doc["taken_ns"], entries, bool(doc.get("lazy", False)))
 
 
 def build_manifest(root: Path, taken_ns: int | None = None) -> Manifest:
@@ -73,9 +83,12 @@ def tree_fingerprint(root: Path) -> str:
 
 
 def manifest_fingerprint(manifest: Manifest | None) -> str:
-    """What tree_fingerprint said of the tree when `manifest` was taken."""
+    """What tree_fingerprint said of the tree when `manifest` was taken (IN_SNAPSHOT for a
+    lazy one, which did not read the tree)."""
     if manifest is None:
         return "absent"
+    if manifest.lazy:
+        return IN_SNAPSHOT
     return _fingerprint((rel, e[0], e[1], e[2]) for rel, e in manifest.entries.items())
 
 

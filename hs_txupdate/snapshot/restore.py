@@ -210,6 +210,8 @@ def materialize(source: Path, dest: Path, st: os.stat_result | None = None) -> N
         os.mkfifo(dest, 0o600)
     elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         os.mknod(dest, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+    elif stat.S_ISSOCK(mode):  # kept by btrfs snapshots: the inode, not a listener
+        os.mknod(dest, stat.S_IFSOCK | 0o600)
     else:
         raise ScopeError(f"cannot restore {source}: unsupported file type", "")
     apply_metadata(source, dest, st)

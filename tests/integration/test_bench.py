@@ -18,6 +18,8 @@ ROWS = (
     "hs-tx show 1, 30 transactions",
     "hs-tx status, 30 transactions",
     "run one module in its own worker",
+    "btrfs: snapshot step, 20 files",
+    "hs-tx update, one btrfs path of 20 files",
     "btrfs: snapshot 20 files",
     "btrfs: roll back 1 changed file of 20",
     "tar: snapshot 20 files",

@@ -1,0 +1,196 @@
+"""Change lists from btrfs itself: how a live tree differs from a read-only snapshot
+of its subvolume, read from `btrfs send --no-data -p` between that snapshot and a
+probe snapshot of the live subvolume. It costs what changed, never a walk of the
+whole tree: only the subtrees of renamed or deleted directories are walked (btrfs
+reports such a directory once, without its contents), and the other links of a
+changed file with several are looked up by inode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..base.proc import run
+from .entries import entry_type, is_own_name, join, walk
+from .manifest import Changes
+from .subvol import inode_paths
+
+PROBE_SUFFIX = "-probe"
+# every escape btrfs receive --dump writes into a path (btrfs-progs print_path)
+_ESCAPE = re.compile(rb"\\([0-7]{3}|.)", re.DOTALL)
+_NAMED = {b"a": 7, b"b": 8, b"e": 27, b"f": 12, b"n": 10, b"r": 13, b"t": 9, b"v": 11}
+# the operations whose `dest=` names a path of the tree (a symlink's names its target)
+_DEST_IS_PATH = ("rename", "link")
+_FIELD = re.compile(r"(?:\\.|[^\s\\])+")  # a field: an escaped space does not end it
+
+
+def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path, work: Path) -> Changes:
+    """Given the read-only `snapshot` (the top of a snapshot of the btrfs subvolume whose
+    top directory is `subvolume`), the entry `rel` ('' for the top) of that subvolume at
+    which the existing tree `live` lies, and a `work` dir on any filesystem: return how
+    `live` differs from `snapshot/rel`, hs-tx's own names left out.
+
+    Takes a probe snapshot beside `snapshot` and deletes it again (a stale one from an
+    interrupted call first). Raises CommandError when btrfs fails, OSError.
+    """
+    probe = snapshot.with_name(snapshot.name + PROBE_SUFFIX)
+    delete_probe(probe)
+    run(["btrfs", "subvolume", "snapshot", "-r", str(subvolume), str(probe)])
+    try:
+        touched, moved, timed = _read_stream(snapshot, probe, work)
+        touched -= _read_only(timed, snapshot, probe)
+        touched |= _links_of(touched, snapshot, probe)
+    finally:
+        delete_probe(probe)
+    return _classify(snapshot, rel, live, touched, moved)
+
+
+def delete_probe(probe: Path) -> None:
+    """Delete the probe snapshot `probe` when there is one. Raises CommandError."""
+    if os.path.lexists(probe):
+        run(["btrfs", "subvolume", "delete", str(probe)])
+
+
+def _read_stream(parent: Path, probe: Path, work: Path) -> tuple[set[str], set[str], set[str]]:
+    """Return (every path the send stream from `parent` to `probe` names, those of them
+    a rename moved to or from, those named only by `utimes`), relative to the
+    subvolume's top ('' for the top)."""
+    fd, stream = tempfile.mkstemp(prefix=".hs-tx-tmp-send-", dir=work)
+    os.close(fd)
+    try:
+        run(["btrfs", "send", "-q", "--no-data", "-p", str(parent), "-f", stream, str(probe)])
+        dump = run(["btrfs", "receive", "--dump", "-f", stream], timeout=None).stdout
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stream)
+    touched: set[str] = set()
+    moved: set[str] = set()
+    timed: set[str] = set()
+    other: set[str] = set()
+    prefix = f"./{probe.name}"
+    for op, path, dest in _operations(dump):
+        if op == "snapshot":
+            continue
+        names = [_rel(path, prefix)]
+        if op in _DEST_IS_PATH and dest is not None:
+            names.append(_rel(dest, prefix) if dest.startswith(prefix) else dest)
+        found = {n for n in names if n is not None}
+        touched |= found
+        (timed if op == "utimes" else other).update(found)
+        if op == "rename":
+            moved |= found
+    return touched, moved, timed - other
+
+
+def _read_only(timed: set[str], snapshot: Path, probe: Path) -> set[str]:
+    """The entries among `timed` (named by `utimes` alone) whose only change is their
+    access time (same inode, ctime and mtime): reading a file is no change of it."""
+    same = set()
+    for rel in timed:
+        try:
+            before, now = os.lstat(join(snapshot, rel)), os.lstat(join(probe, rel))
+        except OSError:
+            continue
+        if (before.st_ino, before.st_ctime_ns, before.st_mtime_ns) == (
+            now.st_ino,
+            now.st_ctime_ns,
+            now.st_mtime_ns,
+        ):
+            same.add(rel)
+    return same
+
+
+def _operations(dump: str) -> Iterator[tuple[str, str, str | None]]:
+    """(operation, path, dest or None) of each line of `btrfs receive --dump`, paths
+    unescaped."""
+    for line in dump.splitlines():
+        fields = _FIELD.findall(line)
+        if len(fields) < 2:
+            continue
+        dest = next((f[5:] for f in fields[2:] if f.startswith("dest=")), None)
+        yield fields[0], _unescape(fields[1]), None if dest is None else _unescape(dest)
+
+
+def _unescape(text: str) -> str:
+    """Undo the escapes of a path written by `btrfs receive --dump`."""
+
+    def one(match: re.Match[bytes]) -> bytes:
+        code = match.group(1)
+        if len(code) == 3:
+            return bytes([int(code, 8)])
+        return bytes([_NAMED[code]]) if code in _NAMED else code
+
+    return os.fsdecode(_ESCAPE.sub(one, text.encode("utf-8", "surrogateescape")))
+
+
+def _rel(path: str, prefix: str) -> str | None:
+    """The path relative to the subvolume's top, or None when it is not in the tree."""
+    if path in (prefix, prefix + "/"):
+        return ""
+    if path.startswith(prefix + "/"):
+        return path[len(prefix) + 1 :].rstrip("/")
+    return None
+
+
+def _links_of(touched: set[str], snapshot: Path, probe: Path) -> set[str]:
+    """The other links, before and now, of every touched non-directory that has several:
+    a change through one link is reported at that link alone."""
+    peers: set[str] = set()
+    for top in (snapshot, probe):
+        seen: set[int] = set()
+        for rel in touched:
+            try:
+                st = os.lstat(join(top, rel))
+            except OSError:
+                continue
+            if entry_type(st) != "d" and st.st_nlink > 1 and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                peers.update(inode_paths(top, st.st_ino))
+    return peers
+
+
+def _classify(snapshot: Path, rel: str, live: Path, names: set[str], moved: set[str]) -> Changes:
+    """Sort the names lying under `rel` into changed / extra / missing entries of `live`
+    against `snapshot/rel`, adding what lies below a moved directory on either side."""
+    reference = join(snapshot, rel)
+    wanted = {n for n in (_below(name, rel) for name in names) if n is not None}
+    for name in {_below(m, rel) for m in moved}:
+        for top in (reference, live):
+            here = None if name is None else join(top, name)
+            if here is not None and os.path.isdir(here) and not os.path.islink(here):
+                wanted.update(r for r, _ in _subtree(top, str(name)))
+    wanted = {n for n in wanted if not _is_own(n)}
+    changes = Changes()
+    for name in sorted(wanted, key=lambda r: (r.count("/"), r)):
+        before, now = os.path.lexists(join(reference, name)), os.path.lexists(join(live, name))
+        if before and now:
+            changes.changed.append(name)
+        elif before:
+            changes.missing.append(name)
+        elif now:
+            changes.extra.append(name)
+    return changes
+
+
+def _below(name: str, rel: str) -> str | None:
+    """`name` relative to `rel` when it lies at or below it, else None."""
+    if not rel:
+        return name
+    if name == rel:
+        return ""
+    return name[len(rel) + 1 :] if name.startswith(rel + "/") else None
+
+
+def _is_own(rel: str) -> bool:
+    return any(is_own_name(part) for part in rel.split("/"))
+
+
+def _subtree(top: Path, rel: str) -> Iterator[tuple[str, os.stat_result]]:
+    """(entry relative to `top`, lstat) of `rel` and everything below it."""
+    for below, st in walk(join(top, rel)):
+        yield (f"{rel}/{below}" if below and rel else below or rel), st
