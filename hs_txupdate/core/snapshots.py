@@ -167,7 +167,7 @@ def _changes(
         return diff(live, manifest)
     target = target_of(journal, 0, info.n, live)  # only the recorded ref is read
     captured = Captured(info.snapshot or "", info.size, info.checksum)
-    return BtrfsBackend().changes(target, captured, config.snapshots_dir)
+    return BtrfsBackend().changes(target, captured)
 
 
 def snapshot_fingerprint(config: Config, journal: Journal, info: PathInfo) -> str | None:

@@ -128,16 +128,16 @@ class BtrfsBackend:
         """The path as the snapshot holds it (same inode numbers and ctimes as live)."""
         return self._tree(target, captured)[1]
 
-    def changes(self, target: SnapshotTarget, captured: Captured, work: Path) -> Changes:
+    def changes(self, target: SnapshotTarget, captured: Captured) -> Changes:
         """How the live `target.path` differs from the snapshot, from btrfs's own change
-        list (see snapshot.changelist; `work`: a dir for its stream), after checking the
-        snapshot is the one recorded. Raises DamagedError, CommandError, OSError."""
+        list (see snapshot.changelist), after checking the snapshot is the one recorded.
+        Raises DamagedError, CommandError, OSError."""
         snapshot, tree, ref = self._tree(target, captured)
         self.check(target, captured)
         if not os.path.lexists(target.path):
             return Changes(missing=[rel for rel, _ in walk(tree)])
         rel = "" if ref["rel"] == "." else ref["rel"]
-        return changes_since(snapshot, rel, target.path, subvolume_root(target.path), work)
+        return changes_since(snapshot, rel, target.path, subvolume_root(target.path))
 
     @contextmanager
     def reference(

@@ -8,14 +8,12 @@ changed file with several are looked up by inode.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..base.proc import run
+from ..base.proc import run, run_pipe
 from .entries import entry_type, is_own_name, join, walk
 from .manifest import Changes
 from .subvol import inode_paths
@@ -29,20 +27,21 @@ _DEST_IS_PATH = ("rename", "link")
 _FIELD = re.compile(r"(?:\\.|[^\s\\])+")  # a field: an escaped space does not end it
 
 
-def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path, work: Path) -> Changes:
+def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Changes:
     """Given the read-only `snapshot` (the top of a snapshot of the btrfs subvolume whose
     top directory is `subvolume`), the entry `rel` ('' for the top) of that subvolume at
-    which the existing tree `live` lies, and a `work` dir on any filesystem: return how
-    `live` differs from `snapshot/rel`, hs-tx's own names left out.
+    which the existing tree `live` lies: return how `live` differs from `snapshot/rel`,
+    hs-tx's own names left out.
 
     Takes a probe snapshot beside `snapshot` and deletes it again (a stale one from an
-    interrupted call first). Raises CommandError when btrfs fails, OSError.
+    interrupted call first); the send stream goes through a pipe, so a full disk
+    elsewhere does not stop it. Raises CommandError when btrfs fails, OSError.
     """
     probe = snapshot.with_name(snapshot.name + PROBE_SUFFIX)
     delete_probe(probe)
     run(["btrfs", "subvolume", "snapshot", "-r", str(subvolume), str(probe)])
     try:
-        touched, moved, timed = _read_stream(snapshot, probe, work)
+        touched, moved, timed = _read_stream(snapshot, probe)
         touched -= _read_only(timed, snapshot, probe)
         touched |= _links_of(touched, snapshot, probe)
     finally:
@@ -56,18 +55,12 @@ def delete_probe(probe: Path) -> None:
         run(["btrfs", "subvolume", "delete", str(probe)])
 
 
-def _read_stream(parent: Path, probe: Path, work: Path) -> tuple[set[str], set[str], set[str]]:
+def _read_stream(parent: Path, probe: Path) -> tuple[set[str], set[str], set[str]]:
     """Return (every path the send stream from `parent` to `probe` names, those of them
     a rename moved to or from, those named only by `utimes`), relative to the
     subvolume's top ('' for the top)."""
-    fd, stream = tempfile.mkstemp(prefix=".hs-tx-tmp-send-", dir=work)
-    os.close(fd)
-    try:
-        run(["btrfs", "send", "-q", "--no-data", "-p", str(parent), "-f", stream, str(probe)])
-        dump = run(["btrfs", "receive", "--dump", "-f", stream], timeout=None).stdout
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stream)
+    send = ["btrfs", "send", "-q", "--no-data", "-p", str(parent), str(probe)]
+    dump = run_pipe(send, ["btrfs", "receive", "--dump"], timeout=3600).stdout
     touched: set[str] = set()
     moved: set[str] = set()
     timed: set[str] = set()

@@ -112,7 +112,7 @@ def test_the_change_list_names_every_change_and_restoring_it_is_exact(
         live, reference = subvolume / inside, snapshot / inside
         truth = _differing(tree_state(reference), tree_state(live))
 
-        changes = changes_since(snapshot, inside, live, subvolume, tmp_path)
+        changes = changes_since(snapshot, inside, live, subvolume)
 
         listed = {*changes.changed, *changes.extra, *changes.missing}
         assert truth <= listed, f"not listed: {sorted(truth - listed)}"
