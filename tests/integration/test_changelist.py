@@ -93,7 +93,7 @@ def _comparable(state: dict, inside: str) -> dict:
 )
 @given(setup=STEPS, run=STEPS, inside=st.sampled_from(["", "d"]))
 def test_the_change_list_names_every_change_and_restoring_it_is_exact(
-    make_loopfs: Callable[..., LoopFs], tmp_path: Path, setup: list, run: list, inside: str
+    make_loopfs: Callable[..., LoopFs], setup: list, run: list, inside: str
 ) -> None:
     if id(make_loopfs) not in _FS:  # one filesystem for every example of this run
         _FS[id(make_loopfs)] = make_loopfs("btrfs", 256)
