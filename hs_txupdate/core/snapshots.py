@@ -53,6 +53,11 @@ def target_of(
     return SnapshotTarget(tx_key(journal.uuid, tx_id), n, path, fresh)
 
 
+def captured_of(info: PathInfo) -> Captured:
+    """What a backend recorded of scope path `info`, as the backends take it back."""
+    return Captured(info.snapshot or "", info.size, info.checksum)
+
+
 def capture_scope(config: Config, journal: Journal, tx_id: int, entries: list[ScopeEntry]) -> None:
     """Record and snapshot every scope path, each announced before it acts."""
     for n, entry in enumerate(entries):
@@ -150,27 +155,24 @@ def never_snapshotted(info: PathInfo) -> bool:
     return info.added_by is not None and info.existed and info.manifest is None
 
 
-def path_changes(config: Config, journal: Journal, info: PathInfo) -> Changes:
+def path_changes(journal: Journal, info: PathInfo) -> Changes:
     """How the live path differs from what its snapshot holds.
 
     Raises DamagedError when the manifest or (btrfs) the snapshot is not the one recorded.
     """
-    return _changes(config, journal, info, load_manifest(info))
+    return _changes(journal, info, load_manifest(info))
 
 
-def _changes(
-    config: Config, journal: Journal, info: PathInfo, manifest: Manifest | None
-) -> Changes:
+def _changes(journal: Journal, info: PathInfo, manifest: Manifest | None) -> Changes:
     """`path_changes` with the manifest loaded: from btrfs's change list when it is lazy."""
     live = Path(info.path)
     if manifest is None or not manifest.lazy:
         return diff(live, manifest)
     target = target_of(journal, 0, info.n, live)  # only the recorded ref is read
-    captured = Captured(info.snapshot or "", info.size, info.checksum)
-    return BtrfsBackend().changes(target, captured)
+    return BtrfsBackend().changes(target, captured_of(info))
 
 
-def snapshot_fingerprint(config: Config, journal: Journal, info: PathInfo) -> str | None:
+def snapshot_fingerprint(journal: Journal, info: PathInfo) -> str | None:
     """What tree_fingerprint said of the path when it was snapshotted: recorded, or (lazy
     manifest) read from the snapshot now, which keeps inode numbers and ctimes.
 
@@ -179,8 +181,7 @@ def snapshot_fingerprint(config: Config, journal: Journal, info: PathInfo) -> st
     if info.fingerprint_before != IN_SNAPSHOT:
         return info.fingerprint_before
     target = target_of(journal, 0, info.n, Path(info.path))
-    captured = Captured(info.snapshot or "", info.size, info.checksum)
-    return tree_fingerprint(BtrfsBackend().check(target, captured))
+    return tree_fingerprint(BtrfsBackend().check(target, captured_of(info)))
 
 
 def restore_path(
@@ -201,7 +202,7 @@ def restore_path(
     manifest = load_manifest(info)
     live = Path(info.path)
     refuse_links_above(live)  # before the diff walks it
-    changes = _changes(config, journal, info, manifest)
+    changes = _changes(journal, info, manifest)
     if only is not None:
         changes = changes.under("" if only == live else str(only.relative_to(live)))
     if not changes:
@@ -223,7 +224,7 @@ def restore_path(
         else:
             target = target_of(journal, tx_id, info.n, live)
             backend = backend_by_name(info.backend, config.snapshots_dir)
-            captured = Captured(info.snapshot or "", info.size, info.checksum)
+            captured = captured_of(info)
             # a lazy manifest's snapshot was checked to be the one recorded
             needed = None if manifest.lazy else needed_entries(changes, manifest)
             with backend.reference(target, captured, needed) as ref:
@@ -238,7 +239,7 @@ def _restore_database(
 ) -> int:
     """Put a database captured by the sqlite backend back through the backup API."""
     target = target_of(journal, tx_id, info.n, Path(info.path))
-    captured = Captured(info.snapshot or "", info.size, info.checksum)
+    captured = captured_of(info)
     with journal.step(tx_id, phase, Step.RESTORE, {"n": info.n, "path": info.path, "entries": 1}):
         SqliteBackend(config.snapshots_dir).restore(target, captured)
     return 1
@@ -253,7 +254,7 @@ def verify_snapshot(config: Config, journal: Journal, info: PathInfo) -> None:
     load_manifest(info)
     if info.existed:
         target = target_of(journal, 0, info.n, Path(info.path))  # checks read recorded refs
-        captured = Captured(info.snapshot or "", info.size, info.checksum)
+        captured = captured_of(info)
         backend_by_name(info.backend, config.snapshots_dir).check(target, captured)
 
 

@@ -97,7 +97,7 @@ class BackupServer:
     def _unchanged_since(self, covering: PathInfo, path: Path) -> bool:
         """True when `path` (inside scope path `covering`) is still as its snapshot holds it."""
         rel = "" if path == Path(covering.path) else str(path.relative_to(covering.path))
-        return not path_changes(self.ctx.config, self.ctx.journal, covering).under(rel)
+        return not path_changes(self.ctx.journal, covering).under(rel)
 
     def _covering(self, path: Path) -> PathInfo | None:
         """The newest scope path of this transaction that holds `path`, if any."""

@@ -89,7 +89,7 @@ def commit(ctx: Context, tx_id: int) -> int:
     journal = ctx.journal
     info = _tx(ctx, tx_id)
     for path in info.paths:
-        changed = bool(path_changes(ctx.config, journal, path))
+        changed = bool(path_changes(journal, path))
         # the fingerprint lets a later undo notice changes made outside hs-tx
         fingerprint = tree_fingerprint(Path(path.path)) if changed else None
         journal.update_path(tx_id, path.n, changed=changed, fingerprint=fingerprint)
@@ -236,7 +236,7 @@ def _record_restored_state(ctx: Context, info: TxInfo) -> None:
         last = latest.get(scope_path.path)
         if last is None:
             continue
-        if snapshot_fingerprint(ctx.config, ctx.journal, scope_path) == last:
+        if snapshot_fingerprint(ctx.journal, scope_path) == last:
             fingerprint = tree_fingerprint(Path(scope_path.path))
             ctx.journal.update_path(info.id, scope_path.n, fingerprint=fingerprint)
 

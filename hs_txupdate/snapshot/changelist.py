@@ -34,8 +34,8 @@ def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Chan
     hs-tx's own names left out.
 
     Takes a probe snapshot beside `snapshot` and deletes it again (a stale one from an
-    interrupted call first); the send stream goes through a pipe, so a full disk
-    elsewhere does not stop it. Raises CommandError when btrfs fails, OSError.
+    interrupted call first); the send stream goes through a pipe, never to disk.
+    Raises CommandError when btrfs fails, OSError.
     """
     probe = snapshot.with_name(snapshot.name + PROBE_SUFFIX)
     delete_probe(probe)
@@ -83,19 +83,19 @@ def _read_stream(parent: Path, probe: Path) -> tuple[set[str], set[str], set[str
 def _read_only(timed: set[str], snapshot: Path, probe: Path) -> set[str]:
     """The entries among `timed` (named by `utimes` alone) whose only change is their
     access time (same inode, ctime and mtime): reading a file is no change of it."""
-    same = set()
-    for rel in timed:
+
+    def identity(top: Path, rel: str) -> tuple[int, int, int] | None:
         try:
-            before, now = os.lstat(join(snapshot, rel)), os.lstat(join(probe, rel))
+            st = os.lstat(join(top, rel))
         except OSError:
-            continue
-        if (before.st_ino, before.st_ctime_ns, before.st_mtime_ns) == (
-            now.st_ino,
-            now.st_ctime_ns,
-            now.st_mtime_ns,
-        ):
-            same.add(rel)
-    return same
+            return None
+        return st.st_ino, st.st_ctime_ns, st.st_mtime_ns
+
+    return {
+        rel
+        for rel in timed
+        if (before := identity(snapshot, rel)) and before == identity(probe, rel)
+    }
 
 
 def _operations(dump: str) -> Iterator[tuple[str, str, str | None]]:

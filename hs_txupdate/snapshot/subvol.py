@@ -50,8 +50,16 @@ class _SubvolInfo(ctypes.Structure):
     )
 
 
-# _IOR(BTRFS_IOCTL_MAGIC, 60, struct btrfs_ioctl_get_subvol_info_args)
-_GET_SUBVOL_INFO = (2 << 30) | (ctypes.sizeof(_SubvolInfo) << 16) | (0x94 << 8) | 60
+_IOC_WRITE, _IOC_READ = 1, 2
+_BTRFS_IOCTL_MAGIC = 0x94
+
+
+def _btrfs_ioctl(direction: int, number: int, args: type[ctypes.Structure]) -> int:
+    """The request number of btrfs ioctl `number` taking `args` (the kernel's _IOC)."""
+    return (direction << 30) | (ctypes.sizeof(args) << 16) | (_BTRFS_IOCTL_MAGIC << 8) | number
+
+
+_GET_SUBVOL_INFO = _btrfs_ioctl(_IOC_READ, 60, _SubvolInfo)
 
 
 @dataclass(frozen=True)
@@ -94,11 +102,9 @@ class _InoPathArgs(ctypes.Structure):
     )
 
 
-# _IOWR(BTRFS_IOCTL_MAGIC, 35, struct btrfs_ioctl_ino_path_args)
-_INO_PATHS = (3 << 30) | (ctypes.sizeof(_InoPathArgs) << 16) | (0x94 << 8) | 35
-_CONTAINER_HEAD = (
-    16  # struct btrfs_data_container: bytes_left, bytes_missing, elem_cnt, elem_missed
-)
+_INO_PATHS = _btrfs_ioctl(_IOC_READ | _IOC_WRITE, 35, _InoPathArgs)
+# struct btrfs_data_container: bytes_left, bytes_missing, elem_cnt, elem_missed, offsets
+_CONTAINER_HEAD = 16
 
 
 def inode_paths(subvolume: Path, ino: int, room: int = 1 << 16) -> list[str]:
@@ -151,9 +157,8 @@ class _LookupUserArgs(ctypes.Structure):
     )
 
 
-# _IOWR(BTRFS_IOCTL_MAGIC, 61 / 62, ...)
-_GET_SUBVOL_ROOTREF = (3 << 30) | (ctypes.sizeof(_RootRefArgs) << 16) | (0x94 << 8) | 61
-_INO_LOOKUP_USER = (3 << 30) | (ctypes.sizeof(_LookupUserArgs) << 16) | (0x94 << 8) | 62
+_GET_SUBVOL_ROOTREF = _btrfs_ioctl(_IOC_READ | _IOC_WRITE, 61, _RootRefArgs)
+_INO_LOOKUP_USER = _btrfs_ioctl(_IOC_READ | _IOC_WRITE, 62, _LookupUserArgs)
 
 
 def child_subvolumes(subvolume: Path) -> list[str]:
