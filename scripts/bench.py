@@ -191,11 +191,15 @@ def bench_btrfs_scaling(top: Path, files: int, size: int, rows: list) -> None:
     than = f"the same at {SMALL_FILES} files ({SMALL_FILES * SMALL_KIB >> 10} MiB)"
     rows.append([f"btrfs: snapshot step, {what}", large[0], than, small[0]])
     rows.append([f"hs-tx update, one btrfs path of {what}", large[1], than, small[1], large[2]])
+    rows.append(
+        [f"hs-tx update, whole-system scope over {what}", large[3], than, small[3], large[4]]
+    )
 
 
-def _measure_btrfs(top: Path, files: int, size: int) -> tuple[float, float, int]:
-    """(snapshot step s, whole update s, its peak RSS KiB) on a fresh btrfs holding a
-    tree of `files` files of `size` bytes."""
+def _measure_btrfs(top: Path, files: int, size: int) -> tuple[float, float, int, float, int]:
+    """(snapshot step s, whole update s and its peak RSS KiB with the tree as its one
+    scope path, the same with the whole-system scope) on a fresh btrfs holding a tree
+    of `files` files of `size` bytes."""
     top.mkdir()
     fs = Loop(top, "btrfs", max(1024, files * size * 3 >> 20))
     try:
@@ -209,17 +213,19 @@ def _measure_btrfs(top: Path, files: int, size: int) -> tuple[float, float, int]
         t_step = timed(lambda: capture_scope(config, journal, tx, entry))
         journal.close()
         hs_tx = str(Path(sys.executable).with_name("hs-tx"))
-        t_update, rss = process([hs_tx, "--config", str(_update_sandbox(fs.mount)), "update"])
-        return t_step, t_update, rss
+        path = process([hs_tx, "--config", str(_update_sandbox(fs.mount, "off")), "update"])
+        system = process([hs_tx, "--config", str(_update_sandbox(fs.mount, "on")), "update"])
+        return t_step, *path, *system
     finally:
         fs.close()
 
 
-def _update_sandbox(base: Path) -> Path:
+def _update_sandbox(base: Path, system: str) -> Path:
     """A config and modules dir under `base` for one whole update: a module backing up
-    `base/tree` that changes one file in it. Returns the config file."""
+    `base/tree` that changes one file in it; `[scope] system` as given. Returns the
+    config file."""
     module = base / "modules" / "touch"
-    module.mkdir(parents=True)
+    module.mkdir(parents=True, exist_ok=True)
     index = {
         "metadata": {"schema_version": "1.0.0", "name": "touch", "enabled": True},
         "configuration": {"backup_paths": [str(base / "tree")]},
@@ -230,11 +236,11 @@ def _update_sandbox(base: Path) -> Path:
         f"def main(args):\n    open({str(victim)!r}, 'ab').write(b'x')\n"
         "    return {'success': True}\n"
     )
-    config = base / "config.toml"
+    config = base / f"config-{system}.toml"
     config.write_text(
         f'state_dir = "{base / "state"}"\nmodules_dir = "{base / "modules"}"\n'
         f'[snapshot]\nbackend = "btrfs"\nkeep = 2\n[scope]\nwatch = ["{base}"]\n'
-        "[net]\nguard = false\n"
+        f'system = "{system}"\n[net]\nguard = false\n'
     )
     return config
 

@@ -79,6 +79,7 @@ class Sandbox:
     source_url: str | None = None
     source_branch: str = "master"
     watch: list[str] | None = None  # the write audit's roots; default: data/
+    system: str = "off"  # [scope] system: tests of the whole-system scope turn it on
     extra_config: str = ""  # more TOML, appended
     source_config: str = ""  # more keys of [source]
 
@@ -132,6 +133,7 @@ class Sandbox:
             [scope]
             extra_paths = {extra}
             watch = {watch}
+            system = "{overrides.get("system", self.system)}"
             [runtime]
             path = "{self.root}/runtime"
             [net]

@@ -97,6 +97,23 @@ def run(
     return result
 
 
+def spawn_detached(argv: Sequence[str]) -> None:
+    """Start `argv` in a session of its own, not waited for, its output discarded: work
+    that must not hold up the command that starts it. Raises CommandError when it cannot
+    be started."""
+    try:
+        subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=child_env(),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise CommandError(f"{argv[0]} could not be started: {exc}", "") from exc
+
+
 def run_pipe(first: Sequence[str], second: Sequence[str], *, timeout: float = 300) -> Result:
     """Run `first | second` (argument lists, no shell, nothing written to disk) and return
     the Result of `second`, its stdout as text.

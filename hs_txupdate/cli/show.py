@@ -129,12 +129,15 @@ def render_outside(tx: dict[str, Any]) -> list[str]:
     lines = [f"Write audit: {audit['method']}, {audit['others'] or 0} write(s) by other processes"]
     if audit["reason"]:
         lines.append(f"  note: {audit['reason']}")
+    if tx["run_changes"]:
+        rows = [[c["path"], _change(c), c["module"] or "(the run)"] for c in tx["run_changes"]]
+        lines += ["Changed in the system scope:", _table(rows, ["Path", "Change", "Module"])]
     if not tx["outside_scope"]:
         return [*lines, "Changed outside the scope: nothing"]
     rows = [
         [
             o["path"],
-            o["change"] + (f" ({o['count']} entries)" if o["count"] > 1 else ""),
+            _change(o),
             o["module"] or "(the run)",
             {True: "yes", False: "NO", None: ""}[o["restored"]],
         ]
@@ -142,6 +145,11 @@ def render_outside(tx: dict[str, Any]) -> list[str]:
     ]
     table = _table(rows, ["Path", "Change", "Module", "Restored"])
     return [*lines, "Changed outside the scope:", table]
+
+
+def _change(change: dict[str, Any]) -> str:
+    count = int(change["count"])
+    return str(change["change"]) + (f" ({count} entries)" if count > 1 else "")
 
 
 def render_net(net: dict[str, Any]) -> list[str]:

@@ -102,6 +102,10 @@ def show(ctx: Context, tx_id: int) -> dict[str, Any]:
         }
         for o in info.outside
     ]
+    out["run_changes"] = [
+        {"path": c.path, "change": c.change, "module": c.module, "count": c.count}
+        for c in info.run_changes
+    ]
     out["audit"] = {
         "method": info.audit_method,
         "reason": info.audit_reason,

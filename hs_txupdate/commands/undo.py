@@ -20,6 +20,7 @@ from ..core.scope import Planned, fold
 from ..core.services import put_back_services
 from ..core.snapshots import restore_path, verify_snapshot
 from ..core.start import open_transaction, recover_first, snapshot_scope
+from ..core.system import RELS, changes_in, fingerprint_of, restore_filter, restored_paths
 from ..core.transaction import run_transaction
 from ..journal import Kind, Origin, PathInfo, Phase, State, TxInfo
 from ..snapshot.manifest import tree_fingerprint
@@ -64,19 +65,31 @@ def undo(ctx: Context, tx_id: int, options: UndoOptions | None = None) -> int:
 
 
 def _run_undo(ctx: Context, undo_id: int, chain: list[TxInfo]) -> int:
-    paths = fold(Path(p.path) for info in chain for p in _changed(info))
+    changed = [p for info in chain for p in _changed(info)]
+    system = sorted({p.path for p in changed if p.origin == Origin.SYSTEM})
+    others = fold(Path(p.path) for p in changed if p.origin != Origin.SYSTEM)
+    planned = [Planned(Path(p), Origin.SYSTEM) for p in system]
+    planned += [Planned(p, Origin.UNDO) for p in others]
 
     def prepare() -> None:
-        snapshot_scope(ctx, undo_id, [Planned(p, Origin.UNDO) for p in paths])
+        # what the undo will change in a system scope, journaled before it acts
+        rows = {c.path: c for info in chain for c in info.run_changes}
+        ctx.journal.add_run_changes(
+            undo_id, [(c.path, c.change, None, c.count) for c in rows.values()]
+        )
+        snapshot_scope(ctx, undo_id, planned)
 
     def body(_plan: None) -> None:
         for info in chain:
             ctx.log(f"hs-tx: putting back what transaction {info.id} changed")
             # newest snapshot first: where a StateManager backup nests, the oldest state wins
             for path in sorted(_changed(info), key=lambda p: p.n, reverse=True):
-                restore_path(ctx.config, ctx.journal, undo_id, path, phase=Phase.UNDO)
+                keep = None
+                if path.origin == Origin.SYSTEM:
+                    keep = restore_filter(ctx.config, info, path, listed=True)
+                restore_path(ctx.config, ctx.journal, undo_id, path, phase=Phase.UNDO, keep=keep)
         for info in chain:
-            put_back_services(ctx, undo_id, info, [Path(p.path) for p in _changed(info)])
+            put_back_services(ctx, undo_id, info, [Path(m) for m in changed_marks(info)])
 
     code = run_transaction(ctx, undo_id, prepare, body)
     outside = [o for info in chain for o in info.outside]
@@ -87,6 +100,12 @@ def _run_undo(ctx: Context, undo_id: int, chain: list[TxInfo]) -> int:
         )
         return EXIT_DAMAGED
     return code
+
+
+def changed_marks(info: TxInfo) -> list[str]:
+    """What `info` changed, as paths: each changed scope path, or, for a system entry,
+    the entries the transaction changed in it."""
+    return [str(m) for p in _changed(info) for m in restored_paths(info, p)]
 
 
 def _changed(info: TxInfo) -> list[PathInfo]:
@@ -123,43 +142,53 @@ def _undoable(ctx: Context, tx_id: int) -> TxInfo:
 def _plan_chain(ctx: Context, tx_id: int, cascade: bool) -> list[TxInfo]:
     """`tx_id` and (with cascade) every later transaction in its way, newest first."""
     target = _undoable(ctx, tx_id)
-    paths = {p.path for p in _changed(target)}
-    changes = ctx.journal.committed_changes()
+    marks = set(changed_marks(target))
+    later_ids = sorted({t for t, _path, _fp in ctx.journal.committed_changes() if t > tx_id})
     chain = {tx_id: target}
     grew = True
     while grew:
         grew = False
-        for later, path, _fp in changes:
-            if later <= tx_id or later in chain or not any(overlaps(path, p) for p in paths):
-                continue
-            info = ctx.journal.transaction(later)
+        for later in later_ids:
+            info = None if later in chain else ctx.journal.transaction(later)
             if info is None or info.undone_by is not None:
+                continue
+            hit = next((m for m in changed_marks(info) if any(overlaps(m, p) for p in marks)), None)
+            if hit is None:
                 continue
             if not cascade:
                 raise UsageError(
-                    f"transaction {later} changed {path} after transaction {tx_id}",
+                    f"transaction {later} changed {hit} after transaction {tx_id}",
                     f"undo {later} first, or run hs-tx undo {tx_id} --cascade",
                 )
             chain[later] = _undoable(ctx, later)
-            paths |= {p.path for p in _changed(info)}
+            marks |= set(changed_marks(info))
             grew = True
     return [chain[i] for i in sorted(chain, reverse=True)]
 
 
 def _check_drift(ctx: Context, chain: list[TxInfo], force: bool) -> None:
-    """Refuse when a path changed outside hs-tx since hs-tx last changed it."""
-    paths = {p.path for info in chain for p in _changed(info)}
-    latest: dict[str, tuple[str, str | None]] = {}
-    for _tx, path, fingerprint in ctx.journal.latest_fingerprints():  # newest first
-        for wanted in paths:
-            if wanted not in latest and overlaps(path, wanted):
-                latest[wanted] = (path, fingerprint)
+    """Refuse when a path changed outside hs-tx since hs-tx last changed it: compared,
+    for each path the chain changed, with the newest transaction that changed it."""
+    marks = {m for info in chain for m in changed_marks(info)}
+    infos = {info.id: info for info in chain}
+    latest: dict[str, tuple[int, str, str]] = {}
+    for tx, path, fingerprint in ctx.journal.latest_fingerprints():  # newest first
+        if len(latest) == len(marks):
+            break
+        if fingerprint is None:
+            continue
+        theirs = [path]
+        if fingerprint.startswith(RELS):
+            info = infos.get(tx) or ctx.journal.transaction(tx)
+            if info is None:
+                continue
+            infos[tx] = info
+            theirs = [str(m) for p in info.paths if p.path == path for m in restored_paths(info, p)]
+        for wanted in marks:
+            if wanted not in latest and any(overlaps(t, wanted) for t in theirs):
+                latest[wanted] = (tx, path, fingerprint)
     drifted = sorted(
-        {
-            path
-            for path, fp in latest.values()
-            if fp is not None and tree_fingerprint(Path(path)) != fp
-        }
+        {path for tx, path, fp in latest.values() if _fingerprint_now(infos, tx, path, fp) != fp}
     )
     if drifted and not force:
         raise UsageError(
@@ -168,3 +197,11 @@ def _check_drift(ctx: Context, chain: list[TxInfo], force: bool) -> None:
         )
     for path in drifted:
         ctx.log(f"hs-tx: warning: {path} changed outside hs-tx; --force: undoing anyway")
+
+
+def _fingerprint_now(infos: dict[int, TxInfo], tx: int, path: str, recorded: str) -> str:
+    """The fingerprint of `path` now, taken as transaction `tx` took `recorded`."""
+    if not recorded.startswith(RELS):
+        return tree_fingerprint(Path(path))
+    info = next(p for p in infos[tx].paths if p.path == path)
+    return fingerprint_of(Path(path), changes_in(infos[tx], info))

@@ -23,8 +23,9 @@ from ..core.signals import SignalGuard
 from ..core.source import fetch_source
 from ..core.space import release_for_space
 from ..core.start import open_transaction, recover_first, snapshot_scope
+from ..core.system import system_units
 from ..core.transaction import commit, roll_back, run_transaction
-from ..journal import Kind, Phase, Status, Step
+from ..journal import Kind, Origin, Phase, Status, Step
 from ..modules.discovery import Listed, discover_usable
 
 
@@ -102,7 +103,9 @@ def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> RunP
     snapshot_scope(ctx, tx_id, plan.paths, detail)
     modules = [m for m in plan.future.values() if m.enabled]
     record_services(ctx, tx_id, [m.service_name for m in modules if m.service_name], "module")
-    record_services(ctx, tx_id, unit_files([p.path for p in plan.paths]), "unit-file")
+    units = unit_files([p.path for p in plan.paths if p.origin != Origin.SYSTEM])
+    units += system_units([p.path for p in plan.paths if p.origin == Origin.SYSTEM])
+    record_services(ctx, tx_id, units, "unit-file")
     return plan
 
 

@@ -12,13 +12,15 @@ recovery, so the journal never claims less than the run did.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..audit import Audit, AuditResult, Change
 from ..audit.paths import read_mounts
 from ..audit.scan import SCAN_NOTE, changed_since
-from ..journal import OutsideInfo, Phase, Status, Step, TxInfo
+from ..journal import ChangeInfo, Origin, OutsideInfo, Phase, Status, Step, TxInfo
 from .context import Context
+from .system import holding, system_of
 
 # a learned name that looks different every run (a timestamp, a temp file) is
 # learned as its directory instead
@@ -85,10 +87,15 @@ def record(ctx: Context, tx_id: int, result: AuditResult) -> list[OutsideInfo]:
     and the footprints they teach; return the outside changes."""
     info = ctx.journal.transaction(tx_id)
     assert info is not None
-    scope = [Path(p.path) for p in info.paths]
+    scope = [Path(p.path) for p in info.paths if p.origin != Origin.SYSTEM]
     # a database's journal files follow it: restoring it through SQLite sets them right
     scope += [Path(p.path + s) for p in info.paths if p.backend == "sqlite" for s in _SQLITE]
-    outside = [c for c in result.changes if not _covered(Path(c.path), scope)]
+    system, mounts = system_of(info.paths), read_mounts()
+    held = [bool(system) and holding(c.path, system, mounts) is not None for c in result.changes]
+    inside = [c for c, h in zip(result.changes, held, strict=True) if h]
+    ctx.journal.add_run_changes(tx_id, [(c.path, c.change, c.module, c.count) for c in inside])
+    rest = [c for c, h in zip(result.changes, held, strict=True) if not h]
+    outside = [c for c in rest if not _covered(Path(c.path), scope)]
     if result.method != "fanotify":
         # a scan sees a dir as modified when a scope path in it was created or removed
         outside = [c for c in outside if not _holds_scope(c, scope)]
@@ -96,6 +103,8 @@ def record(ctx: Context, tx_id: int, result: AuditResult) -> list[OutsideInfo]:
     ctx.journal.add_outside(tx_id, [(c.path, c.change, c.module, c.count) for c in outside])
     ctx.journal.learn(tx_id, footprints(outside))
     detail = {"method": result.method, "outside": len(outside), "others": result.others}
+    if system:
+        detail["inside"] = len(inside)
     ctx.journal.event(tx_id, Phase.AUDIT, Step.FINISH, Status.DONE, detail)
     return [OutsideInfo(c.path, c.change, c.module, c.count, None) for c in outside]
 
@@ -131,7 +140,7 @@ def footprints(outside: list[Change]) -> list[tuple[str, str]]:
     return learned
 
 
-def describe(outside: list[OutsideInfo]) -> str:
+def describe(outside: Sequence[ChangeInfo]) -> str:
     """`/a, /b, /c and 4 more`: the first few paths and how many more."""
     names = ", ".join(o.path for o in outside[:SHOWN])
     more = len(outside) - SHOWN

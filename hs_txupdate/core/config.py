@@ -21,6 +21,7 @@ CONFIG_ENV = "HS_TX_CONFIG"
 BACKENDS = ("auto", "btrfs", "tar")
 SERVICE_MANAGERS = ("systemd", "command")
 OUTSIDE_WRITES = ("warn", "fail")
+SYSTEM_SCOPE = ("auto", "on", "off")
 # never watched by the write audit, wherever they lie inside a watch root
 BUILTIN_IGNORES = tuple(
     Path(p) for p in ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log", "/var/cache")
@@ -54,6 +55,7 @@ class Config:
     watch: tuple[Path, ...] = (Path("/"),)
     ignore: tuple[Path, ...] = ()
     outside_writes: str = "warn"
+    system: str = "auto"  # whole-system scope on btrfs: auto | on | off
     module_paths: dict[str, tuple[Path, ...]] = field(default_factory=dict)
     source: SourceConfig | None = None
     runtime_path: Path = Path("/usr/local/lib/hs-tx/runtime")
@@ -98,6 +100,7 @@ _SCHEMA: dict[str, Any] = {
         "watch": "abspath_list",
         "ignore": "abspath_list",
         "outside_writes": "outside_writes",
+        "system": "system",
         "modules": "module_tables",
     },
     "runtime": {"path": "abspath", "wheels": "abspath"},
@@ -204,6 +207,7 @@ def config_from_dict(data: dict[str, Any], origin: str = "<dict>") -> Config:
         watch=tuple(scope.get("watch", defaults.watch)),
         ignore=tuple(scope.get("ignore", ())),
         outside_writes=scope.get("outside_writes", defaults.outside_writes),
+        system=scope.get("system", defaults.system),
         module_paths=scope.get("modules", {}),
         source=SourceConfig(**source) if source is not None else None,
         runtime_path=runtime.get("path", defaults.runtime_path),
@@ -296,6 +300,10 @@ def _check_value(kind: str, value: Any, name: str, origin: str) -> Any:
     if kind == "outside_writes":
         if value not in OUTSIDE_WRITES:
             raise bad("one of " + ", ".join(OUTSIDE_WRITES))
+        return value
+    if kind == "system":
+        if value not in SYSTEM_SCOPE:
+            raise bad("one of " + ", ".join(SYSTEM_SCOPE))
         return value
     if kind == "module_tables":
         return _module_tables(value, name, origin)

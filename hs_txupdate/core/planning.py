@@ -14,6 +14,7 @@ from . import phase1, phase3
 from .config import Config
 from .runtime import RuntimeBuild, plan_runtime
 from .scope import Planned, plan_paths
+from .system import system_paths, system_scope, with_system
 
 
 @dataclass
@@ -44,7 +45,8 @@ def plan_run(
     the learned (module, path) footprints, return the run's plan: phase 1 changes,
     the self-update, the folded scope and the notes for the operator.
 
-    Raises SourceError / ModuleDefinitionError when the source is unusable.
+    Raises SourceError / ModuleDefinitionError when the source is unusable, ScopeError
+    when `[scope] system = "on"` cannot be honoured (see core.system).
     """
     plan = RunPlan(installed)
     if state is not None:
@@ -60,4 +62,9 @@ def plan_run(
     if plan.runtime is not None:
         own.append(Planned(plan.runtime.path, Origin.RUNTIME))
     plan.paths = plan_paths(config, installed.values(), plan.future.values(), own, learned or [])
+    system, note = system_scope(config)
+    if note is not None:
+        plan.notes.append(note)
+    if system:
+        plan.paths = with_system(config, system_paths(config), plan.paths)
     return plan

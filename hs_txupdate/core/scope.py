@@ -6,7 +6,9 @@ nested paths folded into their parents; each path keeps where it came from
 (journal.Origin). StateManager backups add paths while the run runs (see
 core.statemanager). A path is refused when it is `/`, when it holds
 a mount point or a nested subvolume (a snapshot would miss what is below it),
-when it holds the state dir or lies inside it, or (tar) when it holds a socket.
+when it holds the state dir or lies inside it, or (tar) when it holds a socket;
+the entries of a whole-system scope (core.system) are exempt: each stands for its
+own subvolume, and their restores leave those places alone.
 On btrfs these checks ask the mount table and btrfs, never walking the path. Links
 are resolved when planned: a scope path that is a link stands for its target
 (inside a watched root), so restores never have to write through a link.
@@ -130,10 +132,12 @@ def check_scope(
 
 
 def _fold_entries(entries: list[ScopeEntry]) -> list[ScopeEntry]:
-    """Drop an entry that resolving links put at or inside another one."""
-    kept = {entry.path: entry for entry in entries}
+    """Drop an entry that resolving links put at or inside another one; the entries of
+    a whole-system scope stay apart (each stands for its own subvolume)."""
+    system = [entry for entry in entries if entry.origin == Origin.SYSTEM]
+    kept = {entry.path: entry for entry in entries if entry.origin != Origin.SYSTEM}
     outer = set(fold(kept))
-    return [entry for path, entry in kept.items() if path in outer]
+    return system + [entry for path, entry in kept.items() if path in outer]
 
 
 def resolve(config: Config, path: Path) -> tuple[Path, Path | None]:
@@ -162,6 +166,8 @@ def check_path(config: Config, item: Planned) -> ScopeEntry:
     """Check one path: it may be snapshotted (see the module docstring); return its
     entry, links resolved (see resolve), with the backend that will snapshot it.
     Raises ScopeError otherwise."""
+    if item.origin == Origin.SYSTEM:  # planned by core.system: a btrfs subvolume or root
+        return ScopeEntry(item.path, True, "btrfs", 0, item.origin)
     path, linked_from = resolve(config, item.path)
     if path == Path("/"):
         raise ScopeError("scope path / is the whole system", "name the paths inside it instead")

@@ -191,11 +191,13 @@ def restore_path(
     info: PathInfo,
     phase: Phase = Phase.ROLLBACK,
     only: Path | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> int:
     """Put one scope path back exactly as snapshotted; return how many entries changed.
 
     `info` may belong to an earlier transaction (undo); the events go to `tx_id`
-    under `phase`. `only` (a path at or below it) restores just that part.
+    under `phase`. `only` (a path at or below it) restores just that part; `keep`
+    (given a path relative to it) just the entries it accepts (a system scope's).
     Idempotent: an interrupted restore is finished by calling it again. Raises
     DamagedError when the snapshot needed is missing or corrupt.
     """
@@ -205,6 +207,8 @@ def restore_path(
     changes = _changes(journal, info, manifest)
     if only is not None:
         changes = changes.under("" if only == live else str(only.relative_to(live)))
+    if keep is not None:
+        changes = changes.where(keep)
     if not changes:
         return 0
     if info.backend == "sqlite" and manifest is not None:

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from ..base.errors import DamagedError
 from ..base.fsio import durable_write
-from ..base.proc import CommandError, run
-from ..journal import Journal, Phase, Status, Step, TxInfo, now_iso
+from ..base.proc import CommandError, run, spawn_detached
+from ..journal import Journal, Phase, Status, Step, TxInfo, identity_of, now_iso
 from ..snapshot.btrfs import is_btrfs
 from .config import Config, min_free_bytes
 from .context import Context
@@ -92,26 +93,56 @@ def _wait_for_cleaner(where: Path) -> None:
         run(["btrfs", "filesystem", "sync", str(where)])
 
 
-def record_space(config: Config, journal: Journal) -> dict[str, Any]:
-    """Measure what the kept snapshots of every committed transaction hold and cache
-    it in the state dir for `hs-tx status`; return what was cached.
+def measure_later(config: Config, journal: Journal) -> None:
+    """Measure what the kept snapshots hold in a process of its own, so the run that
+    just committed does not wait for it (`btrfs filesystem du` reads the metadata of
+    whole subvolumes). The process is handed what to measure and never opens the
+    journal. Raises CommandError when it cannot be started."""
+    plan = json.dumps(space_plan(journal))
+    spawn_detached([sys.executable, "-m", __name__, str(config.state_dir), plan])
+
+
+def space_plan(journal: Journal) -> dict[str, Any]:
+    """What `record_space` measures: per kept transaction (newest first) its btrfs
+    snapshots and the bytes of its archives and database copies; and the journal's
+    identity, so a figure is never cached for another journal."""
+    kept = journal.committed_with_snapshots([])
+    return {
+        "journal": journal.uuid,
+        "transactions": [
+            {
+                "id": info.id,
+                "snapshots": sorted(str(s) for s in _btrfs_snapshots(info)),
+                "files": sum(p.size or 0 for p in info.paths + info.points if p.backend != "btrfs"),
+            }
+            for info in kept
+        ],
+    }
+
+
+def record_space(config: Config, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """Measure what `plan` (see space_plan) names and cache it in the state dir for
+    `hs-tx status`; return what was cached, or None when the state dir no longer holds
+    the journal the plan was made from (moved aside, replaced).
 
     btrfs snapshots count their exclusive bytes (qgroups when quotas are enabled,
     else one `btrfs filesystem du` over all of them), archives and database copies
     their size.
     """
-    kept = journal.committed_with_snapshots([])
-    snapshots = {info.id: _btrfs_snapshots(info) for info in kept}
-    exclusive, method = _exclusive(sorted(set().union(*snapshots.values())))
-    per_tx: list[dict[str, Any]] = []
-    for info in kept:
-        files = sum(p.size or 0 for p in info.paths + info.points if p.backend != "btrfs")
-        held = files + sum(exclusive.get(s, 0) for s in snapshots[info.id])
-        per_tx.append(
-            {"id": info.id, "bytes": held, "method": method if snapshots[info.id] else "files"}
-        )
-    total = sum(t["bytes"] for t in per_tx)
-    report = {"at": now_iso(), "bytes": total, "transactions": per_tx}
+    txs = plan["transactions"]
+    present = sorted({Path(s) for t in txs for s in t["snapshots"] if Path(s).is_dir()})
+    exclusive, method = _exclusive(present)
+    per_tx = [
+        {
+            "id": t["id"],
+            "bytes": t["files"] + sum(exclusive.get(Path(s), 0) for s in t["snapshots"]),
+            "method": method if t["snapshots"] else "files",
+        }
+        for t in txs
+    ]
+    report = {"at": now_iso(), "bytes": sum(t["bytes"] for t in per_tx), "transactions": per_tx}
+    if identity_of(config.journal_path) != plan["journal"]:
+        return None
     durable_write(config.state_dir / SPACE_CACHE, (json.dumps(report) + "\n").encode(), 0o600)
     return report
 
@@ -171,3 +202,16 @@ def _btrfs_snapshot(ref: str) -> Path | None:
 
 def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
+
+
+def main(argv: list[str]) -> int:
+    """`python -m hs_txupdate.core.space STATE_DIR PLAN`: what `measure_later` runs."""
+    try:
+        record_space(Config(state_dir=Path(argv[0])), json.loads(argv[1]))
+    except (OSError, CommandError):
+        return 1  # the figure stays as it was; `status` shows when it was measured
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

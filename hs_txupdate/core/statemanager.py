@@ -34,6 +34,7 @@ from .context import Context
 from .scope import Planned, ScopeEntry, check_free_space, check_path, resolve
 from .services import put_back, record_services
 from .snapshots import capture_path, path_changes, record_path, restore_path
+from .system import holding, system_of
 
 
 @dataclass
@@ -103,8 +104,14 @@ class BackupServer:
         """The newest scope path of this transaction that holds `path`, if any."""
         info = self.ctx.journal.transaction(self.tx_id)
         assert info is not None
-        holding = [p for p in info.paths if path.is_relative_to(p.path)]
-        return max(holding, key=lambda p: p.n) if holding else None
+        system = system_of(info.paths)
+        top = holding(path, system, read_mounts()) if system else None
+        held = [
+            p
+            for p in info.paths
+            if p.path == top or (p.origin != Origin.SYSTEM and path.is_relative_to(p.path))
+        ]
+        return max(held, key=lambda p: p.n) if held else None
 
     def _snapshot(self, path: Path, backend: str | None, role: str | None) -> int:
         """Add `path` to this transaction (scope, or a point snapshot) and snapshot it

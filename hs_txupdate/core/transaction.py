@@ -22,7 +22,17 @@ from ..base.errors import (
 )
 from ..base.fsio import syncfs
 from ..base.proc import CommandError
-from ..journal import Decision, JournalLostError, OutsideInfo, Phase, State, Status, Step, TxInfo
+from ..journal import (
+    Decision,
+    JournalLostError,
+    Origin,
+    OutsideInfo,
+    Phase,
+    State,
+    Status,
+    Step,
+    TxInfo,
+)
 from ..snapshot.entries import remove_entry
 from ..snapshot.manifest import tree_fingerprint
 from .audit import describe
@@ -39,7 +49,15 @@ from .snapshots import (
     snapshot_fingerprint,
     tx_dir,
 )
-from .space import record_space
+from .space import measure_later
+from .system import (
+    attributed,
+    fingerprint_of,
+    restore_filter,
+    restored_paths,
+    settle_changes,
+    system_of,
+)
 
 _Plan = TypeVar("_Plan")
 
@@ -89,9 +107,14 @@ def commit(ctx: Context, tx_id: int) -> int:
     journal = ctx.journal
     info = _tx(ctx, tx_id)
     for path in info.paths:
-        changed = bool(path_changes(journal, path))
         # the fingerprint lets a later undo notice changes made outside hs-tx
-        fingerprint = tree_fingerprint(Path(path.path)) if changed else None
+        if path.origin == Origin.SYSTEM:
+            rels = settle_changes(ctx.config, journal, info, path)
+            changed = bool(rels)
+            fingerprint = fingerprint_of(Path(path.path), rels) if changed else None
+        else:
+            changed = bool(path_changes(journal, path))
+            fingerprint = tree_fingerprint(Path(path.path)) if changed else None
         journal.update_path(tx_id, path.n, changed=changed, fingerprint=fingerprint)
     _sync_scope(info)
     journal.event(tx_id, Phase.COMMIT, Step.DECISION, Status.DONE, {"outcome": Decision.COMMIT})
@@ -118,7 +141,7 @@ def finish_commit(ctx: Context, tx_id: int) -> int:
     ctx.log(f"hs-tx: transaction {tx_id} committed")
     apply_retention(ctx, tx_id)
     try:
-        record_space(ctx.config, ctx.journal)
+        measure_later(ctx.config, ctx.journal)
     except (OSError, CommandError) as exc:  # a figure for status; the commit stands
         ctx.log(f"hs-tx: warning: could not measure the space snapshots hold: {exc}")
     return EXIT_OK
@@ -164,17 +187,28 @@ def roll_back(
     ctx.log(f"hs-tx: {reason}")
     ctx.log(f"hs-tx: rolling back transaction {tx_id}")
     journal.set_state(tx_id, State.ROLLING_BACK, error=reason)
-    decision = {"outcome": Decision.ROLLBACK, "reason": reason}
-    journal.event(tx_id, Phase.ROLLBACK, Step.DECISION, Status.DONE, decision)
     info = _tx(ctx, tx_id)
+    decision = {"outcome": Decision.ROLLBACK, "reason": reason}
+    incomplete = bool(system_of(info.paths)) and not attributed(info)
+    if incomplete:
+        decision["attribution"] = "incomplete"
+        ctx.log(
+            f"hs-tx: note: the write audit could not attribute every write of this run"
+            f" ({info.audit_method or 'no audit'}); every change btrfs lists in the system"
+            " scope is put back, except the ignored paths and the state dir"
+        )
+    journal.event(tx_id, Phase.ROLLBACK, Step.DECISION, Status.DONE, decision)
     run_states = read_run_states(ctx, info)
     problems, changed = [], []
     for path in sorted(info.paths, key=lambda p: p.n, reverse=True):
         if never_snapshotted(path):
             continue  # added mid-run, cut off before its snapshot: nothing to restore from
+        keep = None
+        if path.origin == Origin.SYSTEM:
+            keep = restore_filter(ctx.config, info, path, listed=not incomplete)
         try:
-            if restore_path(ctx.config, journal, tx_id, path):
-                changed.append(Path(path.path))
+            if restore_path(ctx.config, journal, tx_id, path, keep=keep):
+                changed += restored_paths(info, path)
         except (HsTxError, OSError) as exc:
             problems.append(f"{path.path}: {exc}")
             failure = {"n": path.n, "error": str(exc)}
@@ -234,8 +268,8 @@ def _record_restored_state(ctx: Context, info: TxInfo) -> None:
             latest.setdefault(path, fingerprint)
     for scope_path in info.paths:
         last = latest.get(scope_path.path)
-        if last is None:
-            continue
+        if last is None or scope_path.origin == Origin.SYSTEM:
+            continue  # a system entry's drift is checked on the entries each run changed
         if snapshot_fingerprint(ctx.journal, scope_path) == last:
             fingerprint = tree_fingerprint(Path(scope_path.path))
             ctx.journal.update_path(info.id, scope_path.n, fingerprint=fingerprint)

@@ -7,6 +7,7 @@ records it returns; `vocab` holds every word it stores, as enums.
 from .api import Journal, JournalLostError, StepRecord
 from .records import (
     BackupInfo,
+    ChangeInfo,
     EventInfo,
     LastRunInfo,
     MalformedRowError,
@@ -39,6 +40,7 @@ __all__ = [
     "POINT",
     "RUNNING_STATES",
     "BackupInfo",
+    "ChangeInfo",
     "Decision",
     "EventInfo",
     "Journal",

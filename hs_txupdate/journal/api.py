@@ -30,6 +30,7 @@ from .models import (
     Footprint,
     ModuleRun,
     OutsideChange,
+    RunChange,
     ScopePath,
     ServiceState,
     StateManagerBackup,
@@ -345,6 +346,17 @@ class Journal(JournalReads):
         with self._write() as s:
             s.add_all(
                 OutsideChange(tx_id=tx_id, path=p, change=c, module=m, count=n)
+                for p, c, m, n in changes
+            )
+
+    def add_run_changes(
+        self, tx_id: int, changes: Sequence[tuple[str, str, str | None, int]]
+    ) -> None:
+        """Record paths the run changed inside its whole-system scope: (path, change,
+        module, count)."""
+        with self._write() as s:
+            s.add_all(
+                RunChange(tx_id=tx_id, path=p, change=c, module=m, count=n)
                 for p, c, m, n in changes
             )
 

@@ -131,6 +131,19 @@ class OutsideChange(Base):
     restored: Mapped[bool | None] = mapped_column(nullable=True)
 
 
+class RunChange(Base):
+    """A path a run changed inside its whole-system scope: what its rollback and undo put
+    back (the write audit's attribution, or btrfs's change list when that was incomplete)."""
+
+    __tablename__ = "run_changes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    change: Mapped[str] = mapped_column(String)  # created | modified | metadata | deleted
+    module: Mapped[str | None] = mapped_column(String, nullable=True)
+    count: Mapped[int] = mapped_column(Integer)  # entries folded into this path
+
+
 class Footprint(Base):
     """A path a module changed outside its scope in an earlier run: in scope from now on."""
 

@@ -20,6 +20,7 @@ from .models import (
     Meta,
     ModuleRun,
     OutsideChange,
+    RunChange,
     ScopePath,
     ServiceState,
     StateManagerBackup,
@@ -28,6 +29,7 @@ from .models import (
 )
 from .records import (
     BackupInfo,
+    ChangeInfo,
     EventInfo,
     LastRunInfo,
     MalformedRowError,
@@ -148,6 +150,12 @@ class JournalReads:
                     select(OutsideChange)
                     .where(OutsideChange.tx_id == tx_id)
                     .order_by(OutsideChange.path)
+                )
+            ]
+            info.run_changes = [
+                from_row(ChangeInfo, r)
+                for r in s.scalars(
+                    select(RunChange).where(RunChange.tx_id == tx_id).order_by(RunChange.path)
                 )
             ]
             info.modules = self._modules(s, tx_id)

@@ -87,13 +87,20 @@ class LastRunInfo:
 
 
 @dataclass
-class OutsideInfo:
-    """A path a run changed outside its scope."""
+class ChangeInfo:
+    """A path a run changed, as the write audit saw it (`count`: entries folded into it);
+    in `TxInfo.run_changes`: inside its whole-system scope."""
 
     path: str
     change: str
     module: str | None
     count: int
+
+
+@dataclass
+class OutsideInfo(ChangeInfo):
+    """A path a run changed outside its scope, and whether a rollback put it back."""
+
     restored: bool | None
 
 
@@ -151,6 +158,7 @@ class TxInfo:
     paths: list[PathInfo] = field(default_factory=list)
     points: list[PathInfo] = field(default_factory=list)  # point-in-time snapshots
     outside: list[OutsideInfo] = field(default_factory=list)
+    run_changes: list[ChangeInfo] = field(default_factory=list)  # inside a system scope
     modules: list[ModuleRunInfo] = field(default_factory=list)
     events: list[EventInfo] = field(default_factory=list)
 
@@ -263,7 +271,7 @@ def tx_info(row: Transaction, undone_by: int | None) -> TxInfo:
     values.update(undone_by=undone_by, command=parsed("command"))
     values.update({c: parsed(c) for c in ("net_before", "net_after", "net_restored")})
     values["net_actions"] = parsed("net_actions")
-    for child in ("paths", "points", "outside", "modules", "events"):
+    for child in ("paths", "points", "outside", "run_changes", "modules", "events"):
         del values[child]
     return checked(TxInfo, values, "transactions", row.id)
 

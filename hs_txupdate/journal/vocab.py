@@ -156,6 +156,7 @@ class Origin(StrEnum):
     SELF = "self-update"  # hs-tx's own install dir
     RUNTIME = "runtime"  # the module runtime, rebuilt by this run
     UNDO = "undo"  # what the undone transaction changed
+    SYSTEM = "system"  # a subvolume (or watched root) of the whole-system scope
 
 
 POINT = "point"  # scope path role: a point-in-time snapshot only restore_module_state uses

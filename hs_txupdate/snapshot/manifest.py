@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,11 +117,15 @@ class Changes:
 
     def under(self, rel: str) -> Changes:
         """Only the differences at or below the entry `rel` ('' keeps everything)."""
+        return self.where(lambda r: not rel or r == rel or r.startswith(rel + "/"))
 
-        def keep(rels: list[str]) -> list[str]:
-            return [r for r in rels if not rel or r == rel or r.startswith(rel + "/")]
+    def where(self, keep: Callable[[str], bool]) -> Changes:
+        """Only the differences whose relative path `keep` accepts."""
 
-        return Changes(keep(self.changed), keep(self.extra), keep(self.missing))
+        def kept(rels: list[str]) -> list[str]:
+            return [r for r in rels if keep(r)]
+
+        return Changes(kept(self.changed), kept(self.extra), kept(self.missing))
 
 
 def diff(live: Path, manifest: Manifest | None) -> Changes:

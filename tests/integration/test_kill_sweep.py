@@ -31,6 +31,7 @@ from tests.sweep import (
     new_events,
     pictures,
     points,
+    read_json,
     record,
     reset,
     run,
@@ -104,6 +105,21 @@ def test_update_that_rolls_back(fs_sandbox: Sandbox, request: pytest.FixtureRequ
     """Swept at every N by default: modules change files, the second one fails."""
     _ref, outcomes = _sweep(fs_sandbox, request, "rollback", full=True)
     assert set(outcomes) == {"aborted", "rolled_back"}, outcomes
+
+
+@pytest.mark.parametrize("fs_sandbox", ["btrfs"], indirect=True)
+def test_system_scope_rollback(fs_sandbox: Sandbox, request: pytest.FixtureRequest) -> None:
+    """The same rollback under the whole-system scope (the two service dirs are the
+    watched roots, snapshotted whole and put back from what the audit attributed; the
+    cache dir a module creates beside them is a declared path), crashed at every N:
+    recovery finishes it from the journal's progress and the snapshots."""
+    fs_sandbox.system = "on"
+    fs_sandbox.watch = [str(fs_sandbox.data / "app"), str(fs_sandbox.data / "web")]
+    fs_sandbox.write_config()
+    ref, outcomes = _sweep(fs_sandbox, request, "rollback", full=True)
+    assert set(outcomes) == {"aborted", "rolled_back"}, outcomes
+    show = read_json(fs_sandbox, "show", str(ref.tx_id))
+    assert [p["origin"] for p in show["paths"]].count("system") == 2, show["paths"]
 
 
 def test_update_that_commits(fs_sandbox: Sandbox, request: pytest.FixtureRequest) -> None:

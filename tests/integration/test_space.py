@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 
 import pytest
@@ -36,6 +37,18 @@ def _free_mb(sbx: Sandbox) -> int:
     return vfs.f_bavail * vfs.f_frsize >> 20
 
 
+def _measured(sbx: Sandbox, ids: list[int]) -> dict:
+    """The space figure `status` shows, once the measurement a commit started in the
+    background has covered the transactions `ids` (it never holds up the run)."""
+    deadline = time.monotonic() + 60
+    while True:
+        space = json.loads(sbx.hs_tx("status", "--json").stdout)["snapshot_space"]
+        if space and [t["id"] for t in space["transactions"]] == ids:
+            return space
+        assert time.monotonic() < deadline, f"never measured: {space}"
+        time.sleep(0.2)
+
+
 def test_min_free_releases_the_oldest_snapshots_first(make_loopfs: Callable[..., LoopFs]) -> None:
     fs = make_loopfs("btrfs", 400)
     sbx = Sandbox(fs.mount / "sbx").create()
@@ -43,7 +56,7 @@ def test_min_free_releases_the_oldest_snapshots_first(make_loopfs: Callable[...,
     _rewriter(sbx)
     for _ in range(3):
         assert sbx.hs_tx("update").returncode == 0
-    space = json.loads(sbx.hs_tx("status", "--json").stdout)["snapshot_space"]
+    space = _measured(sbx, [3, 2, 1])
     assert [t["id"] for t in space["transactions"]] == [3, 2, 1]
     assert all(t["bytes"] >= BLOB_MB << 20 for t in space["transactions"][1:]), json.dumps(space)
     assert "kept snapshots:" in sbx.hs_tx("status").stdout
