@@ -6,6 +6,6 @@ Imports only the standard library and `hs_txupdate.base`.
 """
 
 from .fold import FOLD_AT, Change
-from .session import Audit, AuditError, AuditResult
+from .session import Audit, AuditError, AuditResult, why_unwatchable
 
-__all__ = ["FOLD_AT", "Audit", "AuditError", "AuditResult", "Change"]
+__all__ = ["FOLD_AT", "Audit", "AuditError", "AuditResult", "Change", "why_unwatchable"]

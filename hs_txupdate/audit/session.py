@@ -19,7 +19,7 @@ from ..base.errors import HsTxError
 from . import kernel
 from .fold import Change, classify
 from .link import ReaderError, ReaderLink
-from .paths import plan_filesystems, read_mounts, unaudited
+from .paths import Filesystem, plan_filesystems, read_mounts, unaudited
 from .scan import SCAN_NOTE, changed_since, count_tree
 
 READY_TIMEOUT_S = 30.0
@@ -160,12 +160,7 @@ class Audit:
         fan_fd = kernel.fanotify_group()
         tops: dict[str, int] = {}  # dev -> fd of a detached top-level mount
         try:
-            for fs in plan:
-                if fs.needs_top_level:
-                    tops[fs.dev] = kernel.btrfs_top_level(fs.source)
-                    kernel.mark_filesystem(fan_fd, ".", tops[fs.dev])
-                else:
-                    kernel.mark_filesystem(fan_fd, fs.point)
+            _mark(fan_fd, plan, tops)
             self._ns = kernel.PidNamespace.enter()
             self._link = ReaderLink.spawn(python, (fan_fd, *tops.values()))  # PID 1 there
         except BaseException:
@@ -227,3 +222,35 @@ class Audit:
         """Raise AuditError once the audit is finished or abandoned."""
         if self._done:
             raise AuditError("the audit is already finished")
+
+
+def _mark(fan_fd: int, plan: list[Filesystem], tops: dict[str, int]) -> None:
+    """Mark every filesystem of `plan` in the fanotify group `fan_fd`, a btrfs seen only
+    through subvolumes through a detached mount of its top level (its fd kept in `tops`,
+    by device). Raises OSError."""
+    for fs in plan:
+        if fs.needs_top_level:
+            tops[fs.dev] = kernel.btrfs_top_level(fs.source)
+            kernel.mark_filesystem(fan_fd, ".", tops[fs.dev])
+        else:
+            kernel.mark_filesystem(fan_fd, fs.point)
+
+
+def why_unwatchable(watch: list[Path], ignore: list[Path]) -> str | None:
+    """Given the roots and ignores of a run, try what `Audit.start` does first: make a
+    fanotify group and mark every filesystem to watch, then undo it. Return None when
+    that works, else why not."""
+    roots = sorted({os.path.realpath(p) for p in watch})
+    ignores = sorted({os.path.realpath(p) for p in ignore})
+    tops: dict[str, int] = {}
+    fan_fd = None
+    try:
+        fan_fd = kernel.fanotify_group()
+        _mark(fan_fd, plan_filesystems(roots, ignores, read_mounts()), tops)
+    except OSError as exc:
+        return str(exc)
+    finally:
+        for fd in (fan_fd, *tops.values()):
+            if fd is not None:
+                os.close(fd)
+    return None

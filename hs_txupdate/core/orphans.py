@@ -91,7 +91,7 @@ def _kept_places(
     kept: set[Path] = set()
     stores: set[Path] = set()
     for row_id, backend, snapshot, manifest in rows:
-        if manifest:
+        if manifest and os.path.isabs(manifest):  # a lazy one lives in the journal
             kept.add(_real(Path(manifest).parent))
         if not snapshot:
             continue

@@ -38,6 +38,8 @@ from .orphans import claim_store
 from .scope import ScopeEntry
 
 Log = Callable[[str], None]
+# a lazy manifest is kept in the journal itself (after this prefix), not in a file
+LAZY_PREFIX = "lazy:"
 
 
 def tx_dir(config: Config, journal: Journal, tx_id: int) -> Path:
@@ -83,8 +85,9 @@ def capture_path(
     """Snapshot the existing scope path `n`, journaled. `fresh`: the run may have
     changed things already, so no snapshot taken earlier in it may serve."""
     detail = {"n": n, "path": str(entry.path), "backend": entry.backend}
-    with journal.step(tx_id, Phase.SNAPSHOT, Step.CAPTURE, detail):
-        _capture_one(config, journal, tx_id, n, entry.path, entry.backend, fresh)
+    with journal.step(tx_id, Phase.SNAPSHOT, Step.CAPTURE, detail) as step:
+        values = _capture_one(config, journal, tx_id, n, entry.path, entry.backend, fresh)
+        step.update_path(n, **values)  # in the done event's commit
 
 
 def _capture_one(
@@ -95,9 +98,9 @@ def _capture_one(
     path: Path,
     backend_name: str,
     fresh: bool,
-) -> None:
-    """Snapshot one existing scope path and record its snapshot and manifest (a lazy one
-    on btrfs: the snapshot step reads nothing of the tree)."""
+) -> dict[str, str | int | None]:
+    """Snapshot one existing scope path and write its manifest (a lazy one on btrfs: the
+    snapshot step reads nothing of the tree); return the columns that record them."""
     target = target_of(journal, tx_id, n, path, fresh)
     backend = backend_by_name(backend_name, config.snapshots_dir)
     taken_ns = time.time_ns()
@@ -105,22 +108,23 @@ def _capture_one(
     if isinstance(backend, BtrfsBackend):
         claim_store(Path(json.loads(captured.ref)["snapshot"]).parent, journal)
         manifest = Manifest(taken_ns, lazy=True)
+        data = manifest.to_bytes()
+        where = LAZY_PREFIX + data.decode()  # nothing to keep beside the snapshot
     else:
         manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
-    data = manifest.to_bytes()
-    where = tx_dir(config, journal, tx_id) / f"{n}.manifest"
-    where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    durable_write(where, data)
-    journal.update_path(
-        tx_id,
-        n,
-        snapshot=captured.ref,
-        size=captured.size,
-        checksum=captured.checksum,
-        manifest=str(where),
-        manifest_sha256=hashlib.sha256(data).hexdigest(),
-        fingerprint_before=manifest_fingerprint(manifest),
-    )
+        data = manifest.to_bytes()
+        place = tx_dir(config, journal, tx_id) / f"{n}.manifest"
+        place.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        durable_write(place, data)
+        where = str(place)
+    return {
+        "snapshot": captured.ref,
+        "size": captured.size,
+        "checksum": captured.checksum,
+        "manifest": where,
+        "manifest_sha256": hashlib.sha256(data).hexdigest(),
+        "fingerprint_before": manifest_fingerprint(manifest),
+    }
 
 
 def load_manifest(info: PathInfo) -> Manifest | None:
@@ -135,7 +139,10 @@ def load_manifest(info: PathInfo) -> Manifest | None:
             f"no manifest was recorded for {info.path}", "the snapshot was never completed"
         )
     try:
-        data = Path(info.manifest).read_bytes()
+        if info.manifest.startswith(LAZY_PREFIX):
+            data = info.manifest[len(LAZY_PREFIX) :].encode()
+        else:
+            data = Path(info.manifest).read_bytes()
     except OSError as exc:
         raise DamagedError(
             f"manifest {info.manifest} of {info.path} is unreadable: {exc}",

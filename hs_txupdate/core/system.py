@@ -15,17 +15,19 @@ and the state dir. The rollback and the undo restore only those entries.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ..audit.kernel import fanotify_group
+from ..audit import why_unwatchable
 from ..audit.paths import Mount, fstype_at, keep, read_mounts, under
 from ..base.errors import ScopeError
 from ..journal import ChangeInfo, Journal, Kind, Origin, PathInfo, TxInfo
 from ..snapshot.btrfs import subvolume_root
 from ..snapshot.manifest import Changes, tree_fingerprint
-from ..snapshot.subvol import SUBVOLUME_ROOT_INO, child_subvolumes
+from ..snapshot.subvol import SUBVOLUME_ROOT_INO, child_subvolumes, subvolume_identity
 from .config import Config
 from .scope import Planned
 from .services import UNIT_DIRS, unit_files
@@ -48,55 +50,75 @@ def system_scope(config: Config) -> tuple[bool, str | None]:
     if not_btrfs or config.snapshot_backend == "tar":
         if config.system == "auto":
             return False, None
-        why = f"{not_btrfs[0]} is not on btrfs" if not_btrfs else "snapshot.backend is tar"
+        what = f"{not_btrfs[0]} is not on btrfs" if not_btrfs else "snapshot.backend is tar"
         raise ScopeError(
-            f'[scope] system = "on" needs btrfs snapshots of every watched root: {why}',
+            f'[scope] system = "on" needs btrfs snapshots of every watched root: {what}',
             'set [scope] system = "auto" or "off", or watch only btrfs roots',
         )
-    try:
-        os.close(fanotify_group())
-    except OSError as exc:
+    unwatchable = why_unwatchable(list(config.watch), list(config.ignores))
+    if unwatchable is not None:
         return False, (
-            f"system scope is off for this run: the write audit cannot run ({exc}); "
+            f"system scope is off for this run: the write audit cannot run ({unwatchable}); "
             "only the planned paths are snapshotted"
         )
     return True, None
 
 
 def system_paths(config: Config) -> list[Path]:
-    """Every watched root, btrfs mount and nested subvolume below one, except what
-    `_excluded` names; sorted. Reads the mount table and asks btrfs (no walk)."""
+    """Every watched root, btrfs mount of a subvolume and nested subvolume below one,
+    each subvolume top once (a second mount of one is left out), except what
+    `_excluded` names; sorted. Reads the mount table and asks btrfs (no walk).
+
+    Raises ScopeError when btrfs will not list the subvolumes nested in one.
+    """
     mounts = read_mounts()
-    found: set[Path] = set()
-    for root in config.watch:
-        real = os.path.realpath(root)
-        tops = [real] + [
-            m.point
-            for m in mounts
-            if m.fstype == "btrfs" and m.point != real and under(m.point, real)
-        ]
+    # a subvolume's top by its device (each subvolume has its own), a root by its path
+    found: dict[object, Path] = {}
+    roots = sorted((os.path.realpath(r) for r in config.watch), key=len)
+    for root in roots:
+        below = [m.point for m in mounts if m.fstype == "btrfs" and m.point != root]
+        tops = [root, *sorted((p for p in below if under(p, root)), key=len)]
         for top in tops:
-            if not _excluded(config, top, mounts):
-                found.add(Path(top))
-                found.update(_nested(config, Path(top), mounts))
-    return sorted(found)
+            is_root = top == root
+            if _excluded(config, top, mounts) or not (is_root or _subvolume_top(top)):
+                continue  # a mount of a plain directory: what it shows stays outside
+            for path in [Path(top), *_nested(config, Path(top), mounts)]:
+                st = os.lstat(path)
+                key = st.st_dev if st.st_ino == SUBVOLUME_ROOT_INO else path
+                found.setdefault(key, path)
+    return sorted(found.values())
+
+
+def _subvolume_top(path: str) -> bool:
+    try:
+        return os.lstat(path).st_ino == SUBVOLUME_ROOT_INO
+    except OSError:
+        return False
 
 
 def _nested(config: Config, top: Path, mounts: Sequence[Mount]) -> list[Path]:
-    """The subvolumes nested (at any depth) below `top`, still visible there."""
+    """The subvolumes nested (at any depth) below `top`, still visible there and
+    writable (a read-only one, such as another tool's snapshot, is left out with
+    everything below it). Raises ScopeError when btrfs will not list them."""
     subvolume = subvolume_root(top)
     inside = os.path.relpath(top, subvolume)
+    try:
+        children = child_subvolumes(subvolume)
+    except OSError as exc:
+        raise ScopeError(
+            f"btrfs did not list the subvolumes nested in {subvolume}: {exc}",
+            'set [scope] system = "off" to snapshot only the planned paths',
+        ) from exc
     nested = []
-    for child in child_subvolumes(subvolume):
+    for child in children:
         if inside != "." and not child.startswith(inside + "/"):
             continue
         path = subvolume / child
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
         # a mount over it hides it; it was met as that mount's own subvolume, or not at all
-        if st.st_ino != SUBVOLUME_ROOT_INO or _excluded(config, str(path), mounts):
+        if not _subvolume_top(str(path)) or _excluded(config, str(path), mounts):
+            continue
+        identity = subvolume_identity(path)
+        if identity is None or identity.readonly:
             continue
         if _holder(str(path), mounts) != _holder(str(top), mounts):
             continue
@@ -109,7 +131,7 @@ def _excluded(config: Config, path: str, mounts: Sequence[Mount]) -> bool:
     """True for what the system scope leaves out: what the write audit never watches
     (the ignored paths, the state dir, the snapshot stores and what lies in them), kernel
     or non-btrfs filesystems, read-only mounts."""
-    if not keep(path, _roots(config), [str(i) for i in config.ignores]):
+    if not keep(path, _roots(config), _ignores(config)):
         return True
     if fstype_at(path, mounts) != "btrfs":
         return True
@@ -120,6 +142,10 @@ def _roots(config: Config) -> list[str]:
     return [os.path.realpath(r) for r in config.watch]
 
 
+def _ignores(config: Config) -> list[str]:
+    return [os.path.realpath(i) for i in config.ignores]
+
+
 def _holder(path: str, mounts: Sequence[Mount]) -> str:
     """The mount point of the mount holding `path`."""
     return max((m.point for m in mounts if under(path, m.point)), key=len, default="/")
@@ -127,10 +153,15 @@ def _holder(path: str, mounts: Sequence[Mount]) -> str:
 
 def with_system(config: Config, system: list[Path], planned: list[Planned]) -> list[Planned]:
     """The system entries (origin system, never folded together), then each planned path
-    no system entry holds (on another filesystem, or not yet existing there)."""
+    no system entry holds (on another filesystem), and those hs-tx itself writes (the
+    module dirs in phase 1, its own install dir in phase 3, the module runtime): hs-tx's
+    own writes are not the modules', and the audit does not attribute them."""
     mounts = read_mounts()
     entries = [Planned(p, Origin.SYSTEM) for p in system]
-    return entries + [p for p in planned if holding(p.path, system, mounts) is None]
+    own = (Origin.MODULE, Origin.SELF, Origin.RUNTIME)
+    return entries + [
+        p for p in planned if p.origin in own or holding(p.path, system, mounts) is None
+    ]
 
 
 def system_units(system: list[Path]) -> list[str]:
@@ -150,10 +181,14 @@ def holding(path: Path | str, system: Iterable[Path | str], mounts: Sequence[Mou
     top = max(above, key=len)
     if any(m.point != top and under(m.point, top) and under(text, m.point) for m in mounts):
         return None
-    probe = text
-    while not os.path.lexists(probe):
-        probe = os.path.dirname(probe)
-    return top if os.lstat(probe).st_dev == os.stat(top).st_dev else None
+    return top if _device(text) == _device(top) else None
+
+
+def _device(path: str) -> int:
+    """The device of `path`, or of its nearest existing parent."""
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return os.lstat(path).st_dev
 
 
 def system_of(paths: Iterable[PathInfo]) -> list[str]:
@@ -163,19 +198,29 @@ def system_of(paths: Iterable[PathInfo]) -> list[str]:
 
 def attributed(tx: TxInfo) -> bool:
     """True when the run changes of `tx` name all it changed inside its system scope: the
-    write audit watched it with fanotify, or (undo) they were written before it acted."""
-    return tx.audit_method == "fanotify" or tx.kind == Kind.UNDO
+    write audit watched it with fanotify, it never started (no module ran), or (undo)
+    they were written before it acted."""
+    return tx.audit_method in ("fanotify", None) or tx.kind == Kind.UNDO
 
 
-def changes_in(tx: TxInfo, info: PathInfo) -> list[str]:
-    """The run changes of `tx` held by its system entry `info`, relative to it."""
+def changes_in(tx: TxInfo, info: PathInfo) -> dict[str, bool]:
+    """The run changes of `tx` held by its system entry `info`, relative to it: True
+    for one whose whole subtree is the run's (created, deleted, or many changes folded
+    into it), False for the entry alone (a directory's own times or mode)."""
     tops = system_of(tx.paths)
     mounts = read_mounts()
-    rels = []
+    marks: dict[str, bool] = {}
     for change in tx.run_changes:
         if holding(change.path, tops, mounts) == info.path:
-            rels.append("" if change.path == info.path else os.path.relpath(change.path, info.path))
-    return sorted(set(rels))
+            rel = "" if change.path == info.path else os.path.relpath(change.path, info.path)
+            whole = change.change in ("created", "deleted") or change.count > 1
+            marks[rel] = marks.get(rel, False) or whole
+    return marks
+
+
+def _marked(rel: str, marks: dict[str, bool]) -> bool:
+    """True when `rel` is a marked entry or lies below one marked whole."""
+    return any(rel == m or (whole and _at_or_below(rel, m)) for m, whole in marks.items())
 
 
 def restored_paths(tx: TxInfo, info: PathInfo) -> list[Path]:
@@ -189,20 +234,51 @@ def restored_paths(tx: TxInfo, info: PathInfo) -> list[Path]:
 def restore_filter(config: Config, tx: TxInfo, info: PathInfo, listed: bool) -> Keep:
     """Which entries (relative to the system entry `info` of `tx`) a restore puts back:
     never what the write audit never watches (the ignored paths, the state dir, hs-tx's
-    own names) nor what lies below a mount point; `listed`: only the run changes of `tx`
-    and what lies below them."""
+    own names) nor what lies below a mount point; `listed`: only the run changes of `tx`,
+    what lies below those marked whole, and the other links of a marked file (a write
+    through one link changes them all; the audit names the one written)."""
     wanted = changes_in(tx, info) if listed else None
     top = info.path
-    roots, ignores = _roots(config), [str(i) for i in config.ignores]
+    roots, ignores = _roots(config), _ignores(config)
     points = [m.point for m in read_mounts() if m.point != top and under(m.point, top)]
+    trees = (Path(top), _snapshot_tree(info))
+    linked = _linked_inodes(trees, wanted) if wanted else set()
 
     def accept(rel: str) -> bool:
         path = os.path.join(top, rel) if rel else top
         if not keep(path, roots, ignores) or any(under(path, p) for p in points):
             return False
-        return wanted is None or any(_at_or_below(rel, w) for w in wanted)
+        if wanted is None or _marked(rel, wanted):
+            return True
+        return bool(linked) and not linked.isdisjoint(_file_inodes(trees, rel))
 
     return accept
+
+
+def _snapshot_tree(info: PathInfo) -> Path:
+    """Where the btrfs snapshot recorded for scope path `info` holds it (inode numbers
+    as live: a snapshot keeps them)."""
+    ref = json.loads(info.snapshot or "{}")
+    snapshot = Path(ref.get("snapshot", "/nonexistent"))
+    return snapshot if ref.get("rel", ".") == "." else snapshot / ref["rel"]
+
+
+def _file_inodes(trees: Iterable[Path], rel: str) -> set[int]:
+    """The inode numbers of the non-directory `rel` with several links, live or in the
+    snapshot."""
+    found = set()
+    for tree in trees:
+        try:
+            st = os.lstat(tree / rel if rel else tree)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1:
+            found.add(st.st_ino)
+    return found
+
+
+def _linked_inodes(trees: tuple[Path, Path], marks: dict[str, bool]) -> set[int]:
+    return {ino for rel in marks for ino in _file_inodes(trees, rel)}
 
 
 def _at_or_below(rel: str, top: str) -> bool:
@@ -220,27 +296,39 @@ def listed_changes(changes: Changes, keep: Keep) -> list[ChangeInfo]:
     return [c for c in out if not any(c.path != w and _at_or_below(c.path, w) for w in whole)]
 
 
-def settle_changes(config: Config, journal: Journal, tx: TxInfo, info: PathInfo) -> list[str]:
+def settle_changes(config: Config, journal: Journal, tx: TxInfo, info: PathInfo) -> dict[str, bool]:
     """Given a transaction about to commit and one of its system entries, return the
     entries (relative to it) the transaction changed there: its run changes, and, when
     the write audit could not attribute every write, what btrfs lists as changed
     (journaled as run changes, so an undo puts back the same). Raises CommandError,
     DamagedError, OSError."""
-    rels = changes_in(tx, info)
     if attributed(tx):
-        return rels
+        return changes_in(tx, info)
     keep = restore_filter(config, tx, info, listed=False)
     listed = listed_changes(path_changes(journal, info), keep)
     top = Path(info.path)
     rows = [(str(top / c.path if c.path else top), c.change, None, c.count) for c in listed]
     journal.add_run_changes(tx.id, rows)
-    return sorted({*rels, *(c.path for c in listed)})
+    info_now = journal.transaction(tx.id)
+    assert info_now is not None
+    return changes_in(info_now, info)
 
 
-def fingerprint_of(top: Path, rels: list[str]) -> str:
-    """A digest of the entries below `rels` of `top` as they are now: it walks only
-    those, and changes when anything below them is written, renamed, chmod-ed, ..."""
+def fingerprint_of(top: Path, marks: dict[str, bool]) -> str:
+    """A digest of the marked entries of `top` as they are now (what lies below those
+    marked whole included): it reads only those, and changes when one of them is
+    written, renamed, chmod-ed, ..."""
     digest = hashlib.sha256()
-    for rel in sorted(rels):
-        digest.update(f"{rel}\0{tree_fingerprint(top / rel if rel else top)}\n".encode())
+    for rel in sorted(marks):
+        path = top / rel if rel else top
+        state = tree_fingerprint(path) if marks[rel] else _entry_state(path)
+        digest.update(f"{rel}\0{state}\n".encode("utf-8", "surrogateescape"))
     return RELS + digest.hexdigest()
+
+
+def _entry_state(path: Path) -> str:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "absent"
+    return f"{st.st_mode}:{st.st_ino}:{st.st_ctime_ns}"

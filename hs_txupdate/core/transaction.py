@@ -203,10 +203,10 @@ def roll_back(
     for path in sorted(info.paths, key=lambda p: p.n, reverse=True):
         if never_snapshotted(path):
             continue  # added mid-run, cut off before its snapshot: nothing to restore from
-        keep = None
-        if path.origin == Origin.SYSTEM:
-            keep = restore_filter(ctx.config, info, path, listed=not incomplete)
         try:
+            keep = None
+            if path.origin == Origin.SYSTEM:
+                keep = restore_filter(ctx.config, info, path, listed=not incomplete)
             if restore_path(ctx.config, journal, tx_id, path, keep=keep):
                 changed += restored_paths(info, path)
         except (HsTxError, OSError) as exc:

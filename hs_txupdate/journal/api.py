@@ -66,11 +66,17 @@ class StepRecord:
 
     detail: dict[str, Any] = field(default_factory=dict)
     failed: bool = False
+    path: tuple[int, dict[str, Any]] | None = None  # scope path n: columns to set
 
     def fail(self, **more: Any) -> None:
         """Record the step as failed (with `more` detail) once the body ends."""
         self.failed = True
         self.detail.update(more)
+
+    def update_path(self, n: int, **values: Any) -> None:
+        """Set these columns of scope path `n` in the same commit as a `done` outcome
+        (like Journal.update_path, one durable write fewer)."""
+        self.path = (n, values)
 
 
 class JournalLostError(DamagedError):
@@ -225,8 +231,24 @@ class Journal(JournalReads):
         detail: Mapping[str, Any] | None = None,
     ) -> int:
         """Append an event, durably; return its seq."""
+        return self._event(tx_id, phase, step, status, detail, None)
+
+    def _event(
+        self,
+        tx_id: int,
+        phase: Phase,
+        step: Step,
+        status: Status,
+        detail: Mapping[str, Any] | None,
+        path: tuple[int, dict[str, Any]] | None,
+    ) -> int:
+        """`event`, with the columns `path` (n, values) of a scope path set in the same
+        commit."""
         text = json.dumps(dict(detail), sort_keys=True) if detail is not None else None
         with self._write() as s:
+            if path is not None:
+                where = (ScopePath.tx_id == tx_id, ScopePath.n == path[0])
+                s.execute(update(ScopePath).where(*where).values(**path[1]))
             last = s.scalar(select(func.max(Event.seq)).where(Event.tx_id == tx_id)) or 0
             s.add(
                 Event(
@@ -261,8 +283,12 @@ class Journal(JournalReads):
                 failed = {**record.detail, "error": str(exc) or type(exc).__name__}
                 self.event(tx_id, phase, step, Status.FAILED, failed)
             raise
-        outcome = Status.FAILED if record.failed else Status.DONE
-        self.event(tx_id, phase, step, outcome, record.detail)
+        if record.failed:
+            if record.path is not None:
+                self.update_path(tx_id, record.path[0], **record.path[1])
+            self.event(tx_id, phase, step, Status.FAILED, record.detail)
+        else:
+            self._event(tx_id, phase, step, Status.DONE, record.detail, record.path)
 
     # --- scope paths --------------------------------------------------------------------
     def add_path(

@@ -28,7 +28,7 @@ from .base import Captured, SnapshotTarget
 from .changelist import PROBE_SUFFIX, changes_since, delete_probe
 from .entries import SNAPSHOT_STORE, walk
 from .manifest import Changes
-from .subvol import SUBVOLUME_ROOT_INO, subvolume_identity
+from .subvol import SUBVOLUME_ROOT_INO, snapshot_readonly, subvolume_identity
 
 BTRFS_SUPER_MAGIC = 0x9123683E
 _LEGACY_NAME = re.compile(r"[0-9]+-[0-9]+")  # `<txid>-<n>`, before journal identities
@@ -104,8 +104,7 @@ class BtrfsBackend:
         earlier = [] if target.fresh else sorted(store.glob(f"{target.tx}-*"))
         snapshot = earlier[0] if earlier else store / target.name
         if not earlier:
-            run(["btrfs", "subvolume", "snapshot", "-r", str(root), str(snapshot)])
-            run(["btrfs", "filesystem", "sync", str(root)])
+            snapshot_readonly(root, store, target.name)
         identity = subvolume_identity(snapshot)
         if identity is None or not identity.readonly:
             raise DamagedError(f"{snapshot} is not the read-only snapshot just taken", "")

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..base.proc import run, run_pipe
 from .entries import entry_type, is_own_name, join, walk
 from .manifest import Changes
-from .subvol import inode_paths
+from .subvol import inode_paths, snapshot_readonly
 
 PROBE_SUFFIX = "-probe"
 # every escape btrfs receive --dump writes into a path (btrfs-progs print_path)
@@ -39,7 +39,7 @@ def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Chan
     """
     probe = snapshot.with_name(snapshot.name + PROBE_SUFFIX)
     delete_probe(probe)
-    run(["btrfs", "subvolume", "snapshot", "-r", str(subvolume), str(probe)])
+    snapshot_readonly(subvolume, probe.parent, probe.name, sync=False)  # deleted again
     try:
         touched, moved, timed = _read_stream(snapshot, probe)
         touched -= _read_only(timed, snapshot, probe)
@@ -157,7 +157,7 @@ def _classify(snapshot: Path, rel: str, live: Path, names: set[str], moved: set[
             here = None if name is None else join(top, name)
             if here is not None and os.path.isdir(here) and not os.path.islink(here):
                 wanted.update(r for r, _ in _subtree(top, str(name)))
-    wanted = {n for n in wanted if not _is_own(n)}
+    wanted = {n for n in wanted if not _is_own(n) and not _elsewhere(live, n)}
     changes = Changes()
     for name in sorted(wanted, key=lambda r: (r.count("/"), r)):
         before, now = os.path.lexists(join(reference, name)), os.path.lexists(join(live, name))
@@ -168,6 +168,15 @@ def _classify(snapshot: Path, rel: str, live: Path, names: set[str], moved: set[
         elif now:
             changes.extra.append(name)
     return changes
+
+
+def _elsewhere(live: Path, name: str) -> bool:
+    """True when the live entry `name` lies on another filesystem or subvolume than
+    `live` (a mount point, a nested subvolume): not this tree's to restore."""
+    try:
+        return os.lstat(join(live, name)).st_dev != os.lstat(live).st_dev
+    except OSError:
+        return False
 
 
 def _below(name: str, rel: str) -> str | None:
@@ -184,6 +193,16 @@ def _is_own(rel: str) -> bool:
 
 
 def _subtree(top: Path, rel: str) -> Iterator[tuple[str, os.stat_result]]:
-    """(entry relative to `top`, lstat) of `rel` and everything below it."""
+    """(entry relative to `top`, lstat) of `rel` and everything below it on the same
+    subvolume: a nested subvolume or a mount point below it is another tree, never
+    this one's change."""
+    dev = os.lstat(top).st_dev
+    other: str | None = None
     for below, st in walk(join(top, rel)):
-        yield (f"{rel}/{below}" if below and rel else below or rel), st
+        name = f"{rel}/{below}" if below and rel else below or rel
+        if other is not None and name.startswith(other + "/"):
+            continue
+        if st.st_dev != dev:
+            other = name
+            continue
+        yield name, st

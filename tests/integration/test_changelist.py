@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sqlite3
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hs_txupdate.core.snapshots import LAZY_PREFIX
 from hs_txupdate.snapshot.changelist import PROBE_SUFFIX, changes_since
 from hs_txupdate.snapshot.restore import restore
 from tests.conftest import LoopFs
@@ -171,8 +173,12 @@ def test_snapshots_are_lazy_and_a_probe_left_by_a_crash_goes_with_its_snapshot(
     sbx.write_config()
     sbx.writer_module()
     assert sbx.hs_tx("update").returncode == 0
-    manifests = [json.loads(m.read_bytes()) for m in sbx.tx_dir(1).glob("*.manifest")]
-    assert len(manifests) == 2  # the module dir and the data: nothing was walked
+    paths = sbx.journal_json(1)["paths"]
+    assert len(paths) == 2  # the module dir and the data: nothing was walked
+    assert not sbx.tx_dir(1).exists(), "a lazy manifest needs no file beside its snapshot"
+    with sqlite3.connect(sbx.state / "journal.db") as db:
+        rows = db.execute("SELECT manifest FROM paths WHERE tx_id = 1").fetchall()
+    manifests = [json.loads(m.removeprefix(LAZY_PREFIX)) for (m,) in rows]
     assert all(m["lazy"] is True and m["entries"] == [] for m in manifests)
     store = sbx.root.parent / ".hs-tx-snapshots"
     (snapshot,) = store.glob(f"{sbx.tx_key(1)}-*")

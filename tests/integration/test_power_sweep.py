@@ -48,6 +48,7 @@ from typing import Any
 
 import pytest
 
+from hs_txupdate.core.snapshots import LAZY_PREFIX
 from hs_txupdate.journal import Journal, TxInfo
 from tests.helpers import LoopFs, Sandbox, need, sh, tree_state, wait_gone
 from tests.sweep import SWEEP_ALL, points
@@ -441,8 +442,13 @@ def _check_snapshots_intact(info: TxInfo) -> None:
     for path in info.paths:
         if not path.existed:
             continue
-        assert path.manifest and Path(path.manifest).is_file(), f"no manifest for {path.path}"
-        digest = hashlib.sha256(Path(path.manifest).read_bytes()).hexdigest()
+        assert path.manifest, f"no manifest for {path.path}"
+        if path.manifest.startswith(LAZY_PREFIX):  # kept in the journal itself
+            data = path.manifest[len(LAZY_PREFIX) :].encode()
+        else:
+            assert Path(path.manifest).is_file(), f"no manifest file for {path.path}"
+            data = Path(path.manifest).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
         assert digest == path.manifest_sha256, f"manifest of {path.path} fails its checksum"
         assert path.snapshot, f"no snapshot recorded for {path.path}"
         if path.backend == "tar":

@@ -124,7 +124,7 @@ def test_a_journal_moved_aside_never_meets_its_old_snapshots(
 
     status = sbx.hs_tx("status", "--json")
     orphans = {o["path"]: o for o in json.loads(status.stdout)["orphan_snapshots"]}
-    assert set(orphans) == {str(old_snapshot), str(sbx.state / "snapshots" / old_key)}
+    assert set(orphans) == {str(old_snapshot)}  # its manifest was in the old journal
     assert "was replaced by another" in orphans[str(old_snapshot)]["why"]
     assert "ORPHANED SNAPSHOT" in sbx.hs_tx("status").stdout
 

@@ -57,6 +57,7 @@ class FakeRoot:
     """A loop-mounted btrfs laid out like a small Debian root, with a sandbox inside."""
 
     def __init__(self, fs: LoopFs) -> None:
+        self.fs = fs
         self.root = fs.mount
         self.sbx = Sandbox(self.root / "var/lib/hs-tx-test")
         self.boot = self.root / "boot"
@@ -85,7 +86,8 @@ class FakeRoot:
         return self
 
     def teardown(self) -> None:
-        subprocess.run(["umount", "-l", str(self.boot)], check=False, capture_output=True)
+        for point in (self.boot, self.root / "mnt/pool"):
+            subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
 
     def state(self) -> dict:
         """The tree's state, without what hs-tx and the database own and without the
@@ -228,3 +230,59 @@ def test_system_on_refuses_a_root_that_is_not_btrfs(tar_sandbox: Sandbox) -> Non
 
     assert result.returncode == 2, result.stderr
     assert "is not on btrfs" in result.stderr
+
+
+def test_a_check_over_the_system_scope_changes_nothing(fake_root: FakeRoot) -> None:
+    fake = fake_root
+    _module(fake, SUCCEED)
+    before = fake.state()
+
+    result = fake.sbx.hs_tx("update", "--check")
+
+    assert result.returncode == 0, result.stderr
+    assert fake.state() == before
+    assert "etc/app.conf" in result.stdout, result.stdout
+    assert not list(fake.root.glob(".hs-tx-snapshots/*-*-*")), "a check takes no snapshot"
+
+
+def test_a_module_that_moves_a_nested_subvolume_loses_nothing(fake_root: FakeRoot) -> None:
+    """A subvolume moved by a module is never deleted by the rollback: it ends at its
+    old place as before, or the run says what it could not put back (exit 3)."""
+    fake = fake_root
+    data = fake.root / "opt/data"
+    fake.sbx.module(
+        "mover",
+        f"import os\ndef main(args):\n    os.rename({str(data)!r}, {str(data) + '.old'!r})\n"
+        "    raise RuntimeError('deliberate failure')\n",
+    )
+
+    result = fake.sbx.hs_tx("update")
+
+    assert result.returncode in (1, 3), result.stderr
+    assert "hs-tx: error: internal error" not in result.stderr, result.stderr
+    where = [p for p in (data, fake.root / "opt/data.old") if (p / "db/state").exists()]
+    assert where, "the subvolume's files are gone"
+    assert (where[0] / "db/state").read_text() == "v1"
+    tx = fake.sbx.journal_json(1)
+    assert tx["state"] in ("rolled_back", "rollback_failed"), tx["state"]
+
+
+def test_each_subvolume_once_and_never_another_tools_snapshot(fake_root: FakeRoot) -> None:
+    """The whole filesystem mounted a second time (as snapper and btrbk users do) is the
+    same subvolumes again, and a read-only snapshot of another tool is not the run's:
+    neither becomes an entry, and the run goes through."""
+    fake = fake_root
+    pool = fake.root / "mnt/pool"
+    pool.mkdir(parents=True)
+    sh("mount", "-o", "subvolid=5", fake.fs.device, pool)
+    (fake.root / "snaps").mkdir()
+    sh("btrfs", "subvolume", "snapshot", "-r", fake.root / "opt", fake.root / "snaps/1")
+    _module(fake, SUCCEED)
+
+    result = fake.sbx.hs_tx("update")
+
+    assert result.returncode == 0, result.stderr
+    paths = fake.sbx.journal_json(1)["paths"]
+    system = sorted(p["path"] for p in paths if p["origin"] == "system")
+    r = str(fake.root)
+    assert system == [r, f"{r}/opt", f"{r}/opt/data", f"{r}/usr/local"]
