@@ -39,7 +39,7 @@ def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Chan
     """
     probe = snapshot.with_name(snapshot.name + PROBE_SUFFIX)
     delete_probe(probe)
-    snapshot_readonly(subvolume, probe.parent, probe.name, sync=False)  # deleted again
+    snapshot_readonly(subvolume, probe.parent, probe.name)
     try:
         touched, moved, timed = _read_stream(snapshot, probe)
         touched -= _read_only(timed, snapshot, probe)

@@ -75,23 +75,23 @@ class _VolArgsV2(ctypes.Structure):
 
 
 _SNAP_CREATE_V2 = _btrfs_ioctl(_IOC_WRITE, 23, _VolArgsV2)
-_SYNC = _BTRFS_IOCTL_MAGIC << 8 | 8  # _IO: no argument
 _SUBVOL_RDONLY = 1 << 1
+_SYNC = _BTRFS_IOCTL_MAGIC << 8 | 8  # _IO: BTRFS_IOC_SYNC, no argument
 
 
-def snapshot_readonly(source: Path, store: Path, name: str, sync: bool = True) -> Path:
+def snapshot_readonly(source: Path, store: Path, name: str) -> Path:
     """Take a read-only snapshot of the subvolume whose top directory is `source` as
-    `store/name`, and (`sync`) commit it to disk: what `btrfs subvolume snapshot -r`
-    and `btrfs filesystem sync` do, without two processes. Returns the snapshot's path.
-    Raises OSError (EEXIST when it exists already)."""
+    `store/name` and sync the filesystem (what `btrfs subvolume snapshot -r` and
+    `btrfs filesystem sync` do, without two processes): without the sync, btrfs's
+    exclusive-size figures of the kept snapshots (hs-tx status) were measured wrong.
+    Returns the snapshot's path. Raises OSError (EEXIST when it exists already)."""
     src = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         dst = os.open(store, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             args = _VolArgsV2(fd=src, flags=_SUBVOL_RDONLY, name=os.fsencode(name))
             fcntl.ioctl(dst, _SNAP_CREATE_V2, args)
-            if sync:
-                fcntl.ioctl(dst, _SYNC)
+            fcntl.ioctl(dst, _SYNC)
         finally:
             os.close(dst)
     finally:
