@@ -56,6 +56,7 @@ class Loop:
         sh("mount", self.device, self.mount)
 
     def close(self) -> None:
+        _wait_for_background()  # a space measurement still reading it keeps it busy
         subprocess.run(["umount", self.mount], check=False)
         subprocess.run(["losetup", "-d", self.device], check=False)
 
