@@ -369,21 +369,24 @@ class Journal(JournalReads):
 
     def add_outside(self, tx_id: int, changes: Sequence[tuple[str, str, str | None, int]]) -> None:
         """Record paths the run changed outside its scope: (path, change, module, count)."""
-        with self._write() as s:
-            s.add_all(
-                OutsideChange(tx_id=tx_id, path=p, change=c, module=m, count=n)
-                for p, c, m, n in changes
-            )
+        self._add_changes(OutsideChange, tx_id, changes)
 
     def add_run_changes(
         self, tx_id: int, changes: Sequence[tuple[str, str, str | None, int]]
     ) -> None:
         """Record paths the run changed inside its whole-system scope: (path, change,
         module, count)."""
+        self._add_changes(RunChange, tx_id, changes)
+
+    def _add_changes(
+        self,
+        table: type[OutsideChange | RunChange],
+        tx_id: int,
+        changes: Sequence[tuple[str, str, str | None, int]],
+    ) -> None:
         with self._write() as s:
             s.add_all(
-                RunChange(tx_id=tx_id, path=p, change=c, module=m, count=n)
-                for p, c, m, n in changes
+                table(tx_id=tx_id, path=p, change=c, module=m, count=n) for p, c, m, n in changes
             )
 
     def set_outside_restored(self, tx_id: int, restored: bool) -> None:

@@ -118,30 +118,29 @@ class UndoLink(Base):
     undone_tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), primary_key=True)
 
 
-class OutsideChange(Base):
-    """A path a run changed outside its scope, as the write audit saw it."""
+class _Change:
+    """The columns of a path a run changed, as the write audit saw it."""
 
-    __tablename__ = "outside_scope"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
     path: Mapped[str] = mapped_column(Text)
     change: Mapped[str] = mapped_column(String)  # created | modified | metadata | deleted
     module: Mapped[str | None] = mapped_column(String, nullable=True)
     count: Mapped[int] = mapped_column(Integer)  # entries folded into this path
+
+
+class OutsideChange(_Change, Base):
+    """A path a run changed outside its scope, as the write audit saw it."""
+
+    __tablename__ = "outside_scope"
     restored: Mapped[bool | None] = mapped_column(nullable=True)
 
 
-class RunChange(Base):
+class RunChange(_Change, Base):
     """A path a run changed inside its whole-system scope: what its rollback and undo put
     back (the write audit's attribution, or btrfs's change list when that was incomplete)."""
 
     __tablename__ = "run_changes"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tx_id: Mapped[int] = mapped_column(ForeignKey("transactions.id"), index=True)
-    path: Mapped[str] = mapped_column(Text)
-    change: Mapped[str] = mapped_column(String)  # created | modified | metadata | deleted
-    module: Mapped[str | None] = mapped_column(String, nullable=True)
-    count: Mapped[int] = mapped_column(Integer)  # entries folded into this path
 
 
 class Footprint(Base):

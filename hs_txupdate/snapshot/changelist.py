@@ -157,7 +157,8 @@ def _classify(snapshot: Path, rel: str, live: Path, names: set[str], moved: set[
             here = None if name is None else join(top, name)
             if here is not None and os.path.isdir(here) and not os.path.islink(here):
                 wanted.update(r for r, _ in _subtree(top, str(name)))
-    wanted = {n for n in wanted if not _is_own(n) and not _elsewhere(live, n)}
+    dev = os.lstat(live).st_dev
+    wanted = {n for n in wanted if not _is_own(n) and not _elsewhere(live, n, dev)}
     changes = Changes()
     for name in sorted(wanted, key=lambda r: (r.count("/"), r)):
         before, now = os.path.lexists(join(reference, name)), os.path.lexists(join(live, name))
@@ -170,11 +171,11 @@ def _classify(snapshot: Path, rel: str, live: Path, names: set[str], moved: set[
     return changes
 
 
-def _elsewhere(live: Path, name: str) -> bool:
+def _elsewhere(live: Path, name: str, dev: int) -> bool:
     """True when the live entry `name` lies on another filesystem or subvolume than
-    `live` (a mount point, a nested subvolume): not this tree's to restore."""
+    `live` (device `dev`): a mount point, a nested subvolume, not this tree's to restore."""
     try:
-        return os.lstat(join(live, name)).st_dev != os.lstat(live).st_dev
+        return os.lstat(join(live, name)).st_dev != dev
     except OSError:
         return False
 
