@@ -26,6 +26,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from hs_txupdate.core.config import Config
+from hs_txupdate.core.context import ensure_state_dir
 from hs_txupdate.core.scope import ScopeEntry
 from hs_txupdate.core.snapshots import capture_scope, restore_path
 from hs_txupdate.journal import Journal, Kind, RunStatus, State
@@ -76,32 +77,20 @@ def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list) -> None:
     tree = base / "tree"
     make_tree(tree, files, size)
     config = Config(state_dir=base / "state", modules_dir=base, snapshot_backend=backend)
-    config.state_dir.mkdir(mode=0o700)
+    ensure_state_dir(config.state_dir)
     journal = Journal(config.journal_path)
     mib = files * size / (1 << 20)
     entry = [ScopeEntry(tree, True, backend, 0)]
 
-    def one_tx() -> tuple[int, float]:
-        tx = journal.begin(Kind.UPDATE, ["bench"], "root", "bench")
-        return tx, timed(lambda: capture_scope(config, journal, tx, entry))
-
-    tx, t_capture = one_tx()
-    if backend == "btrfs":
+    tx = journal.begin(Kind.UPDATE, ["bench"], "root", "bench")
+    t_capture = timed(lambda: capture_scope(config, journal, tx, entry))
+    if backend == "btrfs":  # the snapshot step's rows: bench_btrfs_scaling
         ref_dest = base / "ref-snap"
-        t_capture = statistics.median([t_capture, *(one_tx()[1] for _ in range(STEP_RUNS - 1))])
-        refs = [base / f"ref-snap-{n}" for n in range(STEP_RUNS - 1)]
-        t_ref = statistics.median(
-            [
-                timed(lambda dest=dest: sh("btrfs", "subvolume", "snapshot", "-r", base, dest))
-                for dest in [*refs, ref_dest]
-            ]
-        )
-        ref_name = "btrfs subvolume snapshot -r"
+        sh("btrfs", "subvolume", "snapshot", "-r", base, ref_dest)
     else:
         ref_dest = base / "ref.tar"
         t_ref = timed(lambda: sh("tar", "-cf", ref_dest, "-C", base, "tree"))
-        ref_name = "tar -c"
-    rows.append([f"{backend}: snapshot {files} files, {mib:.0f} MiB", t_capture, ref_name, t_ref])
+        rows.append([f"tar: snapshot {files} files, {mib:.0f} MiB", t_capture, "tar -c", t_ref])
 
     info = journal.transaction(tx).paths[0]
     victim = tree / "d0000" / "f000000"
@@ -122,26 +111,34 @@ def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list) -> None:
 
 
 def process(argv: list[str], runs: int = 5) -> tuple[float, int]:
-    """(median seconds, peak RSS in KiB) of the whole process `argv`, run `runs` times.
+    """(median seconds, peak RSS in KiB) of the whole process `argv`, run `runs` times."""
+    return processes([argv], runs)[0]
+
+
+def processes(argvs: list[list[str]], runs: int = 5) -> list[tuple[float, int]]:
+    """(median seconds, peak RSS in KiB) of each whole process in `argvs`, run `runs`
+    rounds of one each, in turn: a passing disturbance of the machine hits all alike.
 
     The peak is GNU time's: a child forked from this (big) process would count its
     parent's pages until it execs.
     """
-    times, peak = [], 0
+    times: list[list[float]] = [[] for _ in argvs]
+    peaks = [0 for _ in argvs]
     with tempfile.NamedTemporaryFile("r") as rss:
         for _ in range(runs):
-            _wait_for_background()
-            start = time.perf_counter()
-            subprocess.run(
-                ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-            times.append(time.perf_counter() - start)
-            rss.seek(0)
-            peak = max(peak, int(rss.read().split()[-1]))
-    return statistics.median(times), peak
+            for n, argv in enumerate(argvs):
+                _wait_for_background()
+                start = time.perf_counter()
+                subprocess.run(
+                    ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    check=False,
+                )
+                times[n].append(time.perf_counter() - start)
+                rss.seek(0)
+                peaks[n] = max(peaks[n], int(rss.read().split()[-1]))
+    return [(statistics.median(t), peak) for t, peak in zip(times, peaks, strict=True)]
 
 
 def _wait_for_background(within: float = 120) -> None:
@@ -205,49 +202,81 @@ def bench_worker(top: Path, rows: list, runs: int = 20) -> None:
 
 
 SMALL_FILES, SMALL_KIB = 200, 100  # the small tree the btrfs rows compare against
-STEP_RUNS = 5  # btrfs snapshot steps timed (the median is shown): one takes milliseconds
+STEP_ROUNDS = 15  # paired rounds of btrfs snapshot steps (medians shown): each takes ms
+
+
+class BtrfsTree:
+    """A fresh loop-mounted btrfs holding `tree/`, `files` files of `size` bytes, and a
+    journal for snapshot steps; close() removes it."""
+
+    def __init__(self, top: Path, files: int, size: int) -> None:
+        top.mkdir()
+        self.fs = Loop(top, "btrfs", max(1024, files * size * 3 >> 20))
+        self.tree = self.fs.mount / "tree"
+        make_tree(self.tree, files, size)
+        self.config = Config(state_dir=self.fs.mount / "state-step", modules_dir=self.fs.mount)
+        ensure_state_dir(self.config.state_dir)  # as hs-tx makes it
+        self.journal = Journal(self.config.journal_path)
+        self.refs = 0
+        self.label = f"{files} files ({files * size >> 20} MiB)"
+
+    def step(self) -> float:
+        """Seconds of the snapshot step of a new transaction with the tree as its path."""
+        tx = self.journal.begin(Kind.UPDATE, ["bench"], "root", "bench")
+        entry = [ScopeEntry(self.tree, True, "btrfs", 0)]
+        return timed(lambda: capture_scope(self.config, self.journal, tx, entry))
+
+    def reference(self) -> float:
+        """Seconds of `btrfs subvolume snapshot -r` of the subvolume holding the tree."""
+        self.refs += 1
+        dest = self.fs.mount / f"ref-snap-{self.refs}"
+        return timed(lambda: sh("btrfs", "subvolume", "snapshot", "-r", self.fs.mount, dest))
+
+    def close(self) -> None:
+        self.journal.close()
+        self.fs.close()
 
 
 def bench_btrfs_scaling(top: Path, files: int, size: int, rows: list) -> None:
-    """The btrfs snapshot step and a whole `hs-tx update` (one module, one btrfs backup
-    path, one file changed, committed) at the small tree against the same at the large
-    one: btrfs snapshots should cost the same whatever the tree holds."""
-    small = _measure_btrfs(top / "small", SMALL_FILES, SMALL_KIB << 10)
-    large = _measure_btrfs(top / "large", files, size)
-    what = f"{files} files ({files * size >> 20} MiB)"
-    than = f"the same at {SMALL_FILES} files ({SMALL_FILES * SMALL_KIB >> 10} MiB)"
-    rows.append([f"btrfs: snapshot step, {what}", large[0], than, small[0]])
-    rows.append([f"hs-tx update, one btrfs path of {what}", large[1], than, small[1], large[2]])
-    rows.append(
-        [f"hs-tx update, whole-system scope over {what}", large[3], than, small[3], large[4]]
-    )
-
-
-def _measure_btrfs(top: Path, files: int, size: int) -> tuple[float, float, int, float, int]:
-    """(snapshot step s, whole update s and its peak RSS KiB with the tree as its one
-    scope path, the same with the whole-system scope) on a fresh btrfs holding a tree
-    of `files` files of `size` bytes."""
-    top.mkdir()
-    fs = Loop(top, "btrfs", max(1024, files * size * 3 >> 20))
+    """The btrfs snapshot step at the large tree against the same at the small one and
+    against `btrfs subvolume snapshot -r`, and a whole `hs-tx update` (one module, one
+    btrfs backup path, one file changed, committed) at both trees: btrfs snapshots
+    should cost the same whatever the tree holds. The two trees are measured in turn,
+    round by round, so a passing disturbance of the machine hits both alike."""
+    small = BtrfsTree(top / "small", SMALL_FILES, SMALL_KIB << 10)
     try:
-        tree = fs.mount / "tree"
-        make_tree(tree, files, size)
-        config = Config(state_dir=fs.mount / "state-step", modules_dir=fs.mount)
-        config.state_dir.mkdir(mode=0o700)
-        journal = Journal(config.journal_path)
-        entry = [ScopeEntry(tree, True, "btrfs", 0)]
-        steps = []
-        for _ in range(STEP_RUNS):  # one transaction each: one snapshot each
-            tx = journal.begin(Kind.UPDATE, ["bench"], "root", "bench")
-            steps.append(timed(lambda tx=tx: capture_scope(config, journal, tx, entry)))
-        t_step = statistics.median(steps)
-        journal.close()
-        hs_tx = str(Path(sys.executable).with_name("hs-tx"))
-        path = process([hs_tx, "--config", str(_update_sandbox(fs.mount, "off")), "update"])
-        system = process([hs_tx, "--config", str(_update_sandbox(fs.mount, "on")), "update"])
-        return t_step, *path, *system
+        large = BtrfsTree(top / "large", files, size)
+        try:
+            _snapshot_rows(small, large, rows)
+            _update_rows(small, large, rows)
+        finally:
+            large.close()
     finally:
-        fs.close()
+        small.close()
+
+
+def _snapshot_rows(small: BtrfsTree, large: BtrfsTree, rows: list) -> None:
+    steps_small, steps_large, refs = [], [], []
+    for _ in range(STEP_ROUNDS):
+        steps_small.append(small.step())
+        steps_large.append(large.step())
+        refs.append(large.reference())
+    step = statistics.median(steps_large)
+    what = f"btrfs: snapshot step, {large.label}"
+    rows.append([what, step, f"the same at {small.label}", statistics.median(steps_small)])
+    rows.append([what, step, "btrfs subvolume snapshot -r", statistics.median(refs)])
+
+
+def _update_rows(small: BtrfsTree, large: BtrfsTree, rows: list) -> None:
+    hs_tx = str(Path(sys.executable).with_name("hs-tx"))
+    for system, what in (("off", "one btrfs path of"), ("on", "whole-system scope over")):
+        argvs = [
+            [hs_tx, "--config", str(_update_sandbox(tree.fs.mount, system)), "update"]
+            for tree in (small, large)
+        ]
+        (t_small, _), (t_large, rss) = processes(argvs, runs=7)
+        label = f"hs-tx update, {what} {large.label}"
+        rows.append([label, t_large, f"the same at {small.label}", t_small, rss])
 
 
 def _update_sandbox(base: Path, system: str) -> Path:

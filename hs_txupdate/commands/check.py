@@ -14,10 +14,9 @@ from dataclasses import astuple, dataclass, field
 from typing import Any
 
 from ..base.errors import HsTxError, UsageError
-from ..base.fsio import ensure_private_dir
 from ..base.proc import CommandError, run
 from ..core.config import require_modules_dir
-from ..core.context import Context
+from ..core.context import Context, ensure_state_dir
 from ..core.phase2 import module_env, select_group_winners
 from ..core.planning import plan_run
 from ..core.runtime import module_runtime
@@ -71,7 +70,7 @@ def check(ctx: Context, wait: bool = False, allow_downgrade: bool = False) -> Ch
     enabled = [m for m in installed.values() if m.enabled]
     selected, group_notes = select_group_winners(enabled, ctx.services.is_active)
     report.notes.extend(group_notes)
-    ensure_private_dir(config.state_dir)
+    ensure_state_dir(config.state_dir)
     spec = {
         "state_dir": str(config.state_dir),
         "modules_dir": str(config.modules_dir),

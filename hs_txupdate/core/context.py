@@ -7,9 +7,10 @@ import os
 import socket
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from ..base.fsio import ensure_private_dir
+from ..base.fsio import ensure_private_dir, fsync_dir
 from .config import Config
 from .lock import StateLock
 from .services import ServiceManager
@@ -33,13 +34,13 @@ class Context:
         if self._journal is None:
             from ..journal import Journal
 
-            ensure_private_dir(self.config.state_dir)
+            ensure_state_dir(self.config.state_dir)
             self._journal = Journal(self.config.journal_path)
         return self._journal
 
     def lock(self, wait: bool = False) -> StateLock:
         """The state-dir lock (the state dir is created 0700 first if missing)."""
-        ensure_private_dir(self.config.state_dir)
+        ensure_state_dir(self.config.state_dir)
         return StateLock(self.config.lock_path, wait)
 
     @property
@@ -83,3 +84,28 @@ def who() -> tuple[str, str]:
     except (KeyError, OSError):
         user = str(os.getuid())
     return user, socket.gethostname()
+
+
+def ensure_state_dir(path: Path) -> None:
+    """Create the state dir `path` (0700, parents as usual) if it is missing, durably.
+
+    On btrfs it is made a subvolume of its own, so a snapshot of the subvolume around
+    it holds none of the journal, and taking one never first flushes the journal's
+    writes (these made the snapshot step grow with the size of the tree beside it);
+    where btrfs refuses, a plain directory. An existing state dir is left as it is.
+    """
+    if path.is_dir():
+        return
+    from ..snapshot.btrfs import is_btrfs  # only here: every command imports this module
+    from ..snapshot.subvol import create_subvolume
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_btrfs(path.parent):
+        try:
+            create_subvolume(path, 0o700)
+        except OSError:
+            pass  # not allowed here, or made meanwhile: a plain directory serves
+        else:
+            fsync_dir(path.parent)
+            return
+    ensure_private_dir(path)

@@ -86,9 +86,12 @@ def _short_of_space(config: Config, places: dict[int, Path]) -> tuple[Path, int,
 
 def _wait_for_cleaner(where: Path) -> None:
     """btrfs frees a deleted snapshot's blocks in the background, and counts them free
-    from the next commit on: wait for both, so the next look at the free space sees
-    them (nothing to wait for elsewhere)."""
+    from the next commit on: wait for both, so the next look at the free space (or at
+    what a snapshot holds alone) sees them (nothing to wait for elsewhere)."""
     if is_btrfs(where):
+        # a filesystem sync also wakes the cleaner, which otherwise waits up to the
+        # commit interval (30 s by default) before it starts on a deleted snapshot
+        run(["btrfs", "filesystem", "sync", str(where)])
         run(["btrfs", "subvolume", "sync", str(where)], timeout=600)
         run(["btrfs", "filesystem", "sync", str(where)])
 
@@ -172,6 +175,10 @@ def _exclusive(snapshots: list[Path]) -> tuple[dict[Path, int], str]:
     """The bytes only each snapshot holds, and how they were counted."""
     if not snapshots:
         return {}, "files"
+    for where in {os.stat(s).st_dev: s for s in snapshots}.values():
+        # both count what committed transactions hold: a snapshot deleted a moment ago
+        # (a commit's change-list probe) still shares its blocks until it is cleaned
+        _wait_for_cleaner(where)
     qgroups = run(["btrfs", "qgroup", "show", "--raw", "-e", str(snapshots[0])], check=False)
     if qgroups.returncode == 0:
         by_id = {

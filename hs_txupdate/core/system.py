@@ -72,8 +72,12 @@ def system_paths(config: Config) -> list[Path]:
     Raises ScopeError when btrfs will not list the subvolumes nested in one.
     """
     mounts = read_mounts()
-    # a subvolume's top by its device (each subvolume has its own), a root by its path
+    # a subvolume's top by its device (each subvolume has its own), a root by its path;
+    # a state dir that is a subvolume of its own is left out by device too, since
+    # another mount of the filesystem shows it under another path
     found: dict[object, Path] = {}
+    state = os.lstat(config.state_dir) if os.path.isdir(config.state_dir) else None
+    own = state.st_dev if state and state.st_ino == SUBVOLUME_ROOT_INO else None
     roots = sorted((os.path.realpath(r) for r in config.watch), key=len)
     for root in roots:
         below = [m.point for m in mounts if m.fstype == "btrfs" and m.point != root]
@@ -85,7 +89,8 @@ def system_paths(config: Config) -> list[Path]:
             for path in [Path(top), *_nested(config, Path(top), mounts)]:
                 st = os.lstat(path)
                 key = st.st_dev if st.st_ino == SUBVOLUME_ROOT_INO else path
-                found.setdefault(key, path)
+                if key != own:
+                    found.setdefault(key, path)
     return sorted(found.values())
 
 

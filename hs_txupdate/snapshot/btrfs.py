@@ -28,7 +28,12 @@ from .base import Captured, SnapshotTarget
 from .changelist import PROBE_SUFFIX, changes_since, delete_probe
 from .entries import SNAPSHOT_STORE, walk
 from .manifest import Changes
-from .subvol import SUBVOLUME_ROOT_INO, snapshot_readonly, subvolume_identity
+from .subvol import (
+    SUBVOLUME_ROOT_INO,
+    create_subvolume,
+    snapshot_readonly,
+    subvolume_identity,
+)
 
 BTRFS_SUPER_MAGIC = 0x9123683E
 _LEGACY_NAME = re.compile(r"[0-9]+-[0-9]+")  # `<txid>-<n>`, before journal identities
@@ -95,8 +100,7 @@ class BtrfsBackend:
         root = subvolume_root(target.path)
         store = root / SNAPSHOT_STORE
         if not store.exists():
-            run(["btrfs", "subvolume", "create", str(store)])
-            os.chmod(store, 0o700)
+            create_subvolume(store, 0o700)
             fsync_dir(root)
         # The snapshots taken before a transaction changes anything show the same
         # state, so one taken for an earlier path on this subvolume serves this path

@@ -74,16 +74,21 @@ class _VolArgsV2(ctypes.Structure):
     )
 
 
+class _VolArgs(ctypes.Structure):
+    """struct btrfs_ioctl_vol_args (linux/btrfs.h)."""
+
+    _fields_ = (("fd", ctypes.c_int64), ("name", ctypes.c_char * 4088))
+
+
 _SNAP_CREATE_V2 = _btrfs_ioctl(_IOC_WRITE, 23, _VolArgsV2)
+_SUBVOL_CREATE = _btrfs_ioctl(_IOC_WRITE, 14, _VolArgs)
 _SUBVOL_RDONLY = 1 << 1
-_SYNC = _BTRFS_IOCTL_MAGIC << 8 | 8  # _IO: BTRFS_IOC_SYNC, no argument
 
 
 def snapshot_readonly(source: Path, store: Path, name: str) -> Path:
     """Take a read-only snapshot of the subvolume whose top directory is `source` as
-    `store/name` and sync the filesystem (what `btrfs subvolume snapshot -r` and
-    `btrfs filesystem sync` do, without two processes): without the sync, btrfs's
-    exclusive-size figures of the kept snapshots (hs-tx status) were measured wrong.
+    `store/name` (what `btrfs subvolume snapshot -r` does, without a process). btrfs
+    creates a snapshot by committing a transaction, so it is on disk when this returns.
     Returns the snapshot's path. Raises OSError (EEXIST when it exists already)."""
     src = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
@@ -91,12 +96,23 @@ def snapshot_readonly(source: Path, store: Path, name: str) -> Path:
         try:
             args = _VolArgsV2(fd=src, flags=_SUBVOL_RDONLY, name=os.fsencode(name))
             fcntl.ioctl(dst, _SNAP_CREATE_V2, args)
-            fcntl.ioctl(dst, _SYNC)
         finally:
             os.close(dst)
     finally:
         os.close(src)
     return store / name
+
+
+def create_subvolume(path: Path, mode: int) -> None:
+    """Create `path` as an empty btrfs subvolume with permissions `mode` (what
+    `btrfs subvolume create` does, without a process); the directory holding it must
+    lie on btrfs. Raises OSError (EEXIST when it exists already)."""
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.ioctl(parent, _SUBVOL_CREATE, _VolArgs(name=os.fsencode(path.name)))
+    finally:
+        os.close(parent)
+    os.chmod(path, mode)
 
 
 @dataclass(frozen=True)

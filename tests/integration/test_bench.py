@@ -21,7 +21,6 @@ ROWS = (
     "btrfs: snapshot step, 20 files",
     "hs-tx update, one btrfs path of 20 files",
     "hs-tx update, whole-system scope over 20 files",
-    "btrfs: snapshot 20 files",
     "btrfs: roll back 1 changed file of 20",
     "tar: snapshot 20 files",
     "tar: roll back 1 changed file of 20",

@@ -286,3 +286,20 @@ def test_each_subvolume_once_and_never_another_tools_snapshot(fake_root: FakeRoo
     system = sorted(p["path"] for p in paths if p["origin"] == "system")
     r = str(fake.root)
     assert system == [r, f"{r}/opt", f"{r}/opt/data", f"{r}/usr/local"]
+
+
+def test_the_state_dir_is_a_subvolume_no_snapshot_holds(fake_root: FakeRoot) -> None:
+    """hs-tx makes a missing state dir on btrfs a subvolume of its own (0700): the
+    snapshot of the subvolume around it shows an empty directory there, never the
+    journal."""
+    fake = fake_root
+    _module(fake, SUCCEED)
+
+    result = fake.sbx.hs_tx("update")
+
+    assert result.returncode == 0, result.stderr
+    st = os.lstat(fake.sbx.state)
+    assert (st.st_ino, st.st_mode & 0o777) == (256, 0o700)
+    assert (fake.sbx.state / "journal.db").is_file()
+    snapshot = next(p for p in (fake.root / ".hs-tx-snapshots").iterdir() if p.is_dir())
+    assert list((snapshot / fake.sbx.state.relative_to(fake.root)).iterdir()) == []
