@@ -46,7 +46,7 @@ def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Chan
         touched |= _links_of(touched, snapshot, probe)
     finally:
         delete_probe(probe)
-    return _classify(snapshot, rel, live, touched, moved)
+    return _classify(snapshot, rel, live, touched, moved, os.lstat(subvolume).st_dev)
 
 
 def delete_probe(probe: Path) -> None:
@@ -147,9 +147,12 @@ def _links_of(touched: set[str], snapshot: Path, probe: Path) -> set[str]:
     return peers
 
 
-def _classify(snapshot: Path, rel: str, live: Path, names: set[str], moved: set[str]) -> Changes:
+def _classify(
+    snapshot: Path, rel: str, live: Path, names: set[str], moved: set[str], dev: int
+) -> Changes:
     """Sort the names lying under `rel` into changed / extra / missing entries of `live`
-    against `snapshot/rel`, adding what lies below a moved directory on either side."""
+    against `snapshot/rel`, adding what lies below a moved directory on either side;
+    `dev`: the subvolume's device (`live` itself may be gone)."""
     reference = join(snapshot, rel)
     wanted = {n for n in (_below(name, rel) for name in names) if n is not None}
     for name in {_below(m, rel) for m in moved}:
@@ -157,7 +160,6 @@ def _classify(snapshot: Path, rel: str, live: Path, names: set[str], moved: set[
             here = None if name is None else join(top, name)
             if here is not None and os.path.isdir(here) and not os.path.islink(here):
                 wanted.update(r for r, _ in _subtree(top, str(name)))
-    dev = os.lstat(live).st_dev
     wanted = {n for n in wanted if not _is_own(n) and not _elsewhere(live, n, dev)}
     changes = Changes()
     for name in sorted(wanted, key=lambda r: (r.count("/"), r)):

@@ -13,7 +13,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hs_txupdate.core.snapshots import LAZY_PREFIX
@@ -94,6 +94,7 @@ def _comparable(state: dict, inside: str) -> dict:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(setup=STEPS, run=STEPS, inside=st.sampled_from(["", "d"]))
+@example(setup=[], run=[("delete", "d", "a")], inside="d")  # the tree itself deleted
 def test_the_change_list_names_every_change_and_restoring_it_is_exact(
     make_loopfs: Callable[..., LoopFs], setup: list, run: list, inside: str
 ) -> None:
