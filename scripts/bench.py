@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench_idle import Command, Row, bench_idle
 from tabulate import tabulate
 
 from hs_txupdate.core.config import Config
@@ -72,7 +73,7 @@ def make_tree(root: Path, files: int, size: int) -> None:
     time.sleep(0.5)  # past the ctime margin: files as old as in real life
 
 
-def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list) -> None:
+def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list[Row]) -> None:
     base = fs.mount
     tree = base / "tree"
     make_tree(tree, files, size)
@@ -92,7 +93,9 @@ def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list) -> None:
         t_ref = timed(lambda: sh("tar", "-cf", ref_dest, "-C", base, "tree"))
         rows.append([f"tar: snapshot {files} files, {mib:.0f} MiB", t_capture, "tar -c", t_ref])
 
-    info = journal.transaction(tx).paths[0]
+    recorded = journal.transaction(tx)
+    assert recorded is not None
+    info = recorded.paths[0]
     victim = tree / "d0000" / "f000000"
     victim.write_bytes(b"changed by the run")
     t_restore = timed(lambda: restore_path(config, journal, tx, info))
@@ -112,25 +115,27 @@ def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list) -> None:
 
 def process(argv: list[str], runs: int = 5) -> tuple[float, int]:
     """(median seconds, peak RSS in KiB) of the whole process `argv`, run `runs` times."""
-    return processes([argv], runs)[0]
+    return processes([(argv, None)], runs)[0]
 
 
-def processes(argvs: list[list[str]], runs: int = 5) -> list[tuple[float, int]]:
-    """(median seconds, peak RSS in KiB) of each whole process in `argvs`, run `runs`
-    rounds of one each, in turn: a passing disturbance of the machine hits all alike.
+def processes(commands: list[Command], runs: int = 5) -> list[tuple[float, int]]:
+    """(median seconds, peak RSS in KiB) of each whole process in `commands` (argv and
+    environment, None for this one's), run `runs` rounds of one each, in turn: a passing
+    disturbance of the machine hits all alike.
 
     The peak is GNU time's: a child forked from this (big) process would count its
     parent's pages until it execs.
     """
-    times: list[list[float]] = [[] for _ in argvs]
-    peaks = [0 for _ in argvs]
+    times: list[list[float]] = [[] for _ in commands]
+    peaks = [0 for _ in commands]
     with tempfile.NamedTemporaryFile("r") as rss:
         for _ in range(runs):
-            for n, argv in enumerate(argvs):
+            for n, (argv, env) in enumerate(commands):
                 _wait_for_background()
                 start = time.perf_counter()
                 subprocess.run(
                     ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv],
+                    env=env,
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                     check=False,
@@ -170,7 +175,7 @@ def seed_journal(state_dir: Path, count: int) -> None:
     journal.close()
 
 
-def bench_commands(top: Path, history: int, rows: list) -> None:
+def bench_commands(top: Path, history: int, rows: list[Row]) -> None:
     """Whole `hs-tx` processes (start-up, reading the journal) against `python -c pass`."""
     hs_tx = str(Path(sys.executable).with_name("hs-tx"))
     base_t, _rss = process([sys.executable, "-c", "pass"])
@@ -189,7 +194,7 @@ def bench_commands(top: Path, history: int, rows: list) -> None:
             rows.append([label, t, reference, base_t, rss])
 
 
-def bench_worker(top: Path, rows: list, runs: int = 20) -> None:
+def bench_worker(top: Path, rows: list[Row], runs: int = 20) -> None:
     """What running a module in its own worker process costs, against a bare interpreter."""
     mod = top / "modules" / "noop"
     mod.mkdir(parents=True)
@@ -237,7 +242,7 @@ class BtrfsTree:
         self.fs.close()
 
 
-def bench_btrfs_scaling(top: Path, files: int, size: int, rows: list) -> None:
+def bench_btrfs_scaling(top: Path, files: int, size: int, rows: list[Row]) -> None:
     """The btrfs snapshot step at the large tree against the same at the small one and
     against `btrfs subvolume snapshot -r`, and a whole `hs-tx update` (one module, one
     btrfs backup path, one file changed, committed) at both trees: btrfs snapshots
@@ -255,7 +260,7 @@ def bench_btrfs_scaling(top: Path, files: int, size: int, rows: list) -> None:
         small.close()
 
 
-def _snapshot_rows(small: BtrfsTree, large: BtrfsTree, rows: list) -> None:
+def _snapshot_rows(small: BtrfsTree, large: BtrfsTree, rows: list[Row]) -> None:
     steps_small, steps_large, refs = [], [], []
     for _ in range(STEP_ROUNDS):
         steps_small.append(small.step())
@@ -267,14 +272,14 @@ def _snapshot_rows(small: BtrfsTree, large: BtrfsTree, rows: list) -> None:
     rows.append([what, step, "btrfs subvolume snapshot -r", statistics.median(refs)])
 
 
-def _update_rows(small: BtrfsTree, large: BtrfsTree, rows: list) -> None:
+def _update_rows(small: BtrfsTree, large: BtrfsTree, rows: list[Row]) -> None:
     hs_tx = str(Path(sys.executable).with_name("hs-tx"))
     for system, what in (("off", "one btrfs path of"), ("on", "whole-system scope over")):
-        argvs = [
-            [hs_tx, "--config", str(_update_sandbox(tree.fs.mount, system)), "update"]
+        commands: list[Command] = [
+            ([hs_tx, "--config", str(_update_sandbox(tree.fs.mount, system)), "update"], None)
             for tree in (small, large)
         ]
-        (t_small, _), (t_large, rss) = processes(argvs, runs=7)
+        (t_small, _), (t_large, rss) = processes(commands, runs=7)
         label = f"hs-tx update, {what} {large.label}"
         rows.append([label, t_large, f"the same at {small.label}", t_small, rss])
 
@@ -310,16 +315,29 @@ def main() -> int:
     parser.add_argument("--size-kib", type=int, default=64)
     parser.add_argument("--history", type=int, default=10000, help="transactions in the journal")
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    parser.add_argument(
+        "--modules",
+        default="0,10,50",
+        help="module counts of the update with nothing to do (comma-separated)",
+    )
+    parser.add_argument(
+        "--orchestrator",
+        metavar="PATH",
+        type=Path,
+        help="a checkout of homeserversltd/updates: adds the rows against the orchestrator",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root for loop devices; run as root", file=sys.stderr)
         return 2
     top = Path(tempfile.mkdtemp(prefix="hs-tx-bench-"))
     size_mb = max(1024, args.files * args.size_kib * 6 // 1024)
-    rows: list = []
+    rows: list[Row] = []
     loops = []
     try:
         bench_commands(top, args.history, rows)
+        counts = tuple(int(n) for n in args.modules.split(","))
+        bench_idle(top, counts, args.orchestrator, processes, rows)
         bench_worker(top, rows)
         bench_btrfs_scaling(top, args.files, args.size_kib << 10, rows)
         for fstype, backend in (("btrfs", "btrfs"), ("ext4", "tar")):

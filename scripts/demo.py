@@ -62,7 +62,7 @@ def say(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
-def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+def run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, check=check, capture_output=True, text=True)
 
 
@@ -184,7 +184,8 @@ class Source:
 
 
 def installed_version(modules: Path, name: str) -> str:
-    return json.loads((modules / name / "index.json").read_text())["metadata"]["schema_version"]
+    index = json.loads((modules / name / "index.json").read_text())
+    return str(index["metadata"]["schema_version"])
 
 
 def main() -> int:

@@ -17,6 +17,9 @@ ROWS = (
     "hs-tx history, 30 transactions",
     "hs-tx show 1, 30 transactions",
     "hs-tx status, 30 transactions",
+    "hs-tx update, nothing to do, 0 modules",
+    "hs-tx update, nothing to do, 2 modules",
+    "hs-tx update, per module",
     "run one module in its own worker",
     "btrfs: snapshot step, 20 files",
     "hs-tx update, one btrfs path of 20 files",
@@ -31,6 +34,7 @@ def test_the_benchmark_prints_every_row(tmp_path: Path) -> None:
     need(os.geteuid() == 0, "the benchmark mounts loop devices: needs root")
     out = tmp_path / "bench.json"
     argv = [sys.executable, str(REPO / "scripts/bench.py"), "--files", "20", "--size-kib", "1"]
+    argv += ["--modules", "0,2"]
     result = subprocess.run(
         [*argv, "--history", "30", "--json", str(out)],
         capture_output=True,
