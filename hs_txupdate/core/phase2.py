@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..base.errors import Interrupted
+from ..base.proc import child_env
 from ..journal import Phase, RunStatus, Status, Step
 from ..modules import cgroup
 from ..modules.discovery import Module
+from ..modules.forkserver import ForkServer, ForkServerError
 from ..modules.runner import Outcome, Runtime, run_module
 from .audit import RunAudit
 from .context import Context
@@ -59,13 +61,31 @@ class ModuleRuns:
     runtime: Runtime = field(default_factory=Runtime)
     audit: RunAudit | None = None
     versions_from: dict[str, str] = field(default_factory=dict)
+    forks: ForkServer | None = None  # while phase 2 runs
 
 
 def run_phase2(runs: ModuleRuns, modules: list[Module]) -> str | None:
-    """Run maintenance tasks, then every enabled module that its group lets run.
+    """Run maintenance tasks, then every enabled module that its group lets run, each
+    worker forked by one fork server on the runtime (ended with the phase, so no
+    process of it outlives the transaction).
 
     Returns why the phase failed, or None when everything succeeded.
     """
+    if not modules:
+        return None
+    try:
+        runs.forks = ForkServer(runs.runtime.python, runs.runtime.pythonpath, child_env())
+    except ForkServerError as exc:
+        runs.ctx.log(f"hs-tx: note: {exc}; each module starts on its own")
+    try:
+        return _run_all(runs, modules)
+    finally:
+        if runs.forks is not None:
+            runs.forks.close()
+            runs.forks = None
+
+
+def _run_all(runs: ModuleRuns, modules: list[Module]) -> str | None:
     ctx, tx_id = runs.ctx, runs.tx_id
     for module in modules:
         if (module.path / "maintenance.py").is_file():
@@ -121,7 +141,12 @@ def _run(runs: ModuleRuns, module: Module, mode: str) -> str | None:
                 serve=serve,
                 runtime=runs.runtime,
                 cgroup=group,
+                forks=runs.forks,
             )
+            if runs.forks is not None and runs.forks.gone:
+                ctx.log("hs-tx: note: the fork server ended; the next modules start on their own")
+                runs.forks.close()
+                runs.forks = None
         except Interrupted as exc:
             journal.finish_module_run(run_id, RunStatus.INTERRUPTED, error=str(exc))
             record.detail["status"] = RunStatus.INTERRUPTED

@@ -1,7 +1,9 @@
 """Running a module in its own worker process: timeout, output, outcome, requests.
 
-Each run is a fresh `python -m hs_txupdate.modules.worker` in its own session
-(process group), so a timeout or an interruption kills everything it started.
+Each run is a fresh worker process in its own session (process group), so a timeout
+or an interruption kills everything it started: forked by the run's fork server
+(modules.forkserver) when there is one and the worker has a cgroup, else a new
+`python -m hs_txupdate.modules.worker`.
 One loop in the calling thread reads the worker's output, its result and its
 requests (base.channel), which `serve` answers while the worker waits. No
 thread is started: under the write audit, hs-tx's children live in another pid
@@ -27,11 +29,13 @@ from ..base.channel import CHANNEL_ENV
 from ..base.proc import child_env
 from .cgroup import CGROUP_ENV, kill_session
 from .discovery import Module
+from .forkserver import ForkedWorker, ForkServer, ForkServerError
 from .output import OutputTail
 
 KILL_GRACE_S = 5.0
 DRAIN_GRACE_S = 2.0  # after the worker ended: output a left-behind child still holds
 Serve = Callable[[dict[str, Any]], dict[str, Any]]
+Worker = subprocess.Popen[bytes] | ForkedWorker
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ def run_module(
     serve: Serve | None = None,
     runtime: Runtime | None = None,
     cgroup: Path | None = None,
+    forks: ForkServer | None = None,
 ) -> Outcome:
     """Run `module`'s main(args) in a worker; a bare False runs it once more.
 
@@ -72,12 +77,16 @@ def run_module(
     `echo` receives each output line as it arrives; `serve` answers the
     worker's requests (none are possible without it); `runtime` is the
     interpreter to run on; `cgroup` the cgroup the worker joins first thing
-    (without one, what is left in the worker's session is killed when it ends).
+    (without one, what is left in the worker's session is killed when it ends);
+    `forks` the fork server (on that interpreter) that starts the worker when it has
+    a cgroup (its pids are the server's, so only a cgroup can contain it from here).
     Returns the Outcome; a module's failure never
     raises. An exception from a signal handler (an interrupted hs-tx), or from
     `serve`, kills the worker's process group and propagates.
     """
-    job = _Job(module, args, echo, extra_env or {}, mode, serve, runtime or Runtime(), cgroup)
+    job = _Job(
+        module, args, echo, extra_env or {}, mode, serve, runtime or Runtime(), cgroup, forks
+    )
     start = time.monotonic()
     prefix = f"[{module.name}] "
     tail = OutputTail(None if echo is None else lambda line: echo(prefix + line))
@@ -106,6 +115,7 @@ class _Job:
     serve: Serve | None
     runtime: Runtime
     cgroup: Path | None
+    forks: ForkServer | None
 
 
 def _run_once(job: _Job, tail: OutputTail) -> tuple[str, str, int | None, Any]:
@@ -130,38 +140,56 @@ def _run_once(job: _Job, tail: OutputTail) -> tuple[str, str, int | None, Any]:
             kill_session(proc.pid)  # what the module left running in its session
     if timed_out:
         return "timeout", f"timed out after {job.module.timeout:g} s", proc.returncode, None
-    return _outcome(watch.result, proc.returncode)
+    return _outcome(watch.result, proc.wait())
 
 
-def _spawn(job: _Job, result_fd: int, channel: _Channel | None) -> subprocess.Popen[bytes]:
+def _spawn(job: _Job, result_fd: int, channel: _Channel | None) -> Worker:
     """Start the worker in its own session; it writes its outcome to `result_fd`."""
     env = child_env({"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", **job.extra_env})
     if job.runtime.pythonpath:
         env["PYTHONPATH"] = job.runtime.pythonpath
-    if channel is not None:
-        env[CHANNEL_ENV] = channel.worker_side
     if job.cgroup is not None:
         env[CGROUP_ENV] = str(job.cgroup)
     module = job.module
-    argv = [
-        job.runtime.python,
-        "-m",
-        "hs_txupdate.modules.worker",
-        str(module.path.parent),
-        module.name,
-        str(result_fd),
-        json.dumps(job.args),
-        job.mode,
-    ]
+    args = [str(module.path.parent), module.name, "{fd 1}", json.dumps(job.args), job.mode]
+    fds = [result_fd, *(channel.worker_fds if channel else ())]
+    if channel is not None:
+        env[CHANNEL_ENV] = "{fd 2},{fd 3}"
+    if job.forks is not None and job.cgroup is not None and not job.forks.gone:
+        with contextlib.suppress(ForkServerError):  # gone: the worker starts on its own
+            return _fork(job.forks, args, env, fds)
+    named = [_named(a, fds) for a in args]
+    env = {k: _named(v, fds) for k, v in env.items()}
     return subprocess.Popen(
-        argv,
+        [job.runtime.python, "-m", "hs_txupdate.modules.worker", *named],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        pass_fds=(result_fd, *(channel.worker_fds if channel else ())),
+        pass_fds=tuple(fds),
         start_new_session=True,
         env=env,
     )
+
+
+def _named(text: str, fds: list[int]) -> str:
+    """`text` with each `{fd N}` (N from 1) replaced by the descriptor `fds[N - 1]`."""
+    for n, fd in enumerate(fds, start=1):
+        text = text.replace(f"{{fd {n}}}", str(fd))
+    return text
+
+
+def _fork(forks: ForkServer, args: list[str], env: dict[str, str], fds: list[int]) -> Worker:
+    """Have the fork server start the worker, its output on a fresh pipe."""
+    out_r, out_w = os.pipe()
+    try:
+        proc = forks.launch(args, env, [out_w, *fds])
+    except BaseException:
+        os.close(out_r)
+        raise
+    finally:
+        os.close(out_w)
+    proc.stdout = open(out_r, "rb", buffering=0)  # noqa: SIM115 - closed with the watch
+    return proc
 
 
 class _Channel:
@@ -225,7 +253,7 @@ def _request(line: bytes) -> dict[str, Any]:
 class _Watch:
     """Everything read from one worker while it runs."""
 
-    proc: subprocess.Popen[bytes]
+    proc: Worker
     result_fd: int
     channel: _Channel | None
     tail: OutputTail
@@ -276,7 +304,7 @@ class _Watch:
             self.channel.close()
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: Worker) -> None:
     """The worker ran out of time: SIGTERM its group, then SIGKILL after a grace."""
     _kill_group(proc, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -285,7 +313,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+def _kill_group(proc: Worker, sig: int) -> None:
+    if isinstance(proc, ForkedWorker):
+        proc.signal_session(sig)
+        return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
 

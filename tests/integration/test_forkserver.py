@@ -1,0 +1,100 @@
+"""Workers forked by the run's fork server see what a worker started on its own sees,
+and a run whose fork server dies goes on without it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.helpers import Sandbox
+
+RUN_TIMEOUT = 120
+
+# prints what a module can observe of the process it runs in
+PROBE = """
+import json, os, random, sys
+
+def main(args):
+    cgroup = open("/proc/self/cgroup").read().strip()
+    seen = {{
+        "session_leader": os.getsid(0) == os.getpid(),
+        "umask": os.umask(0o022),
+        "state_dir": os.environ.get("HS_TX_STATE_DIR"),
+        "channel_env": "HS_TX_CHANNEL" in os.environ,
+        "cgroup": cgroup,
+        "stdin": os.read(0, 10).decode(),
+        "random": random.random(),
+        "modules": sorted(m for m in ("sqlalchemy", "git", "pyroute2") if m in sys.modules),
+        "argv0": sys.argv[0],
+    }}
+    print("SEEN=" + json.dumps(seen), flush=True)
+    sys.stderr.write("to stderr\\n")
+    return {{"success": True}}
+"""
+
+
+def _seen(stderr: str, name: str) -> dict:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith(f"[{name}] SEEN=")]
+    assert len(lines) == 1, stderr
+    seen: dict = json.loads(lines[0].split("SEEN=", 1)[1])
+    return seen
+
+
+def test_a_forked_worker_sees_what_a_worker_of_its_own_sees(tar_sandbox: Sandbox) -> None:
+    sbx = tar_sandbox
+    for name in ("a", "b"):
+        sbx.module(name, PROBE.format())
+
+    result = sbx.hs_tx("update", timeout=RUN_TIMEOUT)
+
+    assert result.returncode == 0, result.stderr
+    a, b = _seen(result.stderr, "a"), _seen(result.stderr, "b")
+    assert a["session_leader"] and a["umask"] == 0o022 and a["stdin"] == ""
+    assert a["state_dir"] == str(sbx.state)
+    assert not a["channel_env"], "the channel is taken out before the module runs"
+    assert "hs-tx-1-a-main" in a["cgroup"] and "hs-tx-1-b-main" in b["cgroup"]
+    assert a["modules"] == [] and a["argv0"] == str(sbx.modules / "a" / "index.py")
+    assert a["random"] != b["random"], "each worker seeds its own random state"
+    assert "[a] to stderr" in result.stderr
+    assert "fork server ended" not in result.stderr
+
+
+def test_no_fork_server_outlives_the_run(tar_sandbox: Sandbox) -> None:
+    sbx = tar_sandbox
+    sbx.module("a", "def main(args):\n    return {'success': True}\n")
+
+    assert sbx.hs_tx("update", timeout=RUN_TIMEOUT).returncode == 0
+
+    servers = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"hs_txupdate.modules.forkserver" in cmdline.read_bytes():
+                servers.append(cmdline.parent.name)
+        except OSError:
+            continue
+    assert servers == []
+
+
+def test_a_run_whose_fork_server_dies_goes_on(tar_sandbox: Sandbox) -> None:
+    """The first module kills its parent, the fork server: its own result still counts,
+    and the next module starts on its own."""
+    sbx = tar_sandbox
+    sbx.module(
+        "a_killer",
+        "import os, signal\n"
+        "def main(args):\n"
+        "    os.kill(os.getppid(), signal.SIGKILL)\n"
+        "    return {'success': True}\n",
+    )
+    sbx.module("b_next", PROBE.format())
+
+    result = sbx.hs_tx("update", timeout=RUN_TIMEOUT)
+
+    assert result.returncode == 0, result.stderr
+    assert "the fork server ended; the next modules start on their own" in result.stderr
+    assert _seen(result.stderr, "b_next")["session_leader"]
+    runs = sbx.journal_json(1)["modules"]
+    assert [(r["name"], r["status"]) for r in runs] == [
+        ("a_killer", "success"),
+        ("b_next", "success"),
+    ]
