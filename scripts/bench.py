@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench_idle import Command, Row, bench_idle
+from bench_rollback import bench_btrfs_rollback, bench_tar_rollback
 from tabulate import tabulate
 
 from hs_txupdate.core.config import Config
@@ -331,7 +332,7 @@ def main() -> int:
         print("bench: needs root for loop devices; run as root", file=sys.stderr)
         return 2
     top = Path(tempfile.mkdtemp(prefix="hs-tx-bench-"))
-    size_mb = max(1024, args.files * args.size_kib * 6 // 1024)
+    size_mb = max(2048, args.files * args.size_kib * 12 // 1024)  # trees, archives, copies
     rows: list[Row] = []
     loops = []
     try:
@@ -344,6 +345,8 @@ def main() -> int:
             fs = Loop(top, fstype, size_mb)
             loops.append(fs)
             bench_fs(fs, backend, args.files, args.size_kib << 10, rows)
+            in_a_run = bench_tar_rollback if backend == "tar" else bench_btrfs_rollback
+            rows += in_a_run(fs.mount, fs.mount / "tree", args.files, timed)
     finally:
         for fs in loops:
             fs.close()

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(python3 python3-venv python3-dev git btrfs-progs e2fsprogs xfsprogs attr acl
               libcap2-bin tar util-linux iproute2 systemd ca-certificates procps openssh-client
               time)
+# the benchmark's reference tools (not for an install: --apt-only leaves them out)
+[ "${1:-}" = "--apt-only" ] || APT_PACKAGES+=(snapper)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

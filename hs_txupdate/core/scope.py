@@ -1,6 +1,6 @@
 """Planning a transaction's scope: which paths it snapshots, and whether it may.
 
-Scope = every module dir + backup_paths of enabled modules + each module's
+Scope = the modules dir + backup_paths of enabled modules + each module's
 `[scope.modules.NAME] paths` and learned footprint + scope.extra_paths, with
 nested paths folded into their parents; each path keeps where it came from
 (journal.Origin). StateManager backups add paths while the run runs (see
@@ -85,14 +85,16 @@ def plan_paths(
     own: Iterable[Planned] = (),
     learned: Iterable[tuple[str, str]] = (),
 ) -> list[Planned]:
-    """The folded scope of a run: the dirs of the modules as they will be, `own`
+    """The folded scope of a run: the modules dir (holding the modules as they will
+    be), `own`
     (hs-tx's install dir when phase 3 replaces it, the module runtime it rebuilds), the
     backup paths of every enabled module as installed and as it will be, the paths
     the config and the `learned` (module, path) footprints add for the enabled
     modules, and extra_paths."""
     future = list(future)
     enabled = {m.name for m in future if m.enabled}
-    planned = [Planned(m.path, Origin.MODULE, m.name) for m in future]
+    # the module dirs as one path: one snapshot, not one per module
+    planned = [Planned(config.modules_dir, Origin.MODULE)] if future else []
     planned += own
     for module in (m for m in [*installed, *future] if m.enabled):
         planned += [Planned(p, Origin.INDEX, module.name) for p in module.backup_paths]

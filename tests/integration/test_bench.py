@@ -27,6 +27,10 @@ ROWS = (
     "btrfs: roll back 1 changed file of 20",
     "tar: snapshot 20 files",
     "tar: roll back 1 changed file of 20",
+    "tar: roll back 20 changed files of 20 (in a run)",
+    "tar: hs-tx update backing up 20 files, first run",
+    "tar: hs-tx update backing up 20 files, unchanged, second run",
+    "btrfs: roll back 20 changed files of 20 (in a run)",
 )
 
 

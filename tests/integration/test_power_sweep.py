@@ -63,7 +63,7 @@ MOUNT_OPTS = {"btrfs": "commit=300", "ext4": "user_xattr,acl,commit=300"}
 STOP_WITHIN_S = 60.0
 MARKER = "power-cut-marker"
 TX = 1  # the sandbox starts without a journal: the update is transaction 1
-SCOPE = ("modules/alpha", "modules/beta", "data/app", "data/db")
+SCOPE = ("modules", "data/app", "data/db")  # the modules dir is one scope path
 FIXED_NS = 1_700_000_000_123_456_789
 
 ALPHA = """
@@ -367,12 +367,15 @@ def start_paused(sbx: Sandbox, n: int, log: Path) -> subprocess.Popen:
         time.sleep(0.005)
 
 
-def _is_audit_reader(pid: int) -> bool:
+def _is_helper(pid: int) -> bool:
+    """The write audit's reader or the fork server of module workers: each runs beside
+    hs-tx and writes no file (the server only forks when hs-tx asks it)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"hs_txupdate.audit.reader" in f.read()
+            cmdline = f.read()
     except OSError:
         return False
+    return b"hs_txupdate.audit.reader" in cmdline or b"hs_txupdate.modules.forkserver" in cmdline
 
 
 def kill_all(proc: subprocess.Popen) -> list[int]:
@@ -390,7 +393,7 @@ def kill_all(proc: subprocess.Popen) -> list[int]:
 
 def power_cut(rig: Rig, disk: Disk, proc: subprocess.Popen, n: int) -> Disk:
     """Copy the stopped system's disk, kill hs-tx, and boot the copy in its place."""
-    readers = [pid for pid in descendants(proc.pid) if _is_audit_reader(pid)]
+    helpers = [pid for pid in descendants(proc.pid) if _is_helper(pid)]
     cut = rig.clone(disk.image, f"cut-{n}")  # what a power cut now would leave
     marker = rig.mount / MARKER
     fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -404,8 +407,8 @@ def power_cut(rig: Rig, disk: Disk, proc: subprocess.Popen, n: int) -> Disk:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    # the write audit's reader runs beside a paused hs-tx, but it never writes a file
-    running = [pid for pid in kill_all(proc) if pid not in readers]
+    # the audit's reader and the fork server run beside a paused hs-tx, writing no file
+    running = [pid for pid in kill_all(proc) if pid not in helpers]
     assert not running, f"processes {running} that hs-tx started ran while it was paused"
     disk.discard()
     cut.attach()

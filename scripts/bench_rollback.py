@@ -1,0 +1,217 @@
+"""Benchmark rows: a rollback of 230 changed files of a large tree, and a tar capture,
+each taken from a whole `hs-tx update` process as a user runs it.
+
+A module backs up the tree and rewrites 230 of its files, then fails: hs-tx rolls
+back. The rollback's time is read from the run's journal (from the first event of
+its rollback phase to its last), so it is the rollback alone, measured inside a
+real run; the reference restores the same 230 files: `tar -x` of those members of a
+GNU tar archive of the tree (tar backend), `snapper undochange` between a snapshot
+before and one after the change (btrfs; skipped, saying why, without snapper).
+The tar capture rows time whole runs of a module that changes nothing, the first
+and a second one, against `tar -c` of the tree with the flags hs-tx uses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+
+from bench_idle import Row
+
+CHANGED = 230
+TAR_FLAGS = ["--format=posix", "--sparse", "--xattrs", "--acls", "--numeric-owner"]
+TAR_FLAGS += ["--one-file-system"]
+HS_TX = str(Path(sys.executable).with_name("hs-tx"))
+
+
+def changed_files(tree: Path, files: int) -> list[str]:
+    """The CHANGED files (relative to the tree's parent) the module rewrites, spread
+    over the tree as make_tree laid it out."""
+    step = max(1, files // CHANGED)
+    names = [f"d{i // 100:04d}/f{i:06d}" for i in range(0, files, step)][:CHANGED]
+    return [f"{tree.name}/{name}" for name in names]
+
+
+def sandbox(base: Path, tree: Path, backend: str, files: int, fail: bool) -> Path:
+    """A config under `base` whose one module backs up `tree`, rewrites its changed
+    files (`fail`: then fails, so hs-tx rolls back) or changes nothing. Returns it."""
+    label = "rollback" if fail else "capture"
+    module = base / f"modules-{label}" / "rewrite"
+    module.mkdir(parents=True, exist_ok=True)
+    index = {
+        "metadata": {"schema_version": "1.0.0", "name": "rewrite", "enabled": True},
+        "configuration": {"backup_paths": [str(tree)]},
+    }
+    (module / "index.json").write_text(json.dumps(index))
+    names = [str(base / n) for n in changed_files(tree, files)] if fail else []
+    (module / "index.py").write_text(
+        f"NAMES = {names!r}\n"
+        "def main(args):\n"
+        "    for name in NAMES:\n"
+        "        with open(name, 'wb') as f:\n"
+        "            f.write(b'rewritten by the run')\n"
+        f"    return {{'success': {not fail}}}\n"
+    )
+    config = base / f"config-{label}.toml"
+    config.write_text(
+        f'state_dir = "{base / f"state-{label}"}"\nmodules_dir = "{module.parent}"\n'
+        f'[snapshot]\nbackend = "{backend}"\nkeep = 1\n[scope]\nwatch = ["{base}"]\n'
+        'system = "off"\n[net]\nguard = false\n'
+        '[services]\nmanager = "command"\nrestart = ["/bin/true", "{unit}"]\n'
+    )
+    return config
+
+
+def rollback_seconds(config: Path) -> float:
+    """Run a failing update under `config`; return how long its rollback took, from
+    the journal's events."""
+    result = subprocess.run([HS_TX, "--config", str(config), "update"], capture_output=True)
+    if result.returncode != 1:
+        raise RuntimeError(f"the failing run ended {result.returncode}: {result.stderr!r}")
+    history = subprocess.run(
+        [HS_TX, "--config", str(config), "history", "--json"], capture_output=True, check=True
+    )
+    newest = max(tx["id"] for tx in json.loads(history.stdout))
+    shown = subprocess.run(
+        [HS_TX, "--config", str(config), "show", "--json", str(newest)],
+        capture_output=True,
+        check=True,
+    )
+    times = [
+        datetime.fromisoformat(e["at"])
+        for e in json.loads(shown.stdout)["events"]
+        if e["phase"] == "rollback"
+    ]
+    return (max(times) - min(times)).total_seconds()
+
+
+def bench_tar_rollback(
+    base: Path, tree: Path, files: int, timed: Callable[[Callable[[], object]], float]
+) -> list[Row]:
+    """The tar rows: rollback of CHANGED files against `tar -x` of those members, and
+    a first and second capture (whole runs) against `tar -c` with hs-tx's flags."""
+    archive = base / "ref.tar"
+    t_tar_c = timed(lambda: _sh("tar", "-c", *TAR_FLAGS, "-f", archive, "-C", base, tree.name))
+    members = changed_files(tree, files)
+    rollback, reference = [], []
+    failing = sandbox(base, tree, "tar", files, fail=True)
+    for _ in range(3):
+        rollback.append(rollback_seconds(failing))
+        _rewrite(base, members)
+        reference.append(timed(lambda: _sh("tar", "-x", "-f", archive, "-C", base, *members)))
+    what = f"tar: roll back {len(members)} changed files of {files} (in a run)"
+    of_those = f"tar -x of those {len(members)}"
+    rows: list[Row] = [[what, _median(rollback), of_those, _median(reference)]]
+    capture = sandbox(base, tree, "tar", files, fail=False)
+    argv = [HS_TX, "--config", str(capture), "update"]
+    first = timed(lambda: _sh(*argv))
+    second = timed(lambda: _sh(*argv))
+    flags = "tar -c " + " ".join(TAR_FLAGS)
+    rows.append([f"tar: hs-tx update backing up {files} files, first run", first, flags, t_tar_c])
+    rows.append(
+        [
+            f"tar: hs-tx update backing up {files} files, unchanged, second run",
+            second,
+            flags,
+            t_tar_c,
+        ]
+    )
+    return rows
+
+
+def _rewrite(base: Path, members: list[str]) -> None:
+    for name in members:
+        (base / name).write_bytes(b"rewritten by the reference")
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _sh(*argv: object) -> None:
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{argv[0]} ended {result.returncode}: {result.stderr[-2000:]}")
+
+
+def bench_btrfs_rollback(
+    base: Path, tree: Path, files: int, timed: Callable[[Callable[[], object]], float]
+) -> list[Row]:
+    """The btrfs row: rollback of CHANGED files against `snapper undochange` of the
+    same change, snapper run against a config in a private dir (never /etc)."""
+    why = _why_no_snapper()
+    if why is not None:
+        print(f"bench: btrfs rollback row skipped: {why}", file=sys.stderr)
+        return []
+    members = changed_files(tree, files)
+    failing = sandbox(base, tree, "btrfs", files, fail=True)
+    rollback, reference = [], []
+    snapper = _Snapper(base)
+    try:
+        for _ in range(3):
+            rollback.append(rollback_seconds(failing))
+            before = snapper.create()
+            _rewrite(base, members)
+            after = snapper.create()
+            reference.append(timed(partial(snapper.undochange, before, after)))
+    finally:
+        snapper.close()
+    what = f"btrfs: roll back {len(members)} changed files of {files} (in a run)"
+    return [[what, _median(rollback), "snapper undochange of those", _median(reference)]]
+
+
+def _why_no_snapper() -> str | None:
+    if shutil.which("snapper") is None:
+        return "snapper is not installed (apt-get install snapper)"
+    return None
+
+
+class _Snapper:
+    """snapper on the benchmark's btrfs, run by a shell in a private mount namespace
+    in which /etc/snapper is a tmpfs and /etc/default/snapper a private copy, so the
+    host's /etc is never written (snapper's package made /etc/snapper)."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.shell = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-s"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        copy = base / "snapper-default"
+        self._do(
+            "mount -t tmpfs tmpfs /etc/snapper && mkdir /etc/snapper/configs && "
+            f"if [ -e /etc/default/snapper ]; then cp /etc/default/snapper {copy} && "
+            f"mount --bind {copy} /etc/default/snapper; fi && "
+            f"snapper --no-dbus -c bench create-config {base}"
+        )
+
+    def _do(self, command: str) -> str:
+        assert self.shell.stdin is not None and self.shell.stdout is not None
+        self.shell.stdin.write(f'{command} >/dev/null 2>&1; echo "rc=$?"\n')
+        self.shell.stdin.flush()
+        line = self.shell.stdout.readline().strip()
+        if line != "rc=0":
+            raise RuntimeError(f"snapper: {command!r} ended {line}")
+        return line
+
+    def create(self) -> int:
+        assert self.shell.stdin is not None and self.shell.stdout is not None
+        self.shell.stdin.write("snapper --no-dbus -c bench create --print-number\n")
+        self.shell.stdin.flush()
+        return int(self.shell.stdout.readline())
+
+    def undochange(self, before: int, after: int) -> None:
+        self._do(f"snapper --no-dbus -c bench undochange {before}..{after}")
+
+    def close(self) -> None:
+        assert self.shell.stdin is not None
+        self.shell.stdin.close()
+        self.shell.wait()
