@@ -199,7 +199,7 @@ def _build(sbx: Sandbox, web_fails: bool) -> None:
         backup_paths=[web],
         extra_meta={"priority": 20, "service_name": "web.service"},
     )
-    for root in (app, web, sbx.modules / "app", sbx.modules / "web"):
+    for root in (app, web, sbx.modules):  # the modules dir is one scope path
         _settle(root)
 
 

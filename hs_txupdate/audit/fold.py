@@ -4,6 +4,7 @@ and what each path amounts to against the live filesystem at the end."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,14 @@ from .paths import parent_and_name, rebase, under
 
 FOLD_AT = 32  # more changed entries than this directly in one directory (per module) fold
 
+
+def name_key(name: str) -> int:
+    """A stable 63-bit key of an entry's name (the same in every process, unlike
+    hash()): what a fold keeps of each name it takes in."""
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
 CREATED, MODIFIED, METADATA, DELETED = "created", "modified", "metadata", "deleted"
 _STRENGTH = {CREATED: 0, DELETED: 1, MODIFIED: 2, METADATA: 3}
 
@@ -37,6 +46,7 @@ class Change:
     change: str
     module: str | None
     count: int = 1
+    names: tuple[int, ...] = ()  # a fold: the name keys of the entries it stands for
 
 
 @dataclass(slots=True)
@@ -84,7 +94,7 @@ class Aggregator:
         key = (parent, module)
         folded = self.folds.get(key)
         if folded is not None:
-            folded.add(hash(name))
+            folded.add(name_key(name))
             return
         self.entries[path] = Entry(mask, mask, module)
         kids = self.kids.setdefault(key, set())
@@ -136,7 +146,7 @@ class Aggregator:
         for name in kids:
             self.entries.pop(f"{parent.rstrip('/')}/{name}", None)
         del self.kids[key]
-        self.folds[key] = {hash(name) for name in kids}
+        self.folds[key] = {name_key(name) for name in kids}
 
     def rename(self, old: str, new: str) -> None:
         """A directory moved from `old` to `new`: what is stored below `old` moves
@@ -161,7 +171,7 @@ class Aggregator:
         return {
             "entries": [[p, e.first, e.union, e.module, e.count] for p, e in self.entries.items()],
             "new_dirs": sorted(d for d in self.new_dirs if d in self.entries),
-            "folds": [[d, m, len(h)] for (d, m), h in self.folds.items()],
+            "folds": [[d, m, sorted(h)] for (d, m), h in self.folds.items()],
         }
 
 
@@ -222,8 +232,9 @@ def classify(
         if kind == CREATED and path in new_dirs:
             count += count_below(path)
         changes.append(Change(path, kind, module, count))
-    for directory, module, count in aggregate.get("folds", ()):
-        changes.append(Change(directory, MODIFIED if exists(directory) else DELETED, module, count))
+    for directory, module, names in aggregate.get("folds", ()):
+        kind = MODIFIED if exists(directory) else DELETED
+        changes.append(Change(directory, kind, module, len(names), tuple(names)))
     return _merge(fold_deleted(changes))
 
 
@@ -240,7 +251,7 @@ def fold_deleted(changes: Iterable[Change]) -> list[Change]:
         else:
             extra[top] = extra.get(top, 0) + change.count
     return [
-        Change(c.path, c.change, c.module, c.count + extra.pop(c.path, 0))
+        Change(c.path, c.change, c.module, c.count + extra.pop(c.path, 0))  # whole: no names
         if c.change == DELETED
         else c
         for c in kept
@@ -267,6 +278,7 @@ def _merge(changes: list[Change]) -> list[Change]:
         seen = out.get((c.path, c.module))
         if seen is not None:
             kind = min(seen.change, c.change, key=_STRENGTH.__getitem__)
-            c = Change(c.path, kind, c.module, seen.count + c.count)
+            names = tuple(sorted({*seen.names, *c.names}))
+            c = Change(c.path, kind, c.module, seen.count + c.count, names)
         out[(c.path, c.module)] = c
     return sorted(out.values(), key=lambda c: (c.path, c.module or ""))

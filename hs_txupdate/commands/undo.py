@@ -10,7 +10,7 @@ hs-tx since (unless `--force`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..base.errors import EXIT_DAMAGED, EXIT_OK, UsageError
@@ -74,9 +74,7 @@ def _run_undo(ctx: Context, undo_id: int, chain: list[TxInfo]) -> int:
     def prepare() -> None:
         # what the undo will change in a system scope, journaled before it acts
         rows = {c.path: c for info in chain for c in info.run_changes}
-        ctx.journal.add_run_changes(
-            undo_id, [(c.path, c.change, None, c.count) for c in rows.values()]
-        )
+        ctx.journal.add_run_changes(undo_id, [replace(c, module=None) for c in rows.values()])
         snapshot_scope(ctx, undo_id, planned)
 
     def body(_plan: None) -> None:

@@ -20,7 +20,7 @@ from ..audit.paths import read_mounts
 from ..audit.scan import SCAN_NOTE, changed_since
 from ..journal import ChangeInfo, Origin, OutsideInfo, Phase, Status, Step, TxInfo
 from .context import Context
-from .system import holding, system_of
+from .system import holding, run_change, system_of
 
 # a learned name that looks different every run (a timestamp, a temp file) is
 # learned as its directory instead
@@ -93,7 +93,7 @@ def record(ctx: Context, tx_id: int, result: AuditResult) -> list[OutsideInfo]:
     system, mounts = system_of(info.paths), read_mounts()
     held = [bool(system) and holding(c.path, system, mounts) is not None for c in result.changes]
     inside = [c for c, h in zip(result.changes, held, strict=True) if h]
-    ctx.journal.add_run_changes(tx_id, [(c.path, c.change, c.module, c.count) for c in inside])
+    ctx.journal.add_run_changes(tx_id, [run_change(c) for c in inside])
     rest = [c for c, h in zip(result.changes, held, strict=True) if not h]
     outside = [c for c in rest if not _covered(Path(c.path), scope)]
     if result.method != "fanotify":

@@ -108,7 +108,10 @@ def _run(runs: ModuleRuns, module: Module, mode: str) -> str | None:
     return why it failed."""
     ctx, tx_id, journal = runs.ctx, runs.tx_id, runs.ctx.journal
     step = Step.RUN if mode == "main" else Step.MAINTENANCE
-    group, no_group = cgroup.create(f"hs-tx-{tx_id}-{module.name}-{mode}")
+    # the journal's identity in the name: another state dir's runs on this box have
+    # transactions of the same numbers, and creating a cgroup kills what is in it
+    name = f"hs-tx-{journal.uuid[:8]}-{tx_id}-{module.name}-{mode}"
+    group, no_group = cgroup.create(name)
     detail = {
         "module": module.name,
         "service": module.service_name,

@@ -21,10 +21,11 @@ import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ..audit import why_unwatchable
+from ..audit import Change, why_unwatchable
+from ..audit.fold import name_key
 from ..audit.paths import Mount, fstype_at, keep, read_mounts, under
 from ..base.errors import ScopeError
-from ..journal import ChangeInfo, Journal, Kind, Origin, PathInfo, TxInfo
+from ..journal import ChangeInfo, Journal, Kind, Origin, PathInfo, RunChangeInfo, TxInfo
 from ..snapshot.btrfs import subvolume_root
 from ..snapshot.manifest import Changes, tree_fingerprint
 from ..snapshot.subvol import SUBVOLUME_ROOT_INO, child_subvolumes, subvolume_identity
@@ -208,24 +209,62 @@ def attributed(tx: TxInfo) -> bool:
     return tx.audit_method in ("fanotify", None) or tx.kind == Kind.UNDO
 
 
-def changes_in(tx: TxInfo, info: PathInfo) -> dict[str, bool]:
-    """The run changes of `tx` held by its system entry `info`, relative to it: True
-    for one whose whole subtree is the run's (created, deleted, or many changes folded
-    into it), False for the entry alone (a directory's own times or mode)."""
+# what a run change marks: True, its whole subtree; False, the entry alone; a set of name
+# keys, the entry and, whole, those of its entries (a directory with many changed ones)
+Mark = bool | frozenset[int]
+
+
+def run_change(change: Change) -> RunChangeInfo:
+    """The journal's record of the write audit's `change` inside a system scope."""
+    names = " ".join(map(str, change.names)) if change.names else None
+    return RunChangeInfo(change.path, change.change, change.module, change.count, names)
+
+
+def changes_in(tx: TxInfo, info: PathInfo) -> dict[str, Mark]:
+    """The run changes of `tx` held by its system entry `info`, relative to it, each
+    with what it marks (see Mark): created or deleted, its whole subtree; a directory
+    many of whose entries changed, those; else the entry alone (a file, or a
+    directory's own times or mode)."""
     tops = system_of(tx.paths)
     mounts = read_mounts()
-    marks: dict[str, bool] = {}
+    marks: dict[str, Mark] = {}
     for change in tx.run_changes:
         if holding(change.path, tops, mounts) == info.path:
             rel = "" if change.path == info.path else os.path.relpath(change.path, info.path)
-            whole = change.change in ("created", "deleted") or change.count > 1
-            marks[rel] = marks.get(rel, False) or whole
+            marks[rel] = _joined(marks.get(rel, False), _mark_of(change))
     return marks
 
 
-def _marked(rel: str, marks: dict[str, bool]) -> bool:
-    """True when `rel` is a marked entry or lies below one marked whole."""
-    return any(rel == m or (whole and _at_or_below(rel, m)) for m, whole in marks.items())
+def _mark_of(change: RunChangeInfo) -> Mark:
+    if change.change in ("created", "deleted"):
+        return True
+    if change.names:
+        return frozenset(int(key) for key in change.names.split())
+    return change.count > 1  # folded before names were kept: the whole directory
+
+
+def _joined(a: Mark, b: Mark) -> Mark:
+    if a is True or b is True:
+        return True
+    if isinstance(a, frozenset) and isinstance(b, frozenset):
+        return a | b
+    return a if isinstance(a, frozenset) else b
+
+
+def _marked(rel: str, marks: dict[str, Mark]) -> bool:
+    """True when `rel` is a marked entry, lies below one marked whole, or lies at or
+    below a named entry of a directory with many changed ones."""
+    for m, mark in marks.items():
+        if rel == m:
+            return True
+        if mark is False or not _at_or_below(rel, m):
+            continue
+        if mark is True:
+            return True
+        child = (rel if m == "" else rel[len(m) + 1 :]).split("/", 1)[0]
+        if isinstance(mark, frozenset) and name_key(child) in mark:
+            return True
+    return False
 
 
 def restored_paths(tx: TxInfo, info: PathInfo) -> list[Path]:
@@ -282,7 +321,7 @@ def _file_inodes(trees: Iterable[Path], rel: str) -> set[int]:
     return found
 
 
-def _linked_inodes(trees: tuple[Path, Path], marks: dict[str, bool]) -> set[int]:
+def _linked_inodes(trees: tuple[Path, Path], marks: dict[str, Mark]) -> set[int]:
     return {ino for rel in marks for ino in _file_inodes(trees, rel)}
 
 
@@ -301,7 +340,7 @@ def listed_changes(changes: Changes, keep: Keep) -> list[ChangeInfo]:
     return [c for c in out if not any(c.path != w and _at_or_below(c.path, w) for w in whole)]
 
 
-def settle_changes(config: Config, journal: Journal, tx: TxInfo, info: PathInfo) -> dict[str, bool]:
+def settle_changes(config: Config, journal: Journal, tx: TxInfo, info: PathInfo) -> dict[str, Mark]:
     """Given a transaction about to commit and one of its system entries, return the
     entries (relative to it) the transaction changed there: its run changes, and, when
     the write audit could not attribute every write, what btrfs lists as changed
@@ -312,23 +351,38 @@ def settle_changes(config: Config, journal: Journal, tx: TxInfo, info: PathInfo)
     keep = restore_filter(config, tx, info, listed=False)
     listed = listed_changes(path_changes(journal, info), keep)
     top = Path(info.path)
-    rows = [(str(top / c.path if c.path else top), c.change, None, c.count) for c in listed]
+    rows = [
+        RunChangeInfo(str(top / c.path if c.path else top), c.change, None, c.count) for c in listed
+    ]
     journal.add_run_changes(tx.id, rows)
     info_now = journal.transaction(tx.id)
     assert info_now is not None
     return changes_in(info_now, info)
 
 
-def fingerprint_of(top: Path, marks: dict[str, bool]) -> str:
+def fingerprint_of(top: Path, marks: dict[str, Mark]) -> str:
     """A digest of the marked entries of `top` as they are now (what lies below those
-    marked whole included): it reads only those, and changes when one of them is
-    written, renamed, chmod-ed, ..."""
+    marked whole included; of a directory marked by names, those entries alone): it
+    reads only those, and changes when one of them is written, renamed, chmod-ed, ..."""
     digest = hashlib.sha256()
     for rel in sorted(marks):
-        path = top / rel if rel else top
-        state = tree_fingerprint(path) if marks[rel] else _entry_state(path)
+        path, mark = top / rel if rel else top, marks[rel]
+        if isinstance(mark, frozenset):
+            state = _named_state(path, mark)
+        else:
+            state = tree_fingerprint(path) if mark else _entry_state(path)
         digest.update(f"{rel}\0{state}\n".encode("utf-8", "surrogateescape"))
     return RELS + digest.hexdigest()
+
+
+def _named_state(directory: Path, keys: frozenset[int]) -> str:
+    """The state of the entries of `directory` whose name keys are `keys` (another
+    process's entries there, and the directory's own times, left out)."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if name_key(n) in keys)
+    except FileNotFoundError:
+        return "absent"
+    return "\0".join(f"{n}:{tree_fingerprint(directory / n)}" for n in names)
 
 
 def _entry_state(path: Path) -> str:

@@ -14,7 +14,7 @@ import signal
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from .models import (
     UndoLink,
 )
 from .reads import NET_COLUMNS, JournalReads
-from .records import now_iso
+from .records import RunChangeInfo, now_iso
 from .schema import create_journal_engine
 from .vocab import Kind, Phase, RunStatus, State, Status, Step
 
@@ -369,25 +369,16 @@ class Journal(JournalReads):
 
     def add_outside(self, tx_id: int, changes: Sequence[tuple[str, str, str | None, int]]) -> None:
         """Record paths the run changed outside its scope: (path, change, module, count)."""
-        self._add_changes(OutsideChange, tx_id, changes)
-
-    def add_run_changes(
-        self, tx_id: int, changes: Sequence[tuple[str, str, str | None, int]]
-    ) -> None:
-        """Record paths the run changed inside its whole-system scope: (path, change,
-        module, count)."""
-        self._add_changes(RunChange, tx_id, changes)
-
-    def _add_changes(
-        self,
-        table: type[OutsideChange | RunChange],
-        tx_id: int,
-        changes: Sequence[tuple[str, str, str | None, int]],
-    ) -> None:
         with self._write() as s:
             s.add_all(
-                table(tx_id=tx_id, path=p, change=c, module=m, count=n) for p, c, m, n in changes
+                OutsideChange(tx_id=tx_id, path=p, change=c, module=m, count=n)
+                for p, c, m, n in changes
             )
+
+    def add_run_changes(self, tx_id: int, changes: Sequence[RunChangeInfo]) -> None:
+        """Record paths the run changed inside its whole-system scope."""
+        with self._write() as s:
+            s.add_all(RunChange(tx_id=tx_id, **asdict(c)) for c in changes)
 
     def set_outside_restored(self, tx_id: int, restored: bool) -> None:
         """Record whether the outside-scope changes of `tx_id` were put back (never, so far)."""

@@ -140,6 +140,9 @@ class RunChange(_Change, Base):
     """A path a run changed inside its whole-system scope: what its rollback and undo put
     back (the write audit's attribution, or btrfs's change list when that was incomplete)."""
 
+    # a directory with many changed entries: the keys of their names (audit.fold.name_key)
+    names: Mapped[str | None] = mapped_column(Text, nullable=True)
+
     __tablename__ = "run_changes"
 
 

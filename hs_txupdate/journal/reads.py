@@ -29,13 +29,13 @@ from .models import (
 )
 from .records import (
     BackupInfo,
-    ChangeInfo,
     EventInfo,
     LastRunInfo,
     MalformedRowError,
     ModuleRunInfo,
     OutsideInfo,
     PathInfo,
+    RunChangeInfo,
     ServiceInfo,
     TxInfo,
     checked,
@@ -153,7 +153,7 @@ class JournalReads:
                 )
             ]
             info.run_changes = [
-                from_row(ChangeInfo, r)
+                from_row(RunChangeInfo, r)
                 for r in s.scalars(
                     select(RunChange).where(RunChange.tx_id == tx_id).order_by(RunChange.path)
                 )

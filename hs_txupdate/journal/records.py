@@ -98,6 +98,15 @@ class ChangeInfo:
 
 
 @dataclass
+class RunChangeInfo(ChangeInfo):
+    """A path a run changed inside its whole-system scope; `names`: for a directory with
+    many changed entries, the keys of their names, space-separated (the run changed
+    those entries, and no others there)."""
+
+    names: str | None = None
+
+
+@dataclass
 class OutsideInfo(ChangeInfo):
     """A path a run changed outside its scope, and whether a rollback put it back."""
 
@@ -158,7 +167,7 @@ class TxInfo:
     paths: list[PathInfo] = field(default_factory=list)
     points: list[PathInfo] = field(default_factory=list)  # point-in-time snapshots
     outside: list[OutsideInfo] = field(default_factory=list)
-    run_changes: list[ChangeInfo] = field(default_factory=list)  # inside a system scope
+    run_changes: list[RunChangeInfo] = field(default_factory=list)  # inside a system scope
     modules: list[ModuleRunInfo] = field(default_factory=list)
     events: list[EventInfo] = field(default_factory=list)
 

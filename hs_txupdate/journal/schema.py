@@ -14,7 +14,7 @@ from sqlalchemy.exc import DatabaseError
 from ..base.errors import DamagedError
 
 # Every revision this code knows, oldest first; the last is the head it writes.
-REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
+REVISIONS = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
 # Raised only by a migration an older hs-tx could not live with; additive ones keep it.
 COMPAT_LEVEL = 1
 

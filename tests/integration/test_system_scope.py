@@ -116,12 +116,14 @@ def _module(fake: FakeRoot, end: str, name: str = "writer") -> None:
     )
 
 
-def _with_database(fake: FakeRoot, run: Callable[[], subprocess.CompletedProcess]):
-    """Run `run` while another process keeps writing var/db/live; return its result and
-    the last number that process wrote."""
+def _with_database(
+    fake: FakeRoot, run: Callable[[], subprocess.CompletedProcess], live: str = "var/db/live"
+):
+    """Run `run` while another process keeps writing `live`; return its result and the
+    last number that process wrote."""
     log = fake.root.parent / "db.log"
     stop = fake.root.parent / "db-stop"  # outside the watched root
-    args = [str(fake.root / "var/db/live"), str(stop), str(log)]
+    args = [str(fake.root / live), str(stop), str(log)]
     database = subprocess.Popen([sys.executable, "-c", DATABASE, *args])
     try:
         while not log.exists():
@@ -303,3 +305,44 @@ def test_the_state_dir_is_a_subvolume_no_snapshot_holds(fake_root: FakeRoot) -> 
     assert (fake.sbx.state / "journal.db").is_file()
     snapshot = next(p for p in (fake.root / ".hs-tx-snapshots").iterdir() if p.is_dir())
     assert list((snapshot / fake.sbx.state.relative_to(fake.root)).iterdir()) == []
+
+
+# a module rewriting many files directly in one directory (the audit folds them into it)
+MANY = """
+import os
+def main(args):
+    site = os.path.join({root!r}, "var/www/site")
+    for i in range(40):
+        open(os.path.join(site, f"page{{i}}.html"), "w").write("new")
+    open(os.path.join(site, "index.html"), "w").write("<p>new")
+    open({stop!r}, "w").close()
+    {end}
+"""
+
+
+@pytest.mark.parametrize("how", ["rollback", "undo"])
+def test_a_directory_with_many_changes_gets_back_only_the_runs_entries(
+    fake_root: FakeRoot, how: str
+) -> None:
+    """More than 32 entries of one directory changed by a module fold into it; its
+    rollback or undo still puts back only those, never the file another process wrote
+    in the same directory meanwhile."""
+    fake = fake_root
+    site = fake.root / "var/www/site"
+    (site / "live.log").write_text("0")
+    stop = fake.root.parent / "db-stop"
+    end = FAIL if how == "rollback" else SUCCEED
+    fake.sbx.module("many", MANY.format(root=str(fake.root), stop=str(stop), end=end))
+    live = "var/www/site/live.log"
+
+    result, last = _with_database(fake, lambda: fake.sbx.hs_tx("update"), live)
+    if how == "undo":
+        assert result.returncode == 0, result.stderr
+        result, last = _with_database(fake, lambda: fake.sbx.hs_tx("undo", "1"), live)
+
+    assert result.returncode == (1 if how == "rollback" else 0), result.stderr
+    assert sorted(p.name for p in site.iterdir()) == ["img", "index.html", "live.log"]
+    assert (site / "index.html").read_text() == "<p>"
+    assert (site / "live.log").read_text() == last != "0", "another process's file"
+    folded = [c for c in fake.sbx.journal_json(1)["run_changes"] if c["path"] == str(site)]
+    assert [c["count"] for c in folded] == [41], folded

@@ -3,6 +3,7 @@ parsing, mount planning, and the folding and classification of changed paths."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import pytest
@@ -20,7 +21,7 @@ from hs_txupdate.audit.events import (
     EventFormatError,
     parse,
 )
-from hs_txupdate.audit.fold import FOLD_AT, Aggregator, Change, classify, kind_of
+from hs_txupdate.audit.fold import FOLD_AT, Aggregator, Change, classify, kind_of, name_key
 from hs_txupdate.audit.paths import (
     Unwatchable,
     is_own,
@@ -307,12 +308,29 @@ def test_a_fold_and_an_entry_of_one_directory_merge() -> None:
     changes = classify(
         {
             "entries": [["/etc", FAN_ATTRIB | FAN_ONDIR, FAN_ATTRIB | FAN_ONDIR, "m1", 1]],
-            "folds": [["/etc", "m1", 40]],
+            "folds": [["/etc", "m1", list(range(40))]],
         },
         World("/etc").exists,
         World().count_below,
     )
-    assert changes == [Change("/etc", "modified", "m1", 41)]
+    assert changes == [Change("/etc", "modified", "m1", 41, tuple(range(40)))]
+
+
+def test_a_fold_keeps_a_stable_key_of_every_name_it_takes_in() -> None:
+    """The keys survive the trip from the reader to hs-tx and into the journal: the same
+    in every process (hash() is not), one per name, however many fold."""
+    agg = Aggregator(World().exists, fold_at=3)
+    names = [f"f{i}" for i in range(10)]
+    for name in names:
+        agg.add(f"/etc/{name}", FAN_MODIFY, "m1")
+    (change,) = classify(
+        agg.export(), World(*(f"/etc/{n}" for n in names), "/etc").exists, World().count_below
+    )
+    assert (change.path, change.count) == ("/etc", 10)
+    assert set(change.names) == {name_key(n) for n in names}
+    assert (
+        name_key("f1") == int.from_bytes(hashlib.blake2b(b"f1", digest_size=8).digest(), "big") >> 1
+    )
 
 
 def test_an_overflow_marks_the_audit_as_lost() -> None:
