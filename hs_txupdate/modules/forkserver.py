@@ -52,15 +52,18 @@ class ForkServer:
         argv = [python, "-m", "hs_txupdate.modules.forkserver", str(theirs.fileno())]
         try:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),), env=env,
-            )  # fmt: skip
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(),),
+                env=env,
+            )
         except OSError as exc:
+            ours.close()
             raise ForkServerError(exc.errno, f"cannot start the fork server: {exc}") from exc
         finally:
             theirs.close()
         self.sock = ours
-        self.key = (python, pythonpath)
         self.exits: dict[int, int] = {}
         self.gone = False
 
@@ -83,7 +86,7 @@ class ForkServer:
             self.gone = True
             raise ForkServerError(exc.errno, f"the fork server is gone: {exc}") from exc
 
-    def signal(self, pid: int, sig: int) -> None:
+    def send_signal(self, pid: int, sig: int) -> None:
         """Send `sig` to the session of worker `pid` (nothing once the server is gone)."""
         if not self.gone:
             with contextlib.suppress(OSError):
@@ -149,7 +152,7 @@ class ForkedWorker:
         return self.returncode
 
     def signal_session(self, sig: int) -> None:
-        self.server.signal(self.pid, sig)
+        self.server.send_signal(self.pid, sig)
 
     def _settle(self) -> None:
         if self.pid in self.server.exits:

@@ -1,10 +1,10 @@
 """Workers forked by the run's fork server see what a worker started on its own sees,
-and a run whose fork server dies goes on without it."""
+and a run whose fork server dies goes on without it. (That no server outlives its run
+is the pid namespace's doing under the audit, the server's closing otherwise.)"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from tests.helpers import Sandbox
 
@@ -57,22 +57,6 @@ def test_a_forked_worker_sees_what_a_worker_of_its_own_sees(tar_sandbox: Sandbox
     assert a["random"] != b["random"], "each worker seeds its own random state"
     assert "[a] to stderr" in result.stderr
     assert "fork server ended" not in result.stderr
-
-
-def test_no_fork_server_outlives_the_run(tar_sandbox: Sandbox) -> None:
-    sbx = tar_sandbox
-    sbx.module("a", "def main(args):\n    return {'success': True}\n")
-
-    assert sbx.hs_tx("update", timeout=RUN_TIMEOUT).returncode == 0
-
-    servers = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if b"hs_txupdate.modules.forkserver" in cmdline.read_bytes():
-                servers.append(cmdline.parent.name)
-        except OSError:
-            continue
-    assert servers == []
 
 
 def test_a_run_whose_fork_server_dies_goes_on(tar_sandbox: Sandbox) -> None:
