@@ -167,8 +167,13 @@ def bench_btrfs_rollback(
 
 
 def _why_no_snapper() -> str | None:
+    """Why snapper cannot run here without writing the host's /etc, or None."""
     if shutil.which("snapper") is None:
         return "snapper is not installed (apt-get install snapper)"
+    probe = ["unshare", "--mount", "--propagation", "private", "true"]
+    tried = subprocess.run(probe, capture_output=True, text=True)
+    if tried.returncode != 0:  # in a chroot, for one: / is no mount point there
+        return f"no private mount namespace for its config here: {tried.stderr.strip()}"
     return None
 
 
