@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -107,7 +108,7 @@ def bench_tar_rollback(
         reference.append(timed(lambda: _sh("tar", "-x", "-f", archive, "-C", base, *members)))
     what = f"tar: roll back {len(members)} changed files of {files} (in a run)"
     of_those = f"tar -x of those {len(members)}"
-    rows: list[Row] = [[what, _median(rollback), of_those, _median(reference)]]
+    rows: list[Row] = [[what, statistics.median(rollback), of_those, statistics.median(reference)]]
     capture = sandbox(base, tree, "tar", files, fail=False)
     argv = [HS_TX, "--config", str(capture), "update"]
     first = timed(lambda: _sh(*argv))
@@ -128,10 +129,6 @@ def bench_tar_rollback(
 def _rewrite(base: Path, members: list[str]) -> None:
     for name in members:
         (base / name).write_bytes(b"rewritten by the reference")
-
-
-def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def _sh(*argv: object) -> None:
@@ -163,7 +160,14 @@ def bench_btrfs_rollback(
     finally:
         snapper.close()
     what = f"btrfs: roll back {len(members)} changed files of {files} (in a run)"
-    return [[what, _median(rollback), "snapper undochange of those", _median(reference)]]
+    return [
+        [
+            what,
+            statistics.median(rollback),
+            "snapper undochange of those",
+            statistics.median(reference),
+        ]
+    ]
 
 
 def _why_no_snapper() -> str | None:

@@ -36,6 +36,14 @@ _MAX_FDS = 4
 EXIT_UNKNOWN = -int(signal.SIGKILL)  # a worker whose server is gone: reported killed
 
 
+def placed(text: str, fds: list[int]) -> str:
+    """`text` with each `{fd N}` replaced by the descriptor `fds[N]` (slot 0: the
+    worker's output)."""
+    for n, fd in enumerate(fds):
+        text = text.replace(f"{{fd {n}}}", str(fd))
+    return text
+
+
 class ForkServerError(OSError):
     """The fork server could not be started, or is gone."""
 
@@ -231,15 +239,9 @@ def _fork(
         os.dup2(fds[0], 2)
         for fd in (null, fds[0]):
             os.close(fd)
-
-        def place(text: str) -> str:
-            for n, fd in enumerate(fds):
-                text = text.replace(f"{{fd {n}}}", str(fd))
-            return text
-
         os.environ.clear()
-        os.environ.update({k: place(v) for k, v in request["env"].items()})
-        code = worker.main([place(arg) for arg in request["argv"]])
+        os.environ.update({k: placed(v, fds) for k, v in request["env"].items()})
+        code = worker.main([placed(arg, fds) for arg in request["argv"]])
     except BaseException:  # whatever happens, never back into the server loop
         with contextlib.suppress(BaseException):
             import traceback

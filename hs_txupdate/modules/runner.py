@@ -29,7 +29,7 @@ from ..base.channel import CHANNEL_ENV
 from ..base.proc import child_env
 from .cgroup import CGROUP_ENV, kill_session
 from .discovery import Module
-from .forkserver import ForkedWorker, ForkServer, ForkServerError
+from .forkserver import ForkedWorker, ForkServer, ForkServerError, placed
 from .output import OutputTail
 
 KILL_GRACE_S = 5.0
@@ -158,10 +158,10 @@ def _spawn(job: _Job, result_fd: int, channel: _Channel | None) -> Worker:
     if job.forks is not None and job.cgroup is not None and not job.forks.gone:
         with contextlib.suppress(ForkServerError):  # gone: the worker starts on its own
             return _fork(job.forks, args, env, fds)
-    named = [_named(a, fds) for a in args]
-    env = {k: _named(v, fds) for k, v in env.items()}
+    slots = [1, *fds]  # the output is the worker's stdout
+    env = {k: placed(v, slots) for k, v in env.items()}
     return subprocess.Popen(
-        [job.runtime.python, "-m", "hs_txupdate.modules.worker", *named],
+        [job.runtime.python, "-m", "hs_txupdate.modules.worker", *(placed(a, slots) for a in args)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -169,13 +169,6 @@ def _spawn(job: _Job, result_fd: int, channel: _Channel | None) -> Worker:
         start_new_session=True,
         env=env,
     )
-
-
-def _named(text: str, fds: list[int]) -> str:
-    """`text` with each `{fd N}` (N from 1) replaced by the descriptor `fds[N - 1]`."""
-    for n, fd in enumerate(fds, start=1):
-        text = text.replace(f"{{fd {n}}}", str(fd))
-    return text
 
 
 def _fork(forks: ForkServer, args: list[str], env: dict[str, str], fds: list[int]) -> Worker:
