@@ -1,9 +1,9 @@
 """Writing the journal: every write of every hs-tx command goes through `Journal`.
 
-Each write is its own SQLite transaction, committed (WAL, synchronous=FULL)
-before the call returns, so an event is durable before the step it announces
-acts. Its words are the enums of `vocab`; `step()` records an intent and its
-outcome around the code that acts.
+Each write is its own SQLite transaction (plain `sqlite3`, `BEGIN IMMEDIATE`),
+committed (WAL, synchronous=FULL) before the call returns, so an event is
+durable before the step it announces acts. Its words are the enums of `vocab`;
+`step()` records an intent and its outcome around the code that acts.
 """
 
 from __future__ import annotations
@@ -12,34 +12,18 @@ import json
 import os
 import signal
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
 from ..base.crashpoints import CrashPoints
 from ..base.errors import DamagedError
 from ..base.fsio import ensure_private_dir, publish
-from .models import (
-    Event,
-    Footprint,
-    ModuleRun,
-    OutsideChange,
-    RunChange,
-    ScopePath,
-    ServiceState,
-    StateManagerBackup,
-    Transaction,
-    UndoLink,
-)
-from .reads import NET_COLUMNS, JournalReads
+from .reads import NET_COLUMNS, JournalReads, marks
 from .records import RunChangeInfo, now_iso
-from .schema import create_journal_engine
+from .schema import open_journal
 from .vocab import Kind, Phase, RunStatus, State, Status, Step
 
 _DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -67,6 +51,8 @@ class StepRecord:
     detail: dict[str, Any] = field(default_factory=dict)
     failed: bool = False
     path: tuple[int, dict[str, Any]] | None = None  # scope path n: columns to set
+    started: Any = None  # what `first` returned, in the intent's commit
+    joined: list[Callable[[], object]] = field(default_factory=list)
 
     def fail(self, **more: Any) -> None:
         """Record the step as failed (with `more` detail) once the body ends."""
@@ -77,6 +63,11 @@ class StepRecord:
         """Set these columns of scope path `n` in the same commit as a `done` outcome
         (like Journal.update_path, one durable write fewer)."""
         self.path = (n, values)
+
+    def join(self, write: Callable[[], object]) -> None:
+        """Make `write` (journal writes) part of the outcome's commit: one durable write
+        for both, made when the body ends without raising."""
+        self.joined.append(write)
 
 
 class JournalLostError(DamagedError):
@@ -92,33 +83,85 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def _insert(db: sqlite3.Connection, table: str, values: Mapping[str, object]) -> int:
+    """Insert one row of `values` (column: value) into `table`; return its id."""
+    names = ", ".join(values)
+    query = f"INSERT INTO {table} ({names}) VALUES ({marks(values)})"
+    row_id = db.execute(query, tuple(values.values())).lastrowid
+    assert row_id is not None
+    return row_id
+
+
+def _insert_all(
+    db: sqlite3.Connection, table: str, names: Sequence[str], rows: Iterable[Sequence[object]]
+) -> None:
+    """Insert `rows` (values in the order of the columns `names`) into `table`."""
+    query = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks(names)})"
+    db.executemany(query, rows)
+
+
+def _update(
+    db: sqlite3.Connection, table: str, values: Mapping[str, object], where: str, *params: object
+) -> int:
+    """Set `values` (column: value) in the rows of `table` matching `where`; return how
+    many rows that was."""
+    sets = ", ".join(f"{name} = ?" for name in values)
+    query = f"UPDATE {table} SET {sets} WHERE {where}"
+    return db.execute(query, (*values.values(), *params)).rowcount
+
+
 class Journal(JournalReads):
     """The journal of one state dir. Given the path of journal.db."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._engine = create_journal_engine(path)
-        self._session = sessionmaker(self._engine, expire_on_commit=False)
+        self._db = open_journal(path)
         self._crash = CrashPoints()
         self._identity = _identity(path)
+        self._pending = 0  # events written in the open write, durable at its commit
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
+    def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, after checking the journal file is still the one
-        this journal opened (see `_rescue`); signals are held back while it commits."""
+        this journal opened (see `_rescue`); signals are held back while it commits.
+        Inside another write it is part of that one (see `together`)."""
+        if self._db.in_transaction:
+            yield self._db
+            return
         if _identity(self.path) != self._identity:
             self._rescue()
+        db = self._db
         try:
-            with _signals_deferred(), self._session() as s, s.begin():
-                yield s
-        except OperationalError as exc:
-            if "full" not in str(exc.orig):
+            with _signals_deferred():
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            for _ in range(self._pending):
+                self._crash.after_durable_event()
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if "full" not in str(exc):
                 raise
             raise DamagedError(
                 f"the journal {self.path} cannot be written: its filesystem is full",
                 "free space there, then run hs-tx recover: it finishes the transaction"
                 " from what the journal holds",
             ) from exc
+        finally:
+            self._pending = 0
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """Make every write in the block one durable write, committed when the block
+        ends (nothing of it when the block raises)."""
+        with self._write():
+            yield
 
     def _rescue(self) -> None:
         """The journal file was deleted or replaced while this process had it open:
@@ -129,20 +172,15 @@ class Journal(JournalReads):
         if self.path.exists():
             os.replace(self.path, self.path.with_name(f"{self.path.name}.replaced-{os.getpid()}"))
         rescue = self.path.with_name(f".{self.path.name}.rescue")
-        raw = self._engine.raw_connection()
+        target = sqlite3.connect(rescue)
         try:
-            target = sqlite3.connect(rescue)
-            try:
-                raw.driver_connection.backup(target)  # type: ignore[union-attr]
-            finally:
-                target.close()
+            self._db.backup(target)
         finally:
-            raw.close()
+            target.close()
         os.chmod(rescue, 0o600)
         publish(rescue, self.path)
-        self._engine.dispose()
-        self._engine = create_journal_engine(self.path)
-        self._session = sessionmaker(self._engine, expire_on_commit=False)
+        self._db.close()
+        self._db = open_journal(self.path)
         self._identity = _identity(self.path)
         raise JournalLostError(
             f"the journal {self.path} was {what} during the run; hs-tx wrote the copy it"
@@ -152,8 +190,8 @@ class Journal(JournalReads):
         )
 
     def close(self) -> None:
-        """Release the database connections."""
-        self._engine.dispose()
+        """Release the database connection."""
+        self._db.close()
 
     @property
     def events_written(self) -> int:
@@ -163,19 +201,17 @@ class Journal(JournalReads):
     # --- transactions -----------------------------------------------------------------
     def begin(self, kind: Kind, command: list[str], user: str, host: str) -> int:
         """Create a transaction in state `open`, durably; return its id."""
-        with self._write() as s:
-            tx = Transaction(
-                kind=kind,
-                state=State.OPEN,
-                started_at=now_iso(),
-                user=user,
-                host=host,
-                command=json.dumps(command),
-                pid=os.getpid(),
-            )
-            s.add(tx)
-            s.flush()
-            return tx.id
+        row = {
+            "kind": kind,
+            "state": State.OPEN,
+            "started_at": now_iso(),
+            "user": user,
+            "host": host,
+            "command": json.dumps(command),
+            "pid": os.getpid(),
+        }
+        with self._write() as db:
+            return _insert(db, "transactions", row)
 
     def set_state(
         self,
@@ -214,12 +250,13 @@ class Journal(JournalReads):
 
     def link_undo(self, undo_tx: int, undone: list[int]) -> None:
         """Record that transaction `undo_tx` reverses every transaction in `undone`."""
-        with self._write() as s:
-            s.add_all(UndoLink(undo_tx_id=undo_tx, undone_tx_id=i) for i in undone)
+        with self._write() as db:
+            names = ("undo_tx_id", "undone_tx_id")
+            _insert_all(db, "undo_links", names, ((undo_tx, i) for i in undone))
 
     def _update_tx(self, tx_id: int, values: dict[str, Any]) -> None:
-        with self._write() as s:
-            s.execute(update(Transaction).where(Transaction.id == tx_id).values(**values))
+        with self._write() as db:
+            _update(db, "transactions", values, "id = ?", tx_id)
 
     # --- events -------------------------------------------------------------------------
     def event(
@@ -245,37 +282,45 @@ class Journal(JournalReads):
         """`event`, with the columns `path` (n, values) of a scope path set in the same
         commit."""
         text = json.dumps(dict(detail), sort_keys=True) if detail is not None else None
-        with self._write() as s:
+        with self._write() as db:
             if path is not None:
-                where = (ScopePath.tx_id == tx_id, ScopePath.n == path[0])
-                s.execute(update(ScopePath).where(*where).values(**path[1]))
-            last = s.scalar(select(func.max(Event.seq)).where(Event.tx_id == tx_id)) or 0
-            s.add(
-                Event(
-                    tx_id=tx_id,
-                    seq=last + 1,
-                    phase=phase,
-                    step=step,
-                    status=status,
-                    at=now_iso(),
-                    detail=text,
-                )
-            )
-        self._crash.after_durable_event()
-        return last + 1
+                _update(db, "paths", path[1], "tx_id = ? AND n = ?", tx_id, path[0])
+            query = "SELECT coalesce(max(seq), 0) FROM events WHERE tx_id = ?"
+            seq = int(db.execute(query, (tx_id,)).fetchone()[0]) + 1
+            row = {
+                "tx_id": tx_id,
+                "seq": seq,
+                "phase": phase,
+                "step": step,
+                "status": status,
+                "at": now_iso(),
+                "detail": text,
+            }
+            _insert(db, "events", row)
+            self._pending += 1
+        return seq
 
     @contextmanager
     def step(
-        self, tx_id: int, phase: Phase, step: Step, detail: Mapping[str, Any] | None = None
+        self,
+        tx_id: int,
+        phase: Phase,
+        step: Step,
+        detail: Mapping[str, Any] | None = None,
+        *,
+        first: Callable[[], Any] | None = None,
     ) -> Iterator[StepRecord]:
-        """Journal the intent of a step, run the body, then journal its outcome.
+        """Journal the intent of a step (with what `first` writes, in one commit; what
+        it returns is the record's `started`), run the body, then journal its outcome.
 
         The outcome is `done`, or `failed` when the body called `fail()` or
         raised (the error is added to the detail; the exception propagates,
         even when the failed event itself cannot be written).
         """
-        self.event(tx_id, phase, step, Status.INTENT, detail)
-        record = StepRecord(dict(detail or {}))
+        with self._write():
+            self.event(tx_id, phase, step, Status.INTENT, detail)
+            started = first() if first is not None else None
+        record = StepRecord(dict(detail or {}), started=started)
         try:
             yield record
         except BaseException as exc:
@@ -283,12 +328,15 @@ class Journal(JournalReads):
                 failed = {**record.detail, "error": str(exc) or type(exc).__name__}
                 self.event(tx_id, phase, step, Status.FAILED, failed)
             raise
-        if record.failed:
-            if record.path is not None:
-                self.update_path(tx_id, record.path[0], **record.path[1])
-            self.event(tx_id, phase, step, Status.FAILED, record.detail)
-        else:
-            self._event(tx_id, phase, step, Status.DONE, record.detail, record.path)
+        with self._write():
+            for write in record.joined:
+                write()
+            if record.failed:
+                if record.path is not None:
+                    self.update_path(tx_id, record.path[0], **record.path[1])
+                self.event(tx_id, phase, step, Status.FAILED, record.detail)
+            else:
+                self._event(tx_id, phase, step, Status.DONE, record.detail, record.path)
 
     # --- scope paths --------------------------------------------------------------------
     def add_path(
@@ -296,31 +344,26 @@ class Journal(JournalReads):
     ) -> None:
         """Record scope path number `n` of a transaction, before it is snapshotted;
         `more` sets origin, added_by (the module that added it mid-run) or role."""
-        with self._write() as s:
-            row = ScopePath(tx_id=tx_id, n=n, path=path, existed=existed, backend=backend, **more)
-            s.add(row)
+        row = {"tx_id": tx_id, "n": n, "path": path, "existed": existed, "backend": backend}
+        with self._write() as db:
+            _insert(db, "paths", {**row, **more})
 
     def next_path_number(self, tx_id: int) -> int:
         """The number the next scope path (or point-in-time snapshot) of `tx_id` gets."""
-        with self._session() as s:
-            last = s.scalar(select(func.max(ScopePath.n)).where(ScopePath.tx_id == tx_id))
-            return 0 if last is None else last + 1
+        query = "SELECT coalesce(max(n) + 1, 0) FROM paths WHERE tx_id = ?"
+        return int(self._db.execute(query, (tx_id,)).fetchone()[0])
 
     def update_path(self, tx_id: int, n: int, **values: Any) -> None:
         """Set columns (snapshot, manifest, size, checksum, changed, ...) of a scope path."""
-        with self._write() as s:
-            s.execute(
-                update(ScopePath).where(ScopePath.tx_id == tx_id, ScopePath.n == n).values(**values)
-            )
+        with self._write() as db:
+            _update(db, "paths", values, "tx_id = ? AND n = ?", tx_id, n)
 
     def mark_pruned(self, tx_id: int) -> None:
         """Record that every snapshot of `tx_id` was deleted by retention."""
         at = now_iso()
-        with self._write() as s:
-            s.execute(update(ScopePath).where(ScopePath.tx_id == tx_id).values(pruned_at=at))
-            s.execute(
-                update(Transaction).where(Transaction.id == tx_id).values(snapshots_pruned_at=at)
-            )
+        with self._write() as db:
+            _update(db, "paths", {"pruned_at": at}, "tx_id = ?", tx_id)
+            _update(db, "transactions", {"snapshots_pruned_at": at}, "id = ?", tx_id)
 
     # --- module runs --------------------------------------------------------------------
     def start_module_run(
@@ -337,28 +380,24 @@ class Journal(JournalReads):
         `version_from` is the version installed before phase 1 replaced it
         (None: the same as `schema_version`); `kind` is main or maintenance.
         """
-        with self._write() as s:
-            run = ModuleRun(
-                tx_id=tx_id,
-                name=name,
-                schema_version=schema_version,
-                version_from=version_from or schema_version,
-                version_to=schema_version,
-                kind=kind,
-                status=RunStatus.RUNNING,
-                started_at=now_iso(),
-            )
-            s.add(run)
-            s.flush()
-            return run.id
+        row = {
+            "tx_id": tx_id,
+            "name": name,
+            "schema_version": schema_version,
+            "version_from": version_from or schema_version,
+            "version_to": schema_version,
+            "kind": kind,
+            "status": RunStatus.RUNNING,
+            "started_at": now_iso(),
+        }
+        with self._write() as db:
+            return _insert(db, "module_runs", row)
 
     def finish_module_run(self, run_id: int, status: RunStatus, **values: Any) -> None:
         """Record a module run's outcome: `status`, and any of duration_s, exit_status,
         output_tail and error."""
-        with self._write() as s:
-            s.execute(
-                update(ModuleRun).where(ModuleRun.id == run_id).values(status=status, **values)
-            )
+        with self._write() as db:
+            _update(db, "module_runs", {"status": status, **values}, "id = ?", run_id)
 
     # --- the write audit, StateManager backups, services ---------------------------------
     def set_audit(self, tx_id: int, method: str, reason: str | None, others: int) -> None:
@@ -369,47 +408,34 @@ class Journal(JournalReads):
 
     def add_outside(self, tx_id: int, changes: Sequence[tuple[str, str, str | None, int]]) -> None:
         """Record paths the run changed outside its scope: (path, change, module, count)."""
-        with self._write() as s:
-            s.add_all(
-                OutsideChange(tx_id=tx_id, path=p, change=c, module=m, count=n)
-                for p, c, m, n in changes
-            )
+        names = ("tx_id", "path", "change", "module", "count")
+        with self._write() as db:
+            _insert_all(db, "outside_scope", names, ((tx_id, *c) for c in changes))
 
     def add_run_changes(self, tx_id: int, changes: Sequence[RunChangeInfo]) -> None:
         """Record paths the run changed inside its whole-system scope."""
-        with self._write() as s:
-            s.add_all(RunChange(tx_id=tx_id, **asdict(c)) for c in changes)
+        names = ("tx_id", "path", "change", "module", "count", "names")
+        rows = ((tx_id, c.path, c.change, c.module, c.count, c.names) for c in changes)
+        with self._write() as db:
+            _insert_all(db, "run_changes", names, rows)
 
     def set_outside_restored(self, tx_id: int, restored: bool) -> None:
         """Record whether the outside-scope changes of `tx_id` were put back (never, so far)."""
-        with self._write() as s:
-            s.execute(
-                update(OutsideChange).where(OutsideChange.tx_id == tx_id).values(restored=restored)
-            )
+        with self._write() as db:
+            _update(db, "outside_scope", {"restored": restored}, "tx_id = ?", tx_id)
 
     def learn(self, tx_id: int, footprints: list[tuple[str, str]]) -> None:
         """Add (module, path) footprints learned from transaction `tx_id` (known ones skipped)."""
         known = set((m, p) for m, p, _ in self.footprints())
-        with self._write() as s:
-            s.add_all(
-                Footprint(module=m, path=p, tx_id=tx_id)
-                for m, p in dict.fromkeys(footprints)
-                if (m, p) not in known
-            )
+        new = [(m, p, tx_id) for m, p in dict.fromkeys(footprints) if (m, p) not in known]
+        with self._write() as db:
+            _insert_all(db, "footprints", ("module", "path", "tx_id"), new)
 
     def forget(self, module: str, path: str) -> int:
         """Forget a learned path of `module`; return how many footprints that was."""
-        with self._write() as s:
-            result = s.execute(
-                update(Footprint)
-                .where(
-                    Footprint.module == module,
-                    Footprint.path == path,
-                    Footprint.forgotten_at.is_(None),
-                )
-                .values(forgotten_at=now_iso())
-            )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+        where = "module = ? AND path = ? AND forgotten_at IS NULL"
+        with self._write() as db:
+            return _update(db, "footprints", {"forgotten_at": now_iso()}, where, module, path)
 
     def add_backup(
         self,
@@ -423,16 +449,16 @@ class Journal(JournalReads):
         (path, number of the snapshot holding it, None when it was absent), and each
         service's state at the call."""
         at = now_iso()
-        common = {"tx_id": tx_id, "name": name, "module": module, "at": at}
-        rows = [StateManagerBackup(kind="path", path=p, n=n, **common) for p, n in paths]
+        rows: list[tuple[object, ...]] = [
+            (tx_id, name, module, at, "path", p, n, None) for p, n in paths
+        ]
         rows += [
-            StateManagerBackup(
-                kind="service", path=unit, state=json.dumps(state, sort_keys=True), **common
-            )
+            (tx_id, name, module, at, "service", unit, None, json.dumps(state, sort_keys=True))
             for unit, state in services.items()
         ]
-        with self._write() as s:
-            s.add_all(rows)
+        names = ("tx_id", "name", "module", "at", "kind", "path", "n", "state")
+        with self._write() as db:
+            _insert_all(db, "statemanager_backups", names, rows)
 
     def add_service(
         self, tx_id: int, unit: str, active: bool | None, enabled: str | None, source: str
@@ -440,7 +466,6 @@ class Journal(JournalReads):
         """Record a service's state before the run changes it (the first record wins)."""
         if any(known.unit == unit for known in self.services(tx_id)):
             return
-        with self._write() as s:
-            s.add(
-                ServiceState(tx_id=tx_id, unit=unit, active=active, enabled=enabled, source=source)
-            )
+        row = {"tx_id": tx_id, "unit": unit, "active": active, "enabled": enabled, "source": source}
+        with self._write() as db:
+            _insert(db, "services", row)

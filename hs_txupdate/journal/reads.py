@@ -1,32 +1,19 @@
 """Reading the journal: every query `hs-tx` runs, returning plain records.
 
 `JournalReads` is the read half of `Journal` (see api.py for the writes); it
-needs only the session factory the journal opened.
+needs only the connection the journal opened. Every query names its columns, so
+a journal a newer hs-tx widened still reads.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any
-
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from ..base.errors import DamagedError
-from .models import (
-    Event,
-    Footprint,
-    Meta,
-    ModuleRun,
-    OutsideChange,
-    RunChange,
-    ScopePath,
-    ServiceState,
-    StateManagerBackup,
-    Transaction,
-    UndoLink,
-)
 from .records import (
     BackupInfo,
     EventInfo,
@@ -39,6 +26,7 @@ from .records import (
     ServiceInfo,
     TxInfo,
     checked,
+    columns,
     from_row,
     loads,
     tx_info,
@@ -52,25 +40,62 @@ _COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # Where a bulk read puts the errors of the transactions it left out (None: raise them).
 Malformed = list[DamagedError] | None
+_Info = TypeVar("_Info")
+_RUNNING = tuple(str(s) for s in RUNNING_STATES)
+
+
+def marks(values: Iterable[object]) -> str:
+    """The `?, ?, ...` of an IN list of `values`."""
+    return ", ".join("?" for _ in values)
 
 
 class JournalReads:
-    """The queries of the journal; each opens and closes its own session."""
+    """The queries of the journal, on the connection `_db` (autocommit mode)."""
 
-    _session: sessionmaker[Session]
+    _db: sqlite3.Connection
     _uuid: str | None = None
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: the queries inside it see one state of the journal
+        (inside a write, that write's)."""
+        if self._db.in_transaction:
+            yield self._db
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield self._db
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+
+    def _records(
+        self, cls: type[_Info], table: str, where: str, params: Iterable[object], order: str
+    ) -> list[_Info]:
+        """The rows of `table` matching `where`, ordered by `order`, as records `cls`."""
+        names = ", ".join(("id", *columns(cls)))
+        query = f"SELECT {names} FROM {table} WHERE {where} ORDER BY {order}"
+        cursor = self._db.execute(query, tuple(params))
+        cursor.row_factory = sqlite3.Row
+        return [from_row(cls, row, table) for row in cursor]
+
+    def _ids(self, where: str, params: Iterable[object], order: str = "id") -> list[int]:
+        query = f"SELECT id FROM transactions WHERE {where} ORDER BY {order}"
+        return [r[0] for r in self._db.execute(query, tuple(params))]
 
     @property
     def uuid(self) -> str:
         """The journal's identity, created with it; every snapshot name carries it."""
         if self._uuid is None:
-            with self._session() as s:
-                found: object = s.scalar(select(Meta.value).where(Meta.key == "journal_uuid"))
-            if found is None:
+            row = self._db.execute(
+                "SELECT value FROM hs_tx_meta WHERE key = 'journal_uuid'"
+            ).fetchone()
+            if row is None:
                 raise DamagedError(
                     "the journal has no identity (hs_tx_meta.journal_uuid)",
                     "it was edited by hand; move it aside to start a new journal",
                 )
+            found: object = row[0]
             if not isinstance(found, str) or not _UUID.fullmatch(found):
                 raise MalformedRowError("hs_tx_meta", "journal_uuid", f"it is {found!r:.80}")
             self._uuid = found
@@ -78,56 +103,52 @@ class JournalReads:
 
     def last_applied_source(self) -> str | None:
         """The source commit of the newest committed transaction that fetched one."""
-        with self._session() as s:
-            row = s.execute(
-                select(Transaction.id, Transaction.source_after)
-                .where(Transaction.state == State.COMMITTED, Transaction.source_after.is_not(None))
-                .order_by(Transaction.id.desc())
-                .limit(1)
-            ).first()
+        row = self._db.execute(
+            "SELECT id, source_after FROM transactions"
+            " WHERE state = ? AND source_after IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (State.COMMITTED,),
+        ).fetchone()
         if row is None:
             return None
         if not isinstance(row[1], str) or not _COMMIT.fullmatch(row[1]):
             raise MalformedRowError("transactions", row[0], f"source_after is {row[1]!r:.80}")
-        return row[1]
+        return str(row[1])
 
     def net(self, tx_id: int) -> dict[str, Any]:
         """The network guard data of a transaction: `before`, `after`, `restored`,
         `actions`, each None when never recorded."""
-        with self._session() as s:
-            row = s.get(Transaction, tx_id)
-            if row is None:
-                return dict.fromkeys(NET_COLUMNS)
-            return {
-                k: loads(getattr(row, f"net_{k}"), "transactions", tx_id, f"net_{k}")
-                for k in NET_COLUMNS
-            }
+        keys = sorted(NET_COLUMNS)
+        names = ", ".join(f"net_{k}" for k in keys)
+        row = self._db.execute(
+            f"SELECT {names} FROM transactions WHERE id = ?", (tx_id,)
+        ).fetchone()
+        if row is None:
+            return dict.fromkeys(NET_COLUMNS)
+        values = zip(keys, row, strict=True)
+        return {k: loads(v, "transactions", tx_id, f"net_{k}") for k, v in values}
 
     # --- reading ------------------------------------------------------------------------
     def transactions(self, limit: int | None = None, malformed: Malformed = None) -> list[TxInfo]:
         """Transactions newest first (at most `limit`), with their module runs; a
         malformed one is handled as in `committed_with_snapshots`."""
-        with self._session() as s:
-            query = select(Transaction).order_by(Transaction.id.desc())
-            if limit is not None:
-                query = query.limit(min(limit, MAX_ID))
-            rows = list(s.scalars(query))
-            undone = self._undone_by(s, [r.id for r in rows])
-            runs, bad = self._module_runs_from(s, min((r.id for r in rows), default=0))
-            infos = []
-            for row in rows:
-                try:
-                    if row.id in bad:
-                        raise bad[row.id]
-                    info = tx_info(row, undone.get(row.id))
-                    info.modules = runs.get(row.id, [])
-                except MalformedRowError as exc:
-                    if malformed is None:
-                        raise
-                    malformed.append(exc)
-                    continue
-                infos.append(info)
-            return infos
+        with self._read():
+            rows = self._tx_rows("1", (), "id DESC", limit)
+            undone = self._undone_by([r["id"] for r in rows])
+            runs, bad = self._module_runs_from(min((r["id"] for r in rows), default=0))
+        infos = []
+        for row in rows:
+            try:
+                if row["id"] in bad:
+                    raise bad[row["id"]]
+                info = tx_info(row, undone.get(row["id"]))
+                info.modules = runs.get(row["id"], [])
+            except MalformedRowError as exc:
+                if malformed is None:
+                    raise
+                malformed.append(exc)
+                continue
+            infos.append(info)
+        return infos
 
     def transaction(self, tx_id: int) -> TxInfo | None:
         """One transaction with its paths, module runs and events; None if unknown.
@@ -136,224 +157,174 @@ class JournalReads:
         """
         if not 0 < tx_id <= MAX_ID:
             return None  # SQLite ids are positive 64-bit integers
-        with self._session() as s:
-            row = s.get(Transaction, tx_id)
-            if row is None:
+        with self._read():
+            rows = self._tx_rows("id = ?", (tx_id,), "id", None)
+            if not rows:
                 return None
-            info = tx_info(row, self._undone_by(s, [tx_id]).get(tx_id))
-            every = self._paths(s, tx_id)
+            info = tx_info(rows[0], self._undone_by([tx_id]).get(tx_id))
+            every = self._records(PathInfo, "paths", "tx_id = ?", (tx_id,), "n")
             info.paths = [p for p in every if p.role != POINT]
             info.points = [p for p in every if p.role == POINT]
-            info.outside = [
-                from_row(OutsideInfo, r)
-                for r in s.scalars(
-                    select(OutsideChange)
-                    .where(OutsideChange.tx_id == tx_id)
-                    .order_by(OutsideChange.path)
-                )
-            ]
-            info.run_changes = [
-                from_row(RunChangeInfo, r)
-                for r in s.scalars(
-                    select(RunChange).where(RunChange.tx_id == tx_id).order_by(RunChange.path)
-                )
-            ]
-            info.modules = self._modules(s, tx_id)
-            info.events = [
-                checked(
-                    EventInfo,
-                    {
-                        "seq": e.seq,
-                        "phase": e.phase,
-                        "step": e.step,
-                        "status": e.status,
-                        "at": e.at,
-                        "detail": loads(e.detail, "events", e.id),
-                    },
-                    "events",
-                    e.id,
-                )
-                for e in s.scalars(select(Event).where(Event.tx_id == tx_id).order_by(Event.seq))
-            ]
-            return info
+            info.outside = self._records(
+                OutsideInfo, "outside_scope", "tx_id = ?", (tx_id,), "path"
+            )
+            info.run_changes = self._records(
+                RunChangeInfo, "run_changes", "tx_id = ?", (tx_id,), "path"
+            )
+            info.modules = self._records(ModuleRunInfo, "module_runs", "tx_id = ?", (tx_id,), "id")
+            info.events = self._events(tx_id)
+        return info
 
     def kept_snapshots(self) -> tuple[list[tuple[int, str, str | None, str | None]], set[int]]:
         """What the journal still relies on: (row id, backend, snapshot ref, manifest) of every
         scope path whose snapshot was not pruned, and the ids of running transactions
         (whose captures may not be recorded yet)."""
-        with self._session() as s:
-            rows = s.execute(
-                select(ScopePath.id, ScopePath.backend, ScopePath.snapshot, ScopePath.manifest)
-                .join(Transaction, Transaction.id == ScopePath.tx_id)
-                .where(ScopePath.pruned_at.is_(None), Transaction.snapshots_pruned_at.is_(None))
-            ).all()
-            running = set(
-                s.scalars(select(Transaction.id).where(Transaction.state.in_(RUNNING_STATES)))
-            )
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT p.id, p.backend, p.snapshot, p.manifest FROM paths p"
+                " JOIN transactions t ON t.id = p.tx_id"
+                " WHERE p.pruned_at IS NULL AND t.snapshots_pruned_at IS NULL"
+            ).fetchall()
+            running = set(self._ids(f"state IN ({marks(_RUNNING)})", _RUNNING))
         optional = str | None
         typed = [(r[0], *typed_row("paths", r[0], r[1:], str, optional, optional)) for r in rows]
         return typed, running
 
     def unfinished(self) -> list[TxInfo]:
         """Transactions left in a running state, oldest first, with paths and events."""
-        with self._session() as s:
-            ids = list(
-                s.scalars(
-                    select(Transaction.id)
-                    .where(Transaction.state.in_(RUNNING_STATES))
-                    .order_by(Transaction.id)
-                )
-            )
-        return self._each(ids)
+        return self._each(self._ids(f"state IN ({marks(_RUNNING)})", _RUNNING))
 
     def failed_rollbacks(self) -> list[TxInfo]:
         """Transactions whose rollback failed and that nobody declared good
         (`recover --accept-current`), oldest first, with paths and events."""
-        accepted = select(Event.tx_id).where(Event.step == Step.ACCEPT_CURRENT)
-        with self._session() as s:
-            ids = list(
-                s.scalars(
-                    select(Transaction.id)
-                    .where(
-                        Transaction.state == State.ROLLBACK_FAILED,
-                        Transaction.id.not_in(accepted),
-                    )
-                    .order_by(Transaction.id)
-                )
-            )
-        return self._each(ids)
+        accepted = "SELECT tx_id FROM events WHERE step = ?"
+        where = f"state = ? AND id NOT IN ({accepted})"
+        return self._each(self._ids(where, (State.ROLLBACK_FAILED, Step.ACCEPT_CURRENT)))
 
     def committed_with_snapshots(self, malformed: Malformed = None) -> list[TxInfo]:
         """Committed transactions whose snapshots are still kept, newest first, with paths.
 
         A transaction with a malformed row is left out and its error added to
         `malformed`; without that list, MalformedRowError is raised."""
-        with self._session() as s:
-            ids = list(
-                s.scalars(
-                    select(Transaction.id)
-                    .where(
-                        Transaction.state == State.COMMITTED,
-                        Transaction.snapshots_pruned_at.is_(None),
-                    )
-                    .order_by(Transaction.id.desc())
-                )
-            )
-        return self._each(ids, malformed)
+        where = "state = ? AND snapshots_pruned_at IS NULL"
+        return self._each(self._ids(where, (State.COMMITTED,), "id DESC"), malformed)
 
     def final_with_snapshots(self, malformed: Malformed = None) -> list[TxInfo]:
         """Rolled-back or aborted transactions whose snapshots were never deleted
         (hs-tx stopped between the final state and the deletion), with paths; a
         malformed one is handled as in `committed_with_snapshots`."""
-        with self._session() as s:
-            ids = list(
-                s.scalars(
-                    select(Transaction.id)
-                    .where(
-                        Transaction.state.in_((State.ROLLED_BACK, State.ABORTED)),
-                        Transaction.snapshots_pruned_at.is_(None),
-                    )
-                    .order_by(Transaction.id)
-                )
-            )
-        return self._each(ids, malformed)
+        where = "state IN (?, ?) AND snapshots_pruned_at IS NULL"
+        return self._each(self._ids(where, (State.ROLLED_BACK, State.ABORTED)), malformed)
 
     def last_module_runs(self) -> dict[str, LastRunInfo]:
         """For every module that ever ran: its newest run (main or maintenance), by name."""
-        with self._session() as s:
-            newest = select(func.max(ModuleRun.id)).group_by(ModuleRun.name)
-            rows = s.scalars(select(ModuleRun).where(ModuleRun.id.in_(newest)))
-            return {r.name: from_row(LastRunInfo, r) for r in rows}
+        newest = "id IN (SELECT max(id) FROM module_runs GROUP BY name)"
+        rows = self._records(LastRunInfo, "module_runs", newest, (), "id")
+        return {r.name: r for r in rows}
 
     def committed_changes(self) -> list[tuple[int, str, str | None]]:
         """(transaction, path, fingerprint) of every path a committed transaction
         changed, newest transaction first."""
-        with self._session() as s:
-            rows = s.execute(
-                select(ScopePath.id, ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
-                .join(Transaction, Transaction.id == ScopePath.tx_id)
-                .where(Transaction.state == State.COMMITTED, ScopePath.changed.is_(True))
-                .order_by(ScopePath.tx_id.desc(), ScopePath.n)
-            )
-            return [typed_row("paths", r[0], r[1:], int, str, str | None) for r in rows]
+        return self._fingerprints("t.state = ? AND p.changed = 1", (State.COMMITTED,))
 
     def latest_fingerprints(self) -> list[tuple[int, str, str | None]]:
         """(transaction, path, fingerprint) of every state hs-tx left a path in, newest
         transaction first: what a committed run changed, and what a rollback put back."""
-        with self._session() as s:
-            rows = s.execute(
-                select(ScopePath.id, ScopePath.tx_id, ScopePath.path, ScopePath.fingerprint)
-                .join(Transaction, Transaction.id == ScopePath.tx_id)
-                .where(
-                    ScopePath.fingerprint.is_not(None),
-                    ((Transaction.state == State.COMMITTED) & ScopePath.changed.is_(True))
-                    | (Transaction.state == State.ROLLED_BACK),
-                )
-                .order_by(ScopePath.tx_id.desc(), ScopePath.n)
-            )
-            return [typed_row("paths", r[0], r[1:], int, str, str | None) for r in rows]
+        where = "p.fingerprint IS NOT NULL AND ((t.state = ? AND p.changed = 1) OR t.state = ?)"
+        return self._fingerprints(where, (State.COMMITTED, State.ROLLED_BACK))
 
     def footprints(self, module: str | None = None) -> list[tuple[str, str, int]]:
         """(module, path, learned in transaction) of every footprint not forgotten,
         of `module` or of all modules, oldest first."""
-        query = select(Footprint.id, Footprint.module, Footprint.path, Footprint.tx_id).where(
-            Footprint.forgotten_at.is_(None)
-        )
+        query = "SELECT id, module, path, tx_id FROM footprints WHERE forgotten_at IS NULL"
+        params: tuple[object, ...] = ()
         if module is not None:
-            query = query.where(Footprint.module == module)
-        with self._session() as s:
-            rows = s.execute(query.order_by(Footprint.id))
-            return [typed_row("footprints", r[0], r[1:], str, str, int) for r in rows]
+            query, params = query + " AND module = ?", (module,)
+        rows = self._db.execute(query + " ORDER BY id", params)
+        return [typed_row("footprints", r[0], r[1:], str, str, int) for r in rows]
 
     def backups(self, name: str) -> list[BackupInfo]:
         """Every path of the newest StateManager backup called `name` (in the newest
         transaction that made one), in the order it was backed up."""
-        with self._session() as s:
-            newest = s.scalar(
-                select(func.max(StateManagerBackup.id)).where(StateManagerBackup.name == name)
-            )
+        with self._read() as db:
+            newest = db.execute(
+                "SELECT tx_id, at FROM statemanager_backups WHERE name = ?"
+                " ORDER BY id DESC LIMIT 1",
+                (name,),
+            ).fetchone()
             if newest is None:
                 return []
-            row = s.get(StateManagerBackup, newest)
-            assert row is not None
-            rows = s.scalars(
-                select(StateManagerBackup)
-                .where(StateManagerBackup.tx_id == row.tx_id, StateManagerBackup.name == name)
-                .where(StateManagerBackup.at == row.at)
-                .order_by(StateManagerBackup.id)
+            where = "tx_id = ? AND name = ? AND at = ?"
+            return self._records(
+                BackupInfo, "statemanager_backups", where, (newest[0], name, newest[1]), "id"
             )
-            return [from_row(BackupInfo, r) for r in rows]
 
     def backup_paths(self, module: str) -> list[str]:
         """The paths module `module`'s StateManager backups named, newest first, once each."""
-        with self._session() as s:
-            rows = s.scalars(
-                select(StateManagerBackup.path)
-                .where(StateManagerBackup.module == module, StateManagerBackup.kind == "path")
-                .order_by(StateManagerBackup.id.desc())
-            )
-            return list(dict.fromkeys(rows))
+        rows = self._db.execute(
+            "SELECT path FROM statemanager_backups WHERE module = ? AND kind = 'path'"
+            " ORDER BY id DESC",
+            (module,),
+        )
+        return list(dict.fromkeys(r[0] for r in rows))
 
     def services(self, tx_id: int) -> list[ServiceInfo]:
         """The services whose state transaction `tx_id` recorded before changing them."""
-        with self._session() as s:
-            rows = s.scalars(
-                select(ServiceState).where(ServiceState.tx_id == tx_id).order_by(ServiceState.id)
-            )
-            return [from_row(ServiceInfo, r) for r in rows]
+        return self._records(ServiceInfo, "services", "tx_id = ?", (tx_id,), "id")
 
-    @classmethod
-    def _undone_by(cls, s: Session, ids: Iterable[int]) -> dict[int, int]:
+    def _tx_rows(
+        self, where: str, params: tuple[object, ...], order: str, limit: int | None
+    ) -> list[sqlite3.Row]:
+        names = ", ".join(("id", *columns(TxInfo)))
+        query = f"SELECT {names} FROM transactions WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            query, params = query + " LIMIT ?", (*params, min(limit, MAX_ID))
+        cursor = self._db.execute(query, params)
+        cursor.row_factory = sqlite3.Row
+        return cursor.fetchall()
+
+    def _events(self, tx_id: int) -> list[EventInfo]:
+        rows = self._db.execute(
+            "SELECT id, seq, phase, step, status, at, detail FROM events"
+            " WHERE tx_id = ? ORDER BY seq",
+            (tx_id,),
+        )
+        return [
+            checked(
+                EventInfo,
+                {
+                    "seq": seq,
+                    "phase": phase,
+                    "step": step,
+                    "status": status,
+                    "at": at,
+                    "detail": loads(detail, "events", row_id),
+                },
+                "events",
+                row_id,
+            )
+            for row_id, seq, phase, step, status, at, detail in rows
+        ]
+
+    def _fingerprints(
+        self, where: str, params: tuple[object, ...]
+    ) -> list[tuple[int, str, str | None]]:
+        rows = self._db.execute(
+            "SELECT p.id, p.tx_id, p.path, p.fingerprint FROM paths p"
+            f" JOIN transactions t ON t.id = p.tx_id WHERE {where}"
+            " ORDER BY p.tx_id DESC, p.n",
+            params,
+        )
+        return [typed_row("paths", r[0], r[1:], int, str, str | None) for r in rows]
+
+    def _undone_by(self, ids: Iterable[int]) -> dict[int, int]:
         """Map each id in `ids` to the committed undo transaction that reversed it,
         unless that undo was itself undone later."""
-        wanted = list(ids)
-        links = list(
-            s.execute(
-                select(UndoLink.undone_tx_id, UndoLink.undo_tx_id)
-                .join(Transaction, Transaction.id == UndoLink.undo_tx_id)
-                .where(Transaction.state == State.COMMITTED)
-                .order_by(UndoLink.undo_tx_id)
-            )
+        links = self._db.execute(
+            "SELECT l.undone_tx_id, l.undo_tx_id FROM undo_links l"
+            " JOIN transactions t ON t.id = l.undo_tx_id WHERE t.state = ?"
+            " ORDER BY l.undo_tx_id",
+            (State.COMMITTED,),
         )
         by: dict[int, int] = {}
         for undone, undo in links:
@@ -365,7 +336,7 @@ class JournalReads:
                 return None
             return None if live(undo, depth + 1) is not None else undo
 
-        return {i: u for i in wanted if (u := live(i)) is not None}
+        return {i: u for i in ids if (u := live(i)) is not None}
 
     def _each(self, ids: list[int], malformed: Malformed = None) -> list[TxInfo]:
         """The transactions `ids` in full; a malformed one goes to `malformed`, or
@@ -383,28 +354,23 @@ class JournalReads:
                 out.append(info)
         return out
 
-    @staticmethod
-    def _paths(s: Session, tx_id: int) -> list[PathInfo]:
-        rows = s.scalars(select(ScopePath).where(ScopePath.tx_id == tx_id).order_by(ScopePath.n))
-        return [from_row(PathInfo, r) for r in rows]
-
-    @staticmethod
     def _module_runs_from(
-        s: Session, low: int
+        self, low: int
     ) -> tuple[dict[int, list[ModuleRunInfo]], dict[int, MalformedRowError]]:
         """The module runs of every transaction from id `low` on, in one query, by
         transaction; and, by transaction, the first malformed run row met."""
         runs: dict[int, list[ModuleRunInfo]] = {}
         bad: dict[int, MalformedRowError] = {}
-        query = select(ModuleRun).where(ModuleRun.tx_id >= low).order_by(ModuleRun.id)
-        for row in s.scalars(query):
+        names = ", ".join(("id", "tx_id", *columns(ModuleRunInfo)))
+        cursor = self._db.execute(
+            f"SELECT {names} FROM module_runs WHERE tx_id >= ? ORDER BY id", (low,)
+        )
+        cursor.row_factory = sqlite3.Row
+        for row in cursor:
             try:
-                runs.setdefault(row.tx_id, []).append(from_row(ModuleRunInfo, row))
+                runs.setdefault(row["tx_id"], []).append(
+                    from_row(ModuleRunInfo, row, "module_runs")
+                )
             except MalformedRowError as exc:
-                bad.setdefault(row.tx_id, exc)
+                bad.setdefault(row["tx_id"], exc)
         return runs, bad
-
-    @staticmethod
-    def _modules(s: Session, tx_id: int) -> list[ModuleRunInfo]:
-        rows = s.scalars(select(ModuleRun).where(ModuleRun.tx_id == tx_id).order_by(ModuleRun.id))
-        return [from_row(ModuleRunInfo, r) for r in rows]

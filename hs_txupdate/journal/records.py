@@ -1,20 +1,21 @@
 """The plain records the journal hands out: transactions, scope paths, events, module runs.
 
-Rows are copied into these dataclasses inside the session that read them, so
-callers never hold an ORM object (nor a session) and the journal's tables stay
-its own business. Words stay plain strings here; compare them with `vocab`.
+Rows are copied into these dataclasses as they are read, each value checked
+against the type its field declares, so callers never hold a database row and
+the journal's tables stay its own business. Words stay plain strings here;
+compare them with `vocab`.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import types
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from ..base.errors import DamagedError
-from .models import Transaction
 
 _Info = TypeVar("_Info")
 
@@ -188,13 +189,35 @@ class MalformedRowError(DamagedError):
         self.table, self.row_id = table, row_id
 
 
-def from_row(cls: type[_Info], row: Any) -> _Info:
-    """Build a plain record from an ORM row, copying the fields the record has.
+def columns(cls: type) -> tuple[str, ...]:
+    """The columns a record of type `cls` is read from: its fields that are not lists
+    of child records (a TxInfo's undone_by is no column either)."""
+    if cls not in _COLUMNS:
+        hints = _hints(cls)
+        _COLUMNS[cls] = tuple(
+            f.name
+            for f in fields(cls)
+            if get_origin(hints[f.name]) is not list or f.name == "command"
+            if f.name != "undone_by"
+        )
+    return _COLUMNS[cls]
+
+
+def from_row(cls: type[_Info], row: sqlite3.Row, table: str) -> _Info:
+    """Build a plain record from a row read with its `id` and the record's `columns`.
 
     Raises MalformedRowError when a value is not of the record's type.
     """
-    values = {f.name: getattr(row, f.name) for f in fields(cls)}  # type: ignore[arg-type]
-    return checked(cls, values, row.__tablename__, row.id)
+    values = {name: _column(cls, name, row[name]) for name in columns(cls)}
+    return checked(cls, values, table, row["id"])
+
+
+def _column(cls: type, name: str, value: Any) -> Any:
+    """A value as read from SQLite, with 0 and 1 as the booleans a bool field stores."""
+    hint = _hints(cls)[name]
+    if type(value) is int and value in (0, 1) and _conforms(True, hint):
+        return bool(value)
+    return value
 
 
 def checked(cls: type[_Info], values: dict[str, Any], table: str, row_id: object) -> _Info:
@@ -232,6 +255,7 @@ def typed_row(table: str, row_id: object, values: Any, *hints: Any) -> tuple[Any
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
+_COLUMNS: dict[type, tuple[str, ...]] = {}
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -267,22 +291,18 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def tx_info(row: Transaction, undone_by: int | None) -> TxInfo:
-    """Build a TxInfo (without children) from a Transaction row.
+def tx_info(row: sqlite3.Row, undone_by: int | None) -> TxInfo:
+    """Build a TxInfo (without children) from a transactions row read with its
+    `columns(TxInfo)`.
 
     Raises MalformedRowError when a value of the row is unusable.
     """
-
-    def parsed(column: str) -> Any:
-        return loads(getattr(row, column), "transactions", row.id, column)
-
-    values = {f.name: getattr(row, f.name, None) for f in fields(TxInfo) if f.init}
-    values.update(undone_by=undone_by, command=parsed("command"))
-    values.update({c: parsed(c) for c in ("net_before", "net_after", "net_restored")})
-    values["net_actions"] = parsed("net_actions")
-    for child in ("paths", "points", "outside", "run_changes", "modules", "events"):
-        del values[child]
-    return checked(TxInfo, values, "transactions", row.id)
+    tx_id = row["id"]
+    values = {name: row[name] for name in columns(TxInfo)}
+    for column in ("command", "net_before", "net_after", "net_restored", "net_actions"):
+        values[column] = loads(row[column], "transactions", tx_id, column)
+    values["undone_by"] = undone_by
+    return checked(TxInfo, values, "transactions", tx_id)
 
 
 def loads(text: Any, table: str = "?", row_id: object = "?", column: str = "detail") -> Any:

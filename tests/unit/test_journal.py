@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
 
 from hs_txupdate.base.errors import EXIT_DAMAGED, DamagedError
 from hs_txupdate.core.config import config_from_dict
 from hs_txupdate.core.context import Context
 from hs_txupdate.journal import Journal, Kind, Phase, State, Status, Step
-from hs_txupdate.journal.schema import COMPAT_LEVEL, REVISIONS, create_journal_engine
+from hs_txupdate.journal.schema import COMPAT_LEVEL, REVISIONS, open_journal
 
 TABLES = {"alembic_version", "hs_tx_meta", "transactions", "paths", "events", "module_runs"}
 
@@ -94,28 +93,29 @@ def test_migrations_are_applied_automatically(tmp_path: Path) -> None:
 
 def test_wal_and_synchronous_full(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
-    engine = create_journal_engine(db)
+    conn = open_journal(db)
     try:
-        with engine.connect() as conn:
-            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-            assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     finally:
-        engine.dispose()
+        conn.close()
     # WAL is a property of the file: anyone who opens it later gets it too
     assert sql(db, "PRAGMA journal_mode") == [("wal",)]
 
 
 def test_every_connection_of_the_journal_is_full(tmp_path: Path) -> None:
-    """The pragmas are per connection: a second pooled connection must get them too."""
+    """The pragmas are per connection: a second opening (a second command, or the one
+    reopened after a rescue) gets them too."""
     db = tmp_path / "journal.db"
-    engine = create_journal_engine(db)
+    first, second = open_journal(db), open_journal(db)
     try:
-        with engine.connect() as a, engine.connect() as b:
-            for conn in (a, b):
-                assert conn.execute(text("PRAGMA synchronous")).scalar() == 2
-                assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        for conn in (first, second):
+            assert conn.execute("PRAGMA synchronous").fetchone() == (2,)
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+            assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
     finally:
-        engine.dispose()
+        first.close()
+        second.close()
 
 
 def test_newer_compatible_journal_still_opens(tmp_path: Path) -> None:
@@ -200,3 +200,29 @@ def test_revisions_match_the_shipped_migrations() -> None:
     shipped = [rev.revision for rev in script.walk_revisions()]  # head first
     assert tuple(reversed(shipped)) == REVISIONS
     assert script.get_current_head() == REVISIONS[-1]
+
+
+def test_the_models_the_migrations_and_the_queries_name_the_same_columns(tmp_path: Path) -> None:
+    """The journal's queries are plain SQL and its models only describe the tables: a
+    migration, a model and a record that drifted apart would fail here, not in a run."""
+    from hs_txupdate.journal import records
+    from hs_txupdate.journal.models import Base
+
+    db = tmp_path / "journal.db"
+    make_journal(db)
+    for table in Base.metadata.sorted_tables:
+        found = {row[1] for row in sql(db, f"PRAGMA table_info({table.name})")}
+        assert found == {c.name for c in table.columns}, table.name
+    read = {
+        "paths": records.PathInfo,
+        "module_runs": records.ModuleRunInfo,
+        "outside_scope": records.OutsideInfo,
+        "run_changes": records.RunChangeInfo,
+        "statemanager_backups": records.BackupInfo,
+        "services": records.ServiceInfo,
+        "transactions": records.TxInfo,
+    }
+    for name, cls in read.items():
+        table = Base.metadata.tables[name]
+        missing = set(records.columns(cls)) - {c.name for c in table.columns}
+        assert not missing, f"{cls.__name__} reads {sorted(missing)}, which {name} lacks"
