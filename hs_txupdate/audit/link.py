@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from ..base.errors import HsTxError
-from ..base.proc import child_env
+from ..base.proc import child_env, wait_exit
 
 
 class ReaderError(HsTxError):
@@ -99,11 +99,11 @@ class ReaderLink:
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
         try:
-            self.proc.wait(timeout)
+            wait_exit(self.proc, timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
+                wait_exit(self.proc, timeout)
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()

@@ -7,6 +7,7 @@ Module workers, which stream output and have timeouts, are started by
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import tempfile
@@ -174,6 +175,29 @@ def _second(argv: tuple[str, ...], left: subprocess.Popen[bytes], timeout: float
     return Result(argv, proc.returncode, out, err)
 
 
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait up to `timeout` s for `proc` to exit and reap it; return its status.
+
+    Woken by the kernel the moment it exits (a pidfd), where Popen.wait(timeout)
+    sleeps in growing steps and oversleeps a quick exit by up to half its time.
+    Raises subprocess.TimeoutExpired when it is still running.
+    """
+    if proc.returncode is not None:
+        return proc.returncode
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except OSError:  # a kernel without pidfds, or the pid is already reaped
+        return proc.wait(timeout)
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(max(0, int(timeout * 1000))):
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+    finally:
+        os.close(fd)
+    return proc.wait()
+
+
 def _missing(command: str) -> CommandError:
     """The error for a helper command that is not installed."""
     return CommandError(f"command not found: {command}", "install it (scripts/setup.sh)")
@@ -230,7 +254,7 @@ def _watch(
     try:
         while True:
             try:
-                proc.wait(interval)
+                wait_exit(proc, interval)
                 return None
             except subprocess.TimeoutExpired:
                 pass

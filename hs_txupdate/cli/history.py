@@ -7,11 +7,10 @@ import json
 import sys
 from datetime import datetime
 
-from tabulate import tabulate
-
 from ..base.errors import EXIT_DAMAGED, DamagedError
 from ..commands.context import Context
 from ..commands.history import PAGE, history
+from .table import table
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
@@ -51,7 +50,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return code
-    table = [
+    cells = [
         [
             r["id"],
             local_time(r["started_at"]),
@@ -63,7 +62,7 @@ def run(ctx: Context, args: argparse.Namespace) -> int:
         for r in rows
     ]
     headers = ["ID", "Date and time", "Kind", "State", "Modules run/failed", "Duration"]
-    print(tabulate(table, headers=headers, tablefmt="simple") if table else "no transactions yet")
+    print(table(cells, headers) if cells else "no transactions yet")
     if len(rows) + len(malformed) >= args.limit:
         print(f"hs-tx: the newest {args.limit} shown; --limit N shows more", file=sys.stderr)
     return code

@@ -8,10 +8,9 @@ import json
 import sys
 from typing import Any
 
-from tabulate import tabulate
-
 from ..commands.context import Context
 from ..commands.modules import forget, list_modules, module_scope, set_enabled
+from .table import table
 
 HEADERS = ["Name", "Installed", "Source", "Enabled", "Group", "Last result"]
 
@@ -48,7 +47,7 @@ def run_list(ctx: Context, args: argparse.Namespace) -> int:
     if not rows:
         print(f"no modules installed in {ctx.config.modules_dir}")
         return 0
-    print(tabulate([_cells(r) for r in rows], headers=HEADERS, tablefmt="simple"))
+    print(table([_cells(r) for r in rows], HEADERS))
     problems = [r for r in rows if r["problem"]]
     if problems:
         print("\nProblems:")
@@ -86,5 +85,5 @@ def run_scope(ctx: Context, args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     cells = [[r["path"], r["origin"], "" if r["exists"] else "(absent)"] for r in rows]
-    print(tabulate(cells, headers=["Path", "Origin", ""], tablefmt="simple"))
+    print(table(cells, ["Path", "Origin", ""]))
     return 0

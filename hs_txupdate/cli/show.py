@@ -7,11 +7,10 @@ import json
 import sys
 from typing import Any
 
-from tabulate import tabulate
-
 from ..commands.context import Context
 from ..commands.history import describe_network, show
 from .history import format_duration, local_time
+from .table import table
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
@@ -184,4 +183,4 @@ def render_net(net: dict[str, Any]) -> list[str]:
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> str:
-    return tabulate(rows, headers=headers, tablefmt="simple") if rows else "  (none)"
+    return table(rows, headers=headers) if rows else "  (none)"

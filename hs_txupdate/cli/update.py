@@ -6,12 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from tabulate import tabulate
-
 from ..base.errors import EXIT_DAMAGED
 from ..commands.check import CheckReport, check
 from ..commands.context import Context
 from ..commands.update import UpdateOptions, update
+from .table import table
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
@@ -54,7 +53,7 @@ def render_check(report: CheckReport) -> str:
     """The human-readable report of `update --check`."""
     lines = ["Phase 1 would install:"]
     rows = [[c["module"], c["installed"] or "(new)", c["source"]] for c in report.schema]
-    lines.append(tabulate(rows, headers=["Module", "Installed", "Source"]) if rows else "  nothing")
+    lines.append(table(rows, ["Module", "Installed", "Source"]) if rows else "  nothing")
     if report.self_update:
         lines.append(
             f"Phase 3 would update hs-tx {report.self_update['installed']}"
@@ -65,9 +64,7 @@ def render_check(report: CheckReport) -> str:
         [m["name"], m["status"], m["error"] or json.dumps(m["result"], sort_keys=True)]
         for m in report.modules
     ]
-    lines.append(
-        tabulate(checks, headers=["Module", "Status", "Result"]) if checks else "  no modules"
-    )
+    lines.append(table(checks, ["Module", "Status", "Result"]) if checks else "  no modules")
     for m in report.modules:
         lines += [f"{m['name']} would {c['change']:>8}: {c['path']}" for c in m["would_write"]]
         lines += [f"{m['name']} would run: {call}" for call in m["services"]]

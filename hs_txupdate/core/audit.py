@@ -93,19 +93,20 @@ def record(ctx: Context, tx_id: int, result: AuditResult) -> list[OutsideInfo]:
     system, mounts = system_of(info.paths), read_mounts()
     held = [bool(system) and holding(c.path, system, mounts) is not None for c in result.changes]
     inside = [c for c, h in zip(result.changes, held, strict=True) if h]
-    ctx.journal.add_run_changes(tx_id, [run_change(c) for c in inside])
     rest = [c for c, h in zip(result.changes, held, strict=True) if not h]
     outside = [c for c in rest if not _covered(Path(c.path), scope)]
     if result.method != "fanotify":
         # a scan sees a dir as modified when a scope path in it was created or removed
         outside = [c for c in outside if not _holds_scope(c, scope)]
-    ctx.journal.set_audit(tx_id, result.method, result.reason, result.others)
-    ctx.journal.add_outside(tx_id, [(c.path, c.change, c.module, c.count) for c in outside])
-    ctx.journal.learn(tx_id, footprints(outside))
     detail = {"method": result.method, "outside": len(outside), "others": result.others}
     if system:
         detail["inside"] = len(inside)
-    ctx.journal.event(tx_id, Phase.AUDIT, Step.FINISH, Status.DONE, detail)
+    with ctx.journal.together():  # the result and its event: one durable write
+        ctx.journal.add_run_changes(tx_id, [run_change(c) for c in inside])
+        ctx.journal.set_audit(tx_id, result.method, result.reason, result.others)
+        ctx.journal.add_outside(tx_id, [(c.path, c.change, c.module, c.count) for c in outside])
+        ctx.journal.learn(tx_id, footprints(outside))
+        ctx.journal.event(tx_id, Phase.AUDIT, Step.FINISH, Status.DONE, detail)
     return [OutsideInfo(c.path, c.change, c.module, c.count, None) for c in outside]
 
 

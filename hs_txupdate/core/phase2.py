@@ -122,14 +122,19 @@ def _run(runs: ModuleRuns, module: Module, mode: str) -> str | None:
         detail["contained_by"] = f"its session ({no_group})"
         ctx.log(f"hs-tx: note: {module.name} is contained by its session only: {no_group}")
     what = "maintenance of" if mode == "maintenance" else "module"
-    with journal.step(tx_id, Phase.MODULES, step, detail) as record:
-        run_id = journal.start_module_run(
+
+    def start() -> int:
+        return journal.start_module_run(
             tx_id,
             module.name,
             module.schema_version,
             version_from=runs.versions_from.get(module.name),
             kind=mode,
         )
+
+    # the intent and the run's row in one commit, its outcome and the done event in one
+    with journal.step(tx_id, Phase.MODULES, step, detail, first=start) as record:
+        run_id: int = record.started
         ctx.log(f"hs-tx: running {what} {module.name} ({module.schema_version})")
         serve = BackupServer(ctx, tx_id, module, runs.audit)
         try:
@@ -158,7 +163,7 @@ def _run(runs: ModuleRuns, module: Module, mode: str) -> str | None:
             record.detail["killed"] = cgroup.kill(group) if group else 0
             if runs.audit is not None:
                 runs.audit.window(None)
-        _journal_outcome(ctx, run_id, outcome)
+        record.join(lambda: _journal_outcome(ctx, run_id, outcome))
         record.detail.update(status=outcome.status, error=outcome.error)
         if outcome.status != RunStatus.SUCCESS:
             record.fail()

@@ -106,6 +106,7 @@ def commit(ctx: Context, tx_id: int) -> int:
     """Record which paths changed, make the commit decision durable, apply retention."""
     journal = ctx.journal
     info = _tx(ctx, tx_id)
+    changes = {}
     for path in info.paths:
         # the fingerprint lets a later undo notice changes made outside hs-tx
         if path.origin == Origin.SYSTEM:
@@ -115,9 +116,13 @@ def commit(ctx: Context, tx_id: int) -> int:
         else:
             changed = bool(path_changes(journal, path))
             fingerprint = tree_fingerprint(Path(path.path)) if changed else None
-        journal.update_path(tx_id, path.n, changed=changed, fingerprint=fingerprint)
+        changes[path.n] = {"changed": changed, "fingerprint": fingerprint}
     _sync_scope(info)
-    journal.event(tx_id, Phase.COMMIT, Step.DECISION, Status.DONE, {"outcome": Decision.COMMIT})
+    with journal.together():  # what changed, and the decision: one durable write
+        for n, values in changes.items():
+            journal.update_path(tx_id, n, **values)
+        decision = {"outcome": Decision.COMMIT}
+        journal.event(tx_id, Phase.COMMIT, Step.DECISION, Status.DONE, decision)
     return finish_commit(ctx, tx_id)
 
 

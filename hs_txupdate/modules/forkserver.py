@@ -125,10 +125,12 @@ class ForkServer:
 
     def close(self) -> None:
         """Close the socket (the server exits) and wait for the server."""
+        from ..base.proc import wait_exit  # here: the server process never needs it
+
         self.sock.close()
         self.gone = True
         try:
-            self.proc.wait(timeout=5)
+            wait_exit(self.proc, 5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
