@@ -122,7 +122,8 @@ def process(argv: list[str], runs: int = 5) -> tuple[float, int]:
 def processes(commands: list[Command], runs: int = 5) -> list[tuple[float, int]]:
     """(median seconds, peak RSS in KiB) of each whole process in `commands` (argv and
     environment, None for this one's), run `runs` rounds of one each, in turn: a passing
-    disturbance of the machine hits all alike.
+    disturbance of the machine hits all alike. Stops the benchmark, saying why, when a
+    command fails: a failed run measures nothing.
 
     The peak is GNU time's: a child forked from this (big) process would count its
     parent's pages until it execs.
@@ -134,14 +135,19 @@ def processes(commands: list[Command], runs: int = 5) -> list[tuple[float, int]]
             for n, (argv, env) in enumerate(commands):
                 _wait_for_background()
                 start = time.perf_counter()
-                subprocess.run(
+                done = subprocess.run(
                     ["/usr/bin/time", "-f", "%M", "-o", rss.name, *argv],
                     env=env,
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
                     check=False,
                 )
                 times[n].append(time.perf_counter() - start)
+                if done.returncode != 0:  # a failed run is no measurement of the work
+                    tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+                    raise SystemExit(
+                        f"bench: {' '.join(argv)} exited {done.returncode}: {' | '.join(tail)}"
+                    )
                 rss.seek(0)
                 peaks[n] = max(peaks[n], int(rss.read().split()[-1]))
     return [(statistics.median(t), peak) for t, peak in zip(times, peaks, strict=True)]

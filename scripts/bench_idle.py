@@ -90,7 +90,10 @@ def _why_skip(orchestrator: Path | None) -> str | None:
 
 
 def _modules(where: Path, count: int) -> None:
-    """`count` modules in the published style (index.json, index.py, __init__.py)."""
+    """`count` modules in the published style (index.json, index.py, __init__.py); with
+    none, the modules dir still exists in git (a source needs one)."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "README.md").write_text("Update modules, one directory each.\n")
     for n in range(count):
         name = f"idle{n:02d}"
         mod = where / name
