@@ -83,6 +83,7 @@ def run_phase2(runs: ModuleRuns, modules: list[Module]) -> str | None:
         if runs.forks is not None:
             runs.forks.close()
             runs.forks = None
+        runs.ctx.journal.flush()  # the last module's outcome
 
 
 def _run_all(runs: ModuleRuns, modules: list[Module]) -> str | None:
@@ -132,8 +133,9 @@ def _run(runs: ModuleRuns, module: Module, mode: str) -> str | None:
             kind=mode,
         )
 
-    # the intent and the run's row in one commit, its outcome and the done event in one
-    with journal.step(tx_id, Phase.MODULES, step, detail, first=start) as record:
+    # the intent and the run's row in one commit; its outcome and done event in the
+    # next (with the next module's intent: the end of a run starts nothing)
+    with journal.step(tx_id, Phase.MODULES, step, detail, first=start, defer=True) as record:
         run_id: int = record.started
         ctx.log(f"hs-tx: running {what} {module.name} ({module.schema_version})")
         serve = BackupServer(ctx, tx_id, module, runs.audit)

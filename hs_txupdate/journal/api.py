@@ -119,6 +119,7 @@ class Journal(JournalReads):
         self._crash = CrashPoints()
         self._identity = _identity(path)
         self._pending = 0  # events written in the open write, durable at its commit
+        self._deferred: list[Callable[[], object]] = []  # see step(defer=True)
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -134,11 +135,15 @@ class Journal(JournalReads):
         try:
             with _signals_deferred():
                 db.execute("BEGIN IMMEDIATE")
+                deferred, self._deferred = self._deferred, []
                 try:
+                    for write in deferred:
+                        write()
                     yield db
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
+                    self._deferred = deferred + self._deferred  # the next write retries them
                     raise
                 db.execute("COMMIT")
             for _ in range(self._pending):
@@ -189,9 +194,25 @@ class Journal(JournalReads):
             " it could not use",
         )
 
+    def _flushed(self) -> sqlite3.Connection:
+        """The connection, once every deferred write is committed."""
+        if self._deferred and not self._db.in_transaction:
+            self.flush()
+        return self._db
+
+    def flush(self) -> None:
+        """Commit the writes a step deferred (see `step`), if any."""
+        if self._deferred:
+            with self._write():
+                pass
+
     def close(self) -> None:
-        """Release the database connection."""
-        self._db.close()
+        """Commit what is deferred, then release the database connection."""
+        try:
+            with suppress(sqlite3.Error):
+                self.flush()
+        finally:
+            self._db.close()
 
     @property
     def events_written(self) -> int:
@@ -309,13 +330,18 @@ class Journal(JournalReads):
         detail: Mapping[str, Any] | None = None,
         *,
         first: Callable[[], Any] | None = None,
+        defer: bool = False,
     ) -> Iterator[StepRecord]:
         """Journal the intent of a step (with what `first` writes, in one commit; what
         it returns is the record's `started`), run the body, then journal its outcome.
 
         The outcome is `done`, or `failed` when the body called `fail()` or
         raised (the error is added to the detail; the exception propagates,
-        even when the failed event itself cannot be written).
+        even when the failed event itself cannot be written). With `defer`, an
+        outcome of a body that returned is committed with the next write (or read,
+        `flush` or `close`) of this journal instead of on its own: for a step whose
+        end starts nothing, such as a module run whose next step is the next one's
+        intent.
         """
         with self._write():
             self.event(tx_id, phase, step, Status.INTENT, detail)
@@ -328,15 +354,22 @@ class Journal(JournalReads):
                 failed = {**record.detail, "error": str(exc) or type(exc).__name__}
                 self.event(tx_id, phase, step, Status.FAILED, failed)
             raise
-        with self._write():
-            for write in record.joined:
-                write()
-            if record.failed:
-                if record.path is not None:
-                    self.update_path(tx_id, record.path[0], **record.path[1])
-                self.event(tx_id, phase, step, Status.FAILED, record.detail)
-            else:
-                self._event(tx_id, phase, step, Status.DONE, record.detail, record.path)
+
+        def outcome() -> None:
+            with self._write():
+                for write in record.joined:
+                    write()
+                if record.failed:
+                    if record.path is not None:
+                        self.update_path(tx_id, record.path[0], **record.path[1])
+                    self.event(tx_id, phase, step, Status.FAILED, record.detail)
+                else:
+                    self._event(tx_id, phase, step, Status.DONE, record.detail, record.path)
+
+        if defer:
+            self._deferred.append(outcome)
+        else:
+            outcome()
 
     # --- scope paths --------------------------------------------------------------------
     def add_path(
@@ -351,7 +384,7 @@ class Journal(JournalReads):
     def next_path_number(self, tx_id: int) -> int:
         """The number the next scope path (or point-in-time snapshot) of `tx_id` gets."""
         query = "SELECT coalesce(max(n) + 1, 0) FROM paths WHERE tx_id = ?"
-        return int(self._db.execute(query, (tx_id,)).fetchone()[0])
+        return int(self._query(query, (tx_id,)).fetchone()[0])
 
     def update_path(self, tx_id: int, n: int, **values: Any) -> None:
         """Set columns (snapshot, manifest, size, checksum, changed, ...) of a scope path."""

@@ -55,11 +55,20 @@ class JournalReads:
     _db: sqlite3.Connection
     _uuid: str | None = None
 
+    def _flushed(self) -> sqlite3.Connection:
+        """The connection, once every write this process deferred is committed (see
+        Journal.step's `defer`): a read sees everything written before it."""
+        return self._db
+
+    def _query(self, sql: str, params: Iterable[object] = ()) -> sqlite3.Cursor:
+        """Run one query; return its cursor."""
+        return self._flushed().execute(sql, tuple(params))
+
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """One read transaction: the queries inside it see one state of the journal
         (inside a write, that write's)."""
-        if self._db.in_transaction:
+        if self._flushed().in_transaction:
             yield self._db
             return
         self._db.execute("BEGIN")
@@ -75,21 +84,19 @@ class JournalReads:
         """The rows of `table` matching `where`, ordered by `order`, as records `cls`."""
         names = ", ".join(("id", *columns(cls)))
         query = f"SELECT {names} FROM {table} WHERE {where} ORDER BY {order}"
-        cursor = self._db.execute(query, tuple(params))
+        cursor = self._query(query, tuple(params))
         cursor.row_factory = sqlite3.Row
         return [from_row(cls, row, table) for row in cursor]
 
     def _ids(self, where: str, params: Iterable[object], order: str = "id") -> list[int]:
         query = f"SELECT id FROM transactions WHERE {where} ORDER BY {order}"
-        return [r[0] for r in self._db.execute(query, tuple(params))]
+        return [r[0] for r in self._query(query, tuple(params))]
 
     @property
     def uuid(self) -> str:
         """The journal's identity, created with it; every snapshot name carries it."""
         if self._uuid is None:
-            row = self._db.execute(
-                "SELECT value FROM hs_tx_meta WHERE key = 'journal_uuid'"
-            ).fetchone()
+            row = self._query("SELECT value FROM hs_tx_meta WHERE key = 'journal_uuid'").fetchone()
             if row is None:
                 raise DamagedError(
                     "the journal has no identity (hs_tx_meta.journal_uuid)",
@@ -103,7 +110,7 @@ class JournalReads:
 
     def last_applied_source(self) -> str | None:
         """The source commit of the newest committed transaction that fetched one."""
-        row = self._db.execute(
+        row = self._query(
             "SELECT id, source_after FROM transactions"
             " WHERE state = ? AND source_after IS NOT NULL ORDER BY id DESC LIMIT 1",
             (State.COMMITTED,),
@@ -119,9 +126,7 @@ class JournalReads:
         `actions`, each None when never recorded."""
         keys = sorted(NET_COLUMNS)
         names = ", ".join(f"net_{k}" for k in keys)
-        row = self._db.execute(
-            f"SELECT {names} FROM transactions WHERE id = ?", (tx_id,)
-        ).fetchone()
+        row = self._query(f"SELECT {names} FROM transactions WHERE id = ?", (tx_id,)).fetchone()
         if row is None:
             return dict.fromkeys(NET_COLUMNS)
         values = zip(keys, row, strict=True)
@@ -240,7 +245,7 @@ class JournalReads:
         params: tuple[object, ...] = ()
         if module is not None:
             query, params = query + " AND module = ?", (module,)
-        rows = self._db.execute(query + " ORDER BY id", params)
+        rows = self._query(query + " ORDER BY id", params)
         return [typed_row("footprints", r[0], r[1:], str, str, int) for r in rows]
 
     def backups(self, name: str) -> list[BackupInfo]:
@@ -261,7 +266,7 @@ class JournalReads:
 
     def backup_paths(self, module: str) -> list[str]:
         """The paths module `module`'s StateManager backups named, newest first, once each."""
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT path FROM statemanager_backups WHERE module = ? AND kind = 'path'"
             " ORDER BY id DESC",
             (module,),
@@ -279,12 +284,12 @@ class JournalReads:
         query = f"SELECT {names} FROM transactions WHERE {where} ORDER BY {order}"
         if limit is not None:
             query, params = query + " LIMIT ?", (*params, min(limit, MAX_ID))
-        cursor = self._db.execute(query, params)
+        cursor = self._query(query, params)
         cursor.row_factory = sqlite3.Row
         return cursor.fetchall()
 
     def _events(self, tx_id: int) -> list[EventInfo]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT id, seq, phase, step, status, at, detail FROM events"
             " WHERE tx_id = ? ORDER BY seq",
             (tx_id,),
@@ -309,7 +314,7 @@ class JournalReads:
     def _fingerprints(
         self, where: str, params: tuple[object, ...]
     ) -> list[tuple[int, str, str | None]]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT p.id, p.tx_id, p.path, p.fingerprint FROM paths p"
             f" JOIN transactions t ON t.id = p.tx_id WHERE {where}"
             " ORDER BY p.tx_id DESC, p.n",
@@ -320,7 +325,7 @@ class JournalReads:
     def _undone_by(self, ids: Iterable[int]) -> dict[int, int]:
         """Map each id in `ids` to the committed undo transaction that reversed it,
         unless that undo was itself undone later."""
-        links = self._db.execute(
+        links = self._query(
             "SELECT l.undone_tx_id, l.undo_tx_id FROM undo_links l"
             " JOIN transactions t ON t.id = l.undo_tx_id WHERE t.state = ?"
             " ORDER BY l.undo_tx_id",
@@ -362,7 +367,7 @@ class JournalReads:
         runs: dict[int, list[ModuleRunInfo]] = {}
         bad: dict[int, MalformedRowError] = {}
         names = ", ".join(("id", "tx_id", *columns(ModuleRunInfo)))
-        cursor = self._db.execute(
+        cursor = self._query(
             f"SELECT {names} FROM module_runs WHERE tx_id >= ? ORDER BY id", (low,)
         )
         cursor.row_factory = sqlite3.Row
