@@ -65,11 +65,13 @@ def run(
     timeout: float | None = 300,
     input_text: str | None = None,
     pass_stderr: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Result:
     """Run a command given as an argument list and return its Result.
 
     With `pass_stderr` the command's stderr goes to hs-tx's own (for output an
-    operator should see as it comes) and `Result.stderr` is empty.
+    operator should see as it comes) and `Result.stderr` is empty; `env` adds
+    variables to the scrubbed environment.
     Raises CommandError when it cannot start, times out, or (with `check`)
     exits non-zero; the message names the command and its stderr.
     """
@@ -82,7 +84,7 @@ def run(
             stderr=None if pass_stderr else subprocess.PIPE,
             text=True,
             timeout=timeout,
-            env=child_env(),
+            env=child_env(env),
             check=False,
         )
     except FileNotFoundError as exc:

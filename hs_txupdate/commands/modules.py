@@ -1,38 +1,25 @@
-"""`hs-tx modules list|enable|disable|scope`: what is installed, switching a module on or
-off, and the paths its runs snapshot.
-
-`list` only reads (no lock, no transaction, no fetch). `enable` and `disable`
-rewrite one index.json inside a `config` transaction whose scope is the
-module's dir, so the change is journaled, undoable, and rolled back when it is
-cut off. The setting survives schema updates: phase 1 keeps `metadata.enabled`
-(see modules.merge).
+"""`hs-tx modules list|status|components|scope`: what is installed, each module's state
+and settings, and the paths its runs snapshot. These only read (no lock, no
+transaction, no fetch); `enable`, `disable` and `branch` are in module_config.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
-from ..base.errors import EXIT_DAMAGED, EXIT_OK, ModuleDefinitionError, UsageError
-from ..base.fsio import durable_write
+from ..base.errors import EXIT_DAMAGED, EXIT_OK, UsageError
 from ..core.config import Config, require_modules_dir
 from ..core.context import Context
 from ..core.phase1 import SOURCE_MODULES
-from ..core.scope import Planned
-from ..core.start import open_transaction, recover_first, snapshot_scope
-from ..core.transaction import run_transaction
-from ..journal import Kind, LastRunInfo, Origin, Phase, Step
-from ..modules.discovery import (
-    Listed,
-    check_module_name,
-    discover_all,
-    is_installed,
-    load_module,
-)
+from ..core.start import recover_first
+from ..journal import LastRunInfo, Origin
+from ..modules.discovery import Listed, check_module_name, discover_all, load_module
+from ..modules.settings import branch_of, component_rows
 from ..sync.git import fetched_state, open_existing, read_blob
+from .module_config import index_file_of, read_index
 
 # --- list ------------------------------------------------------------------------------
 
@@ -121,106 +108,60 @@ def _last_runs(ctx: Context) -> dict[str, LastRunInfo]:
     return ctx.journal.last_module_runs()
 
 
-# --- enable / disable ------------------------------------------------------------------
+# --- status, components -------------------------------------------------------------
 
 
-def set_enabled(ctx: Context, name: str, enabled: bool, wait: bool = False) -> int:
-    """`hs-tx modules enable|disable NAME`: set `metadata.enabled` in one transaction.
+def module_status(ctx: Context, name: str | None = None) -> list[dict[str, Any]]:
+    """`hs-tx modules status [NAME]`: every installed module (or only `name`), sorted by
+    name, with what the Admin UI shows of it, as JSON-ready dicts.
 
-    Returns 0 when committed or already so (no transaction then), 1 when it
-    was rolled back or aborted, 3 when an earlier transaction cannot be
-    repaired. Raises UsageError/ModuleDefinitionError (exit 2, nothing
-    written) for a bad or unknown name or an unusable index.json, and
-    LockedError (exit 75) when another run holds the lock and not `wait`.
+    Keys: name, enabled, version (installed), source_version (the clone as last
+    fetched), branch and default_branch (of its own app repository; None without
+    one), components ([{name, enabled, description}]), last_run ({tx, status, at,
+    kind} of its newest run in the journal, or None), description, group, problem.
+    Reads only. Raises ModuleDefinitionError / UsageError for a bad or unknown name.
     """
-    index_file = _index_file(ctx.config, name)  # before the lock: a refusal writes nothing
-    word = "enabled" if enabled else "disabled"
-    with ctx.lock(wait) as lock:
-        if not recover_first(ctx, "starting a new one"):
-            return EXIT_DAMAGED
-        index = read_index(index_file)  # again: recovery may have put an older one back
-        if _metadata(index).get("enabled", True) is enabled:
-            ctx.log(f"hs-tx: module {name} is already {word}; nothing to do")
-            return EXIT_OK
-        tx_id = open_transaction(ctx, lock, Kind.CONFIG)
-        ctx.log(f"hs-tx: transaction {tx_id} opened")
-        return _run_config(ctx, tx_id, index_file, index, enabled)
+    if name is not None:
+        index_file_of(ctx.config, name)
+    listed = [
+        item
+        for item in discover_all(require_modules_dir(ctx.config))
+        if name is None or item.name == name
+    ]
+    source = _source_versions(ctx.config, [item.name for item in listed])
+    last = _last_runs(ctx)
+    return [_status(item, source.get(item.name), last.get(item.name)) for item in listed]
 
 
-def _index_file(config: Config, name: str) -> Path:
-    """The index.json of installed module `name`, checked to be rewritable.
-
-    Raises ModuleDefinitionError for a bad name or index.json, UsageError when
-    no such module is installed, ConfigError when the modules dir is missing.
-    """
-    check_module_name(name)
-    modules_dir = require_modules_dir(config)
-    if not is_installed(modules_dir, name):
-        raise UsageError(
-            f"module {name!r} is not installed in {modules_dir}",
-            "see `hs-tx modules list` for the installed modules",
-        )
-    index_file = modules_dir / name / "index.json"
-    read_index(index_file)
-    return index_file
-
-
-def read_index(index_file: Path) -> dict[str, Any]:
-    """The parsed index.json, which must be a regular file holding a `metadata` object.
-
-    Raises ModuleDefinitionError otherwise: rewriting a file hs-tx cannot
-    parse would lose what is in it.
-    """
-    name = index_file.parent.name
-    try:
-        st = index_file.lstat()
-        if not stat.S_ISREG(st.st_mode):
-            raise ModuleDefinitionError(
-                f"module {name}: {index_file} is not a regular file",
-                "replace it with the module's index.json",
-            )
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModuleDefinitionError(
-            f"module {name}: {index_file} is missing", "every module dir needs an index.json"
-        ) from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ModuleDefinitionError(
-            f"module {name}: index.json is malformed: {exc}", f"fix {index_file}"
-        ) from exc
-    if not isinstance(index, dict) or not isinstance(index.get("metadata"), dict):
-        raise ModuleDefinitionError(
-            f"module {name}: field 'metadata' is missing or not an object", f"fix {index_file}"
-        )
-    return index
-
-
-def _run_config(
-    ctx: Context, tx_id: int, index_file: Path, index: dict[str, Any], enabled: bool
-) -> int:
-    """Snapshot the module dir, rewrite its index.json, then commit or roll back."""
-    return run_transaction(
-        ctx,
-        tx_id,
-        lambda: snapshot_scope(
-            ctx, tx_id, [Planned(index_file.parent, Origin.MODULE, index_file.parent.name)]
+def _status(item: Listed, source_version: str | None, last: LastRunInfo | None) -> dict[str, Any]:
+    row = _row(item, source_version, last)
+    meta = _metadata(item.index)
+    branch, default_branch = branch_of(item.index)
+    description = meta.get("description")
+    return {
+        "name": item.name,
+        "enabled": row["enabled"],
+        "version": row["installed_version"],
+        "source_version": source_version,
+        "branch": branch,
+        "default_branch": default_branch,
+        "components": component_rows(item.index),
+        "last_run": (
+            {"tx": last.tx_id, "status": last.status, "at": last.started_at, "kind": last.kind}
+            if last
+            else None
         ),
-        lambda _plan: _write_enabled(ctx, tx_id, index_file, index, enabled),
-    )
+        "description": description if isinstance(description, str) else None,
+        "group": row["group"],
+        "problem": item.problem,
+    }
 
 
-def _write_enabled(
-    ctx: Context, tx_id: int, index_file: Path, index: dict[str, Any], enabled: bool
-) -> None:
-    """Set `metadata.enabled` and replace index.json durably, keeping its mode."""
-    name = index_file.parent.name
-    before = index["metadata"].get("enabled", True)
-    detail = {"module": name, "from": before, "to": enabled, "path": str(index_file)}
-    with ctx.journal.step(tx_id, Phase.CONFIG, Step.SET_ENABLED, detail):
-        index["metadata"]["enabled"] = enabled
-        mode = stat.S_IMODE(os.lstat(index_file).st_mode)
-        durable_write(index_file, (json.dumps(index, indent=2) + "\n").encode(), mode)
-    ctx.log(f"hs-tx: module {name} {'enabled' if enabled else 'disabled'}")
+def module_components(ctx: Context, name: str) -> list[dict[str, Any]]:
+    """`hs-tx modules components NAME`: module `name`'s components as {name, enabled,
+    description}, in index.json's order (empty when it has none). Reads only.
+    Raises ModuleDefinitionError / UsageError for a bad or unknown name."""
+    return component_rows(read_index(index_file_of(ctx.config, name)))
 
 
 # --- scope ------------------------------------------------------------------------------
@@ -234,7 +175,7 @@ def module_scope(ctx: Context, name: str) -> list[dict[str, Any]]:
 
     Reads only. Raises ModuleDefinitionError / UsageError for a bad or unknown name.
     """
-    index_file = _index_file(ctx.config, name)
+    index_file = index_file_of(ctx.config, name)
     module = load_module(index_file.parent)
     rows = [(module.path, Origin.MODULE)]
     rows += [(p, Origin.INDEX) for p in module.backup_paths]

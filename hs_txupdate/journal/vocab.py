@@ -100,6 +100,8 @@ class Step(StrEnum):
     INSTALL = "install"
     EXEC = "exec"
     SET_ENABLED = "set-enabled"
+    SET_COMPONENT = "set-component"
+    SET_BRANCH = "set-branch"
     DECISION = "decision"
     RESTORE = "restore"
     RESTORE_BATCH = "restore-batch"

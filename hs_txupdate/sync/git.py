@@ -25,7 +25,7 @@ from ..base.proc import GIT_ENV_VARS, CommandError, run, run_watched
 
 _CLONE_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
 # No prompt may ever wait for a person: hs-tx runs from a timer over SSH.
-_QUIET_ENV = {
+QUIET_ENV = {
     "GIT_TERMINAL_PROMPT": "0",
     "GIT_ASKPASS": "/bin/false",
     "SSH_ASKPASS": "/bin/false",
@@ -148,7 +148,7 @@ def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: i
     argv += ["--no-tags", "--no-recurse-submodules", "--no-write-fetch-head"]
     argv += ["origin", f"+refs/heads/{branch}:{INCOMING_REF}"]
     try:
-        run_watched(argv, timeout=timeout_s, watch=too_big, env=_QUIET_ENV)
+        run_watched(argv, timeout=timeout_s, watch=too_big, env=QUIET_ENV)
         if (why := too_big()) is not None:  # a fast fetch can end between two looks
             raise CommandError(f"git stopped: {why}", "")
         commit = repo.rev_parse(INCOMING_REF).hexsha
