@@ -1,8 +1,9 @@
 #!/bin/bash
 # Install hs-tx on this machine, as root: apt packages, a virtualenv in
 # $ROOT/opt/hs-tx/venv with hs-tx in it, the command /usr/local/sbin/hs-tx,
-# a default /etc/hs-tx/config.toml (kept if present), the modules dir, and the
-# systemd units (boot-time recovery, the update timer), enabled.
+# updateManager.sh for the HOMESERVER Admin UI, a default /etc/hs-tx/config.toml
+# (kept if present), the modules dir, and the systemd units (boot-time recovery,
+# the update timer), enabled.
 # ROOT (default /) installs into another root, e.g. a chroot or an image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,16 @@ fi
 install -d -m 0755 "$ROOT/usr/local/sbin" "$ROOT/etc/hs-tx" "$ROOT/usr/local/lib/hs-tx/modules"
 ln -sfn /opt/hs-tx/venv/bin/hs-tx "$ROOT/usr/local/sbin/hs-tx"
 install -m 0755 scripts/recover.sh "$ROOT/usr/local/sbin/hs-tx-recover"
+# the Admin UI's entry point, where the HOMESERVER orchestrator kept it (its own
+# updateManager.sh, when there is one, is kept beside it as updateManager.sh.orig)
+install -d -m 0755 "$ROOT/usr/local/lib/updates"
+manager="$ROOT/usr/local/lib/updates/updateManager.sh"
+if [ -f "$manager" ] && ! grep -q "updateManager.sh for hs-tx" "$manager" \
+    && [ ! -e "$manager.orig" ]; then
+  mv "$manager" "$manager.orig"
+fi
+install -m 0755 scripts/updateManager.sh "$manager"
+install -m 0755 scripts/updateManager.sh "$ROOT/usr/local/sbin/updateManager.sh"
 if [ ! -e "$ROOT/etc/hs-tx/config.toml" ]; then
   install -m 0644 scripts/config.toml "$ROOT/etc/hs-tx/config.toml"
 fi

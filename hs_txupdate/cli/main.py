@@ -33,6 +33,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="PATH", help="configuration file to read")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument(
+        "--log-format",
+        choices=("plain", "homeserver"),
+        default="plain",
+        help="homeserver: every line as [YYYY-MM-DD HH:MM:SS] [LEVEL] message",
+    )
     parser.add_argument("--version", action="version", version=f"hs-tx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     wanted = _command_word(argv)
@@ -48,7 +54,7 @@ def _command_word(argv: list[str] | None) -> str | None:
     """The command `argv` names: its first word that is no global option."""
     words = iter(argv or [])
     for word in words:
-        if word == "--config":
+        if word in ("--config", "--log-format"):  # the global options that take a value
             next(words, None)
         elif not word.startswith("-"):
             return word
@@ -64,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return EXIT_USAGE if exc.code not in (0, None) else 0
     os.umask(0o077)
+    if args.log_format == "homeserver":
+        json_out = getattr(args, "json", False) or getattr(args, "progress", None) == "json"
+        _stamp_output(json_out=bool(json_out))
     from ..commands.context import open_context  # after parsing: --help needs none of it
 
     ctx = None
@@ -84,6 +93,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if ctx is not None:
             ctx.close()
+
+
+def _stamp_output(json_out: bool) -> None:
+    """Stamp every line hs-tx prints from here on (see cli.lines); a JSON document on
+    stdout stays as it is."""
+    from .lines import StampedLines
+
+    sys.stderr = StampedLines(sys.stderr)
+    if not json_out:
+        sys.stdout = StampedLines(sys.stdout)
 
 
 def entry() -> None:

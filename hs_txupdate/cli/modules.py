@@ -23,6 +23,7 @@ from .table import table
 HEADERS = ["Name", "Installed", "Source", "Enabled", "Group", "Last result"]
 STATUS_HEADERS = ["Name", "Enabled", "Installed", "Source", "Branch", "Last run", "Description"]
 _YES = {True: "yes", False: "no", None: "?"}
+_WORD = {True: "ENABLED", False: "DISABLED"}
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], text: str) -> None:
@@ -74,7 +75,10 @@ def _dump(rows: Any) -> int:
 
 
 def run_list(ctx: Context, args: argparse.Namespace) -> int:
-    """Print the modules as a table, or as JSON with --json."""
+    """Print the modules as a table, as JSON with --json, or as the orchestrator listed
+    them with --log-format homeserver."""
+    if args.log_format == "homeserver" and not args.json:
+        return _homeserver_list(module_status(ctx))
     rows = list_modules(ctx)
     if args.json:
         return _dump(rows)
@@ -108,6 +112,11 @@ def run_status(ctx: Context, args: argparse.Namespace) -> int:
     rows = module_status(ctx, args.name)
     if args.json:
         return _dump(rows)
+    if args.log_format == "homeserver":
+        if args.name is None:
+            return _homeserver_list(rows)
+        print("\n".join(_homeserver_status(rows[0])))
+        return 0
     if args.name is not None:
         print("\n".join(_status_lines(rows[0])))
         return 0
@@ -157,6 +166,50 @@ def _status_lines(row: dict[str, Any]) -> list[str]:
     if row["components"]:
         lines.append("Components:")
         lines += [f"  {line}" for line in _component_lines(row["components"])]
+    return lines
+
+
+def _homeserver_list(rows: list[dict[str, Any]]) -> int:
+    """The modules as the HOMESERVER orchestrator lists them (its Admin UI parses these
+    lines): `NAME ENABLED|DISABLED vVERSION [BRANCH branch default_branch] description`,
+    then the total; a module whose index.json is unusable is a warning instead."""
+    usable = [r for r in rows if r["problem"] is None]
+    for row in rows:
+        if row["problem"] is not None:
+            print(f"hs-tx: warning: {row['problem']}", file=sys.stderr)
+    print("Available modules:")
+    for row in usable:
+        words = [row["name"], _WORD[row["enabled"] is not False], f"v{row['version']}"]
+        if row["branch"]:
+            words += ["BRANCH", row["branch"], row["default_branch"]]
+        words.append(row["description"] or "No description")
+        print(" ".join(words))
+    enabled = sum(1 for r in usable if r["enabled"] is not False)
+    total = len(usable)
+    print(f"Total: {total} modules ({enabled} enabled, {total - enabled} disabled)")
+    return 0
+
+
+def _homeserver_status(row: dict[str, Any]) -> list[str]:
+    """One module as the HOMESERVER orchestrator shows it, and what hs-tx adds."""
+    lines = [
+        f"Module: {row['name']}",
+        f"Status: {_WORD[row['enabled'] is not False]}",
+        f"Version: {row['version'] or 'unknown'}",
+        f"Source version: {row['source_version'] or 'unknown'}",
+    ]
+    if row["branch"]:
+        lines.append(f"Branch: {row['branch']} (default {row['default_branch']})")
+    lines.append(f"Description: {row['description'] or 'No description'}")
+    last = row["last_run"]
+    done = f"{last['status']} in transaction {last['tx']} at {last['at']}" if last else "never"
+    lines.append(f"Last run: {done}")
+    if row["components"]:
+        lines.append("Components:")
+        for part in row["components"]:
+            word = _WORD[part["enabled"] is not False]
+            text = part["description"] or "No description"
+            lines.append(f"  {part['name']:<15} {word:<10} {text}")
     return lines
 
 

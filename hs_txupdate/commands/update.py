@@ -25,7 +25,7 @@ from ..core.space import release_for_space
 from ..core.start import open_transaction, recover_first, snapshot_scope
 from ..core.system import system_units
 from ..core.transaction import commit, roll_back, run_transaction
-from ..journal import Kind, Origin, Phase, Status, Step
+from ..journal import EventHook, Kind, Origin, Phase, Status, Step
 from ..modules.discovery import Listed, discover_usable
 
 
@@ -36,6 +36,7 @@ class UpdateOptions:
     wait: bool = False
     allow_downgrade: bool = False
     accept_rewritten_source: bool = False
+    progress: EventHook | None = None  # told of every step as it is journaled
 
 
 def update(ctx: Context, options: UpdateOptions | None = None) -> int:
@@ -46,6 +47,8 @@ def update(ctx: Context, options: UpdateOptions | None = None) -> int:
     missing, and LockedError when another run holds the lock.
     """
     options = options or UpdateOptions()
+    if options.progress is not None:
+        ctx.journal.on_event = options.progress
     resumed = os.environ.pop(phase3.RESUME_ENV, None)
     if resumed is not None:
         return _resume(ctx, int(resumed))

@@ -4,7 +4,7 @@
 records it returns; `vocab` holds every word it stores, as enums.
 """
 
-from .api import Journal, JournalLostError, StepRecord
+from .api import EventHook, Journal, JournalLostError, StepRecord
 from .records import (
     BackupInfo,
     ChangeInfo,
@@ -43,6 +43,7 @@ __all__ = [
     "BackupInfo",
     "ChangeInfo",
     "Decision",
+    "EventHook",
     "EventInfo",
     "Journal",
     "JournalLostError",

@@ -70,6 +70,10 @@ class StepRecord:
         self.joined.append(write)
 
 
+# (transaction, phase, step, status, detail) of an event
+EventHook = Callable[[int, Phase, Step, Status, Mapping[str, Any] | None], None]
+
+
 class JournalLostError(DamagedError):
     """The journal file disappeared or was replaced under a running hs-tx."""
 
@@ -120,6 +124,8 @@ class Journal(JournalReads):
         self._identity = _identity(path)
         self._pending = 0  # events written in the open write, durable at its commit
         self._deferred: list[Callable[[], object]] = []  # see step(defer=True)
+        # told of every event as it is written (a deferred outcome: as it is decided)
+        self.on_event: EventHook | None = None
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -291,6 +297,13 @@ class Journal(JournalReads):
         """Append an event, durably; return its seq."""
         return self._event(tx_id, phase, step, status, detail, None)
 
+    def _announce(
+        self, tx_id: int, phase: Phase, step: Step, status: Status, detail: Mapping[str, Any] | None
+    ) -> None:
+        """Tell `on_event` (progress for the operator) about an event made or decided."""
+        if self.on_event is not None:
+            self.on_event(tx_id, phase, step, status, detail)
+
     def _event(
         self,
         tx_id: int,
@@ -299,9 +312,10 @@ class Journal(JournalReads):
         status: Status,
         detail: Mapping[str, Any] | None,
         path: tuple[int, dict[str, Any]] | None,
+        announce: bool = True,
     ) -> int:
         """`event`, with the columns `path` (n, values) of a scope path set in the same
-        commit."""
+        commit; `announce`: tell `on_event` once it is written."""
         text = json.dumps(dict(detail), sort_keys=True) if detail is not None else None
         with self._write() as db:
             if path is not None:
@@ -319,6 +333,8 @@ class Journal(JournalReads):
             }
             _insert(db, "events", row)
             self._pending += 1
+        if announce:
+            self._announce(tx_id, phase, step, status, detail)
         return seq
 
     @contextmanager
@@ -355,21 +371,22 @@ class Journal(JournalReads):
                 self.event(tx_id, phase, step, Status.FAILED, failed)
             raise
 
+        status = Status.FAILED if record.failed else Status.DONE
+
         def outcome() -> None:
             with self._write():
                 for write in record.joined:
                     write()
-                if record.failed:
-                    if record.path is not None:
-                        self.update_path(tx_id, record.path[0], **record.path[1])
-                    self.event(tx_id, phase, step, Status.FAILED, record.detail)
-                else:
-                    self._event(tx_id, phase, step, Status.DONE, record.detail, record.path)
+                if record.failed and record.path is not None:
+                    self.update_path(tx_id, record.path[0], **record.path[1])
+                path = None if record.failed else record.path
+                self._event(tx_id, phase, step, status, record.detail, path, announce=False)
 
         if defer:
             self._deferred.append(outcome)
         else:
             outcome()
+        self._announce(tx_id, phase, step, status, record.detail)
 
     # --- scope paths --------------------------------------------------------------------
     def add_path(

@@ -24,6 +24,9 @@ def exec_start(unit: str) -> list[str]:
 def test_install_script_installs_and_enables_everything(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
+    original = root / "usr/local/lib/updates/updateManager.sh"  # a HOMESERVER box's own
+    original.parent.mkdir(parents=True)
+    original.write_text("#!/bin/bash\n# HOMESERVER Update Manager\n")
 
     result = subprocess.run(
         ["bash", str(REPO / "scripts" / "install.sh")],
@@ -40,6 +43,10 @@ def test_install_script_installs_and_enables_everything(tmp_path: Path) -> None:
     assert os.readlink(root / "usr/local/sbin/hs-tx") == "/opt/hs-tx/venv/bin/hs-tx"
     assert os.access(root / "usr/local/sbin/hs-tx-recover", os.X_OK)
     assert (root / "etc/hs-tx/config.toml").is_file()
+    wrapper = (REPO / "scripts" / "updateManager.sh").read_bytes()
+    for manager in (original, root / "usr/local/sbin/updateManager.sh"):
+        assert manager.read_bytes() == wrapper and os.access(manager, os.X_OK)
+    assert original.with_name("updateManager.sh.orig").read_text().endswith("Update Manager\n")
     for unit in UNITS.iterdir():
         assert (root / "etc/systemd/system" / unit.name).read_bytes() == unit.read_bytes()
     wants = root / "etc/systemd/system"
@@ -56,6 +63,7 @@ def test_install_script_installs_and_enables_everything(tmp_path: Path) -> None:
     )
     assert again.returncode == 0, again.stderr
     assert (root / "etc/hs-tx/config.toml").read_text() == "keep = 'mine'\n"
+    assert original.with_name("updateManager.sh.orig").read_text().endswith("Update Manager\n")
 
 
 def test_recovery_unit_command_line_repairs_a_crashed_update(tar_sandbox: Sandbox) -> None:
