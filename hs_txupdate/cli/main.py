@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_format == "homeserver":
         json_out = getattr(args, "json", False) or getattr(args, "progress", None) == "json"
         _stamp_output(json_out=bool(json_out))
+    else:
+        from .live import attach
+
+        attach(sys.stderr)  # a live progress line, on a terminal only
     from ..commands.context import open_context  # after parsing: --help needs none of it
 
     ctx = None

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from ..base import activity
 from ..base.fsio import ensure_private_dir, fsync_dir
 from .config import Config
 from .lock import StateLock
@@ -50,6 +51,7 @@ class Context:
 
     def log(self, message: str) -> None:
         """One progress or warning line for the operator, on stderr."""
+        activity.interrupt()  # a live progress line is drawn again at its next tick
         self.err.write(message if message.endswith("\n") else message + "\n")
         self.err.flush()
 

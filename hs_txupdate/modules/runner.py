@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..base import activity
 from ..base.channel import CHANNEL_ENV
 from ..base.proc import child_env
 from .cgroup import CGROUP_ENV, kill_session
@@ -127,7 +128,7 @@ def _run_once(job: _Job, tail: OutputTail) -> tuple[str, str, int | None, Any]:
         os.close(write_fd)
         if channel is not None:
             channel.close_worker_side()
-    watch = _Watch(proc, read_fd, channel, tail)
+    watch = _Watch(proc, read_fd, channel, tail, f"running module {job.module.name}")
     try:
         timed_out = watch.run(job.module.timeout, job.serve)
     except BaseException:
@@ -135,6 +136,7 @@ def _run_once(job: _Job, tail: OutputTail) -> tuple[str, str, int | None, Any]:
         proc.wait()
         raise
     finally:
+        activity.end()
         watch.close()
         if job.cgroup is None:
             kill_session(proc.pid)  # what the module left running in its session
@@ -250,6 +252,7 @@ class _Watch:
     result_fd: int
     channel: _Channel | None
     tail: OutputTail
+    what: str  # the activity shown while it runs (base.activity)
     result: list[bytes] = field(default_factory=list)
 
     def run(self, timeout: float, serve: Serve | None) -> bool:
@@ -271,6 +274,7 @@ class _Watch:
             if ended_at is None and now >= deadline:
                 _stop(self.proc)
                 return True
+            activity.tick(self.what)
             ready, _, _ = select.select(list(open_fds), [], [], 0.2)
             for fd in ready:
                 chunk = os.read(fd, 65536)

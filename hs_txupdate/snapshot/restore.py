@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..base import activity
 from ..base.errors import DamagedError, ScopeError
 from ..base.fsio import fsync_dir, fsync_path
 from .entries import TMP_PREFIX, entry_type, join, read_xattrs, remove_entry, with_ancestors
@@ -61,14 +62,17 @@ def restore(
         return
     state = _RestoreState()
     work = _plan(live, reference, changes)
+    what = f"restoring {live}"
     for start in range(0, len(work), batch_size):
         chunk = work[start : start + batch_size]
         rels = [rel for _, rel in chunk]
         _announce(announce, "intent", rels)
-        for action, rel in chunk:
+        for n, (action, rel) in enumerate(chunk, start):
+            activity.tick(what, n, len(work))
             _apply(action, rel, live, reference, state)
         _flush(state)
         _announce(announce, "done", rels)
+    activity.end()
     fix = sorted(state.dirs_to_fix, key=lambda r: (-r.count("/"), r))
     for start in range(0, len(fix), batch_size):
         dirs = fix[start : start + batch_size]

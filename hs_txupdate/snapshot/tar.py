@@ -8,14 +8,16 @@ back only what changed from there.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..base import activity
 from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir, publish
-from ..base.proc import CommandError, run
+from ..base.proc import CommandError, run_watched
 from .base import Captured, SnapshotTarget
 from .entries import STAGE_PREFIX, remove_entry
 
@@ -82,13 +84,26 @@ def remove_file_snapshot(path: Path) -> None:
         fsync_dir(path.parent.parent)
 
 
+def _tar(argv: list[str], what: str) -> None:
+    """Run tar with `argv`, showing `what` as the activity while it runs (base.activity).
+    Raises CommandError when it fails."""
+
+    def still_going() -> None:
+        activity.tick(what)
+
+    try:
+        run_watched(argv, timeout=math.inf, watch=still_going)
+    finally:
+        activity.end()
+
+
 def _extract(argv: list[str], target: SnapshotTarget) -> None:
     """Run the tar extraction `argv` of a checksum-verified archive of `target`.
 
     Raises DamagedError when tar fails: the archive is not what hs-tx wrote.
     """
     try:
-        run(argv, timeout=None)
+        _tar(argv, f"extracting the snapshot of {target.path}")
     except CommandError as exc:
         raise DamagedError(
             f"the snapshot archive of {target.path} cannot be extracted: {exc}",
@@ -123,7 +138,7 @@ class TarBackend:
         fsync_dir(final.parent.parent)
         partial = final.with_name(final.name + ".partial")
         path = target.path
-        run(
+        _tar(
             [
                 "tar",
                 "--create",
@@ -136,7 +151,7 @@ class TarBackend:
                 "--",
                 path.name,
             ],
-            timeout=None,
+            f"archiving {path}",
         )
         checksum = sha256_file(partial)
         size = partial.stat().st_size
