@@ -53,7 +53,8 @@ need() {  # FLAG COUNT WHAT VALUES...: refuse a flag given fewer than COUNT valu
     local flag=$1 count=$2 what=$3 n
     shift 3
     for ((n = 1; n <= count; n++)); do
-        if [ -z "${!n:-}" ]; then
+        # no module, component or branch name starts with "-": that is another flag
+        if [ -z "${!n:-}" ] || [ "${!n#-}" != "${!n}" ]; then
             log "Error: $flag requires $what"
             usage
             exit 1
@@ -81,7 +82,7 @@ while [ "$#" -gt 0 ]; do
             need "$1" 2 "module name and branch" "${@:2}"
             operation=(modules branch "$2" "$3"); target=$2; shift 3 ;;
         --status)
-            if [ -n "${2:-}" ] && [ "${2#--}" = "$2" ]; then
+            if [ -n "${2:-}" ] && [ "${2#-}" = "$2" ]; then
                 operation=(modules status "$2"); target=$2; shift 2
             else
                 operation=(modules status); shift
@@ -109,7 +110,9 @@ if ! command -v "$HS_TX" >/dev/null 2>&1; then
 fi
 
 if [ "${#operation[@]}" -gt 0 ]; then
-    log "Operation: ${operation[1]}"
+    word=${operation[1]}
+    [ "$word" = branch ] && word=set-branch  # the original's word for it
+    log "Operation: $word"
     [ -n "$target" ] && log "Target: $target"
     [ -n "$component" ] && log "Component: $component"
     hs_tx "${operation[@]}"

@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -76,12 +77,13 @@ def run(
     exits non-zero; the message names the command and its stderr.
     """
     args = tuple(str(a) for a in argv)
+    inherit = pass_stderr and _stderr_is_fd2()
     try:
         proc = subprocess.run(
             args,
             input=input_text,
             stdout=subprocess.PIPE,
-            stderr=None if pass_stderr else subprocess.PIPE,
+            stderr=None if inherit else subprocess.PIPE,
             text=True,
             timeout=timeout,
             env=child_env(env),
@@ -91,11 +93,59 @@ def run(
         raise _missing(args[0]) from exc
     except subprocess.TimeoutExpired as exc:
         raise CommandError(f"{' '.join(args)} timed out after {timeout} s", "") from exc
+    if pass_stderr and not inherit:  # hs-tx's stderr reformats lines: pass them through it
+        sys.stderr.write(proc.stderr or "")
+        sys.stderr.flush()
+        proc.stderr = ""
     result = Result(args, proc.returncode, proc.stdout, proc.stderr or "")
-    if check and proc.returncode != 0:
+    return _checked(result, check)
+
+
+def _stderr_is_fd2() -> bool:
+    """True when hs-tx's stderr writes straight to file descriptor 2 (not through a
+    stream that reformats it, see cli.lines)."""
+    try:
+        return sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def run_in_session(argv: Sequence[str], *, timeout: float, env: dict[str, str] | None) -> Result:
+    """Run a command that may start helpers (git's ssh or https transports) in a session
+    of its own, killed whole when `timeout` passes, so no helper holding its pipes can
+    outlast it; `env` adds variables to the scrubbed environment. Returns the Result.
+    Raises CommandError when it cannot start, times out or exits non-zero."""
+    args = tuple(str(a) for a in argv)
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_env(env),
+            start_new_session=True,
+        )
+    except FileNotFoundError as exc:
+        raise _missing(args[0]) from exc
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except BaseException as exc:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise CommandError(f"{' '.join(args)} timed out after {timeout} s", "") from exc
+        raise
+    return _checked(Result(args, proc.returncode, out, err), True)
+
+
+def _checked(result: Result, check: bool) -> Result:
+    """`result`, when it succeeded or `check` is off. Raises CommandError otherwise."""
+    if check and result.returncode != 0:
         # the first line usually names the cause; later ones often only summarise
         detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
-        first = detail[0] if detail else f"exit {proc.returncode}"
+        first = detail[0] if detail else f"exit {result.returncode}"
+        args = result.argv
         raise CommandError(f"{args[0]} failed: {first}", f"command was: {' '.join(args)}")
     return result
 

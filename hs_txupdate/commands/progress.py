@@ -10,7 +10,9 @@ decision (100), null elsewhere. A lines line: `Step: PHASE STEP STATUS [MODULE] 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
+from contextlib import suppress
 from typing import Any, TextIO
 
 from ..journal import Phase, Status, Step
@@ -46,8 +48,15 @@ class Progress:
             "module": module if isinstance(module, str) else None,
             "percent": self._percent(phase, step),
         }
-        self.out.write(self._line(record) + "\n")
-        self.out.flush()
+        try:
+            self.out.write(self._line(record) + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            # the reader went away: what is still buffered goes nowhere, not into an
+            # error at exit; the journal stops telling (see Journal._tell)
+            with suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())
+            raise
 
     def _percent(self, phase: Phase, step: Step) -> int | None:
         if step == Step.DECISION:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from ..base import activity
+from ..base.errors import HsTxError
 from ..base.fsio import ensure_private_dir, fsync_dir
 from .config import Config
 from .lock import StateLock
@@ -73,10 +74,14 @@ class Context:
         return f"the journal {self.config.journal_path} is missing, but the state dir holds {held}"
 
     def close(self) -> None:
-        """Close the journal if it was opened."""
+        """Close the journal if it was opened (saying so when what it still had to
+        write could not be written: the run's own error, if any, was reported first)."""
         if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+            journal, self._journal = self._journal, None
+            try:
+                journal.close()
+            except HsTxError as exc:
+                self.log(f"hs-tx: warning: {exc}")
 
 
 def who() -> tuple[str, str]:

@@ -78,12 +78,14 @@ def run_phase2(runs: ModuleRuns, modules: list[Module]) -> str | None:
     except ForkServerError as exc:
         runs.ctx.log(f"hs-tx: note: {exc}; each module starts on its own")
     try:
-        return _run_all(runs, modules)
+        failure = _run_all(runs, modules)
     finally:
         if runs.forks is not None:
             runs.forks.close()
             runs.forks = None
-        runs.ctx.journal.flush()  # the last module's outcome
+    # the last module's outcome (on the way out of an error, the next write takes it)
+    runs.ctx.journal.flush()
+    return failure
 
 
 def _run_all(runs: ModuleRuns, modules: list[Module]) -> str | None:

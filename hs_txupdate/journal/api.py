@@ -72,6 +72,7 @@ class StepRecord:
 
 # (transaction, phase, step, status, detail) of an event
 EventHook = Callable[[int, Phase, Step, Status, Mapping[str, Any] | None], None]
+_Announced = tuple[int, Phase, Step, Status, Mapping[str, Any] | None]
 
 
 class JournalLostError(DamagedError):
@@ -124,8 +125,9 @@ class Journal(JournalReads):
         self._identity = _identity(path)
         self._pending = 0  # events written in the open write, durable at its commit
         self._deferred: list[Callable[[], object]] = []  # see step(defer=True)
-        # told of every event as it is written (a deferred outcome: as it is decided)
+        # told of every event once it is committed (a deferred outcome: once decided)
         self.on_event: EventHook | None = None
+        self._announced: list[_Announced] = []  # events of the open write, told at its commit
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -138,25 +140,25 @@ class Journal(JournalReads):
         if _identity(self.path) != self._identity:
             self._rescue()
         db = self._db
+        deferred, self._deferred = self._deferred, []
         try:
             with _signals_deferred():
-                db.execute("BEGIN IMMEDIATE")
-                deferred, self._deferred = self._deferred, []
                 try:
+                    db.execute("BEGIN IMMEDIATE")
                     for write in deferred:
                         write()
                     yield db
+                    db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:
-                        db.execute("ROLLBACK")
+                        with suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
                     self._deferred = deferred + self._deferred  # the next write retries them
+                    self._announced.clear()  # nothing of it was written
                     raise
-                db.execute("COMMIT")
             for _ in range(self._pending):
                 self._crash.after_durable_event()
         except sqlite3.OperationalError as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             if "full" not in str(exc):
                 raise
             raise DamagedError(
@@ -166,6 +168,9 @@ class Journal(JournalReads):
             ) from exc
         finally:
             self._pending = 0
+        announced, self._announced = self._announced, []
+        for event in announced:
+            self._tell(*event)
 
     @contextmanager
     def together(self) -> Iterator[None]:
@@ -213,10 +218,11 @@ class Journal(JournalReads):
                 pass
 
     def close(self) -> None:
-        """Commit what is deferred, then release the database connection."""
+        """Commit what is deferred, then release the database connection. Raises
+        DamagedError when what was deferred cannot be written (the connection is
+        released all the same)."""
         try:
-            with suppress(sqlite3.Error):
-                self.flush()
+            self.flush()
         finally:
             self._db.close()
 
@@ -300,9 +306,26 @@ class Journal(JournalReads):
     def _announce(
         self, tx_id: int, phase: Phase, step: Step, status: Status, detail: Mapping[str, Any] | None
     ) -> None:
-        """Tell `on_event` (progress for the operator) about an event made or decided."""
-        if self.on_event is not None:
+        """Tell `on_event` (progress for the operator) about an event written or decided:
+        at once outside a write, at the commit of the write it is part of."""
+        if self.on_event is None:
+            return
+        if self._db.in_transaction:
+            self._announced.append((tx_id, phase, step, status, detail))
+        else:
+            self._tell(tx_id, phase, step, status, detail)
+
+    def _tell(
+        self, tx_id: int, phase: Phase, step: Step, status: Status, detail: Mapping[str, Any] | None
+    ) -> None:
+        """Call `on_event`; a reader that went away (a closed pipe) ends the telling,
+        never the run."""
+        if self.on_event is None:
+            return
+        try:
             self.on_event(tx_id, phase, step, status, detail)
+        except (OSError, ValueError):
+            self.on_event = None
 
     def _event(
         self,

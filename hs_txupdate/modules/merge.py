@@ -11,8 +11,7 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
-_CONFIG_KEYS = ("configuration", "config")
-_COMPONENT_PATHS = (("components",), ("target_paths", "components"))
+from .settings import COMPONENT_PLACES, CONFIG_KEYS, dig
 
 
 def merge_local_state(installed: dict[str, Any], incoming: dict[str, Any]) -> dict[str, Any]:
@@ -33,7 +32,7 @@ def _keep_enabled(installed: dict[str, Any], merged: dict[str, Any]) -> None:
 
 
 def _keep_config_state(installed: dict[str, Any], merged: dict[str, Any]) -> None:
-    for key in _CONFIG_KEYS:
+    for key in CONFIG_KEYS:
         old = installed.get(key)
         if isinstance(old, dict) and isinstance(merged.setdefault(key, {}), dict):
             _keep_section_state(old, merged[key])
@@ -42,22 +41,14 @@ def _keep_config_state(installed: dict[str, Any], merged: dict[str, Any]) -> Non
 def _keep_section_state(old: dict[str, Any], new: dict[str, Any]) -> None:
     if isinstance(old.get("repository"), dict):
         new["repository"] = copy.deepcopy(old["repository"])
-    for path in _COMPONENT_PATHS:
-        old_components, new_components = _dig(old, path), _dig(new, path)
+    for path in COMPONENT_PLACES:
+        old_components, new_components = dig(old, path), dig(new, path)
         if not isinstance(old_components, dict) or not isinstance(new_components, dict):
             continue
         for name, component in new_components.items():
             before = old_components.get(name)
             if isinstance(component, dict) and isinstance(before, dict) and "enabled" in before:
                 component["enabled"] = before["enabled"]
-
-
-def _dig(table: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(table, dict):
-            return None
-        table = table.get(key)  # type: ignore[assignment]
-    return table
 
 
 def _keep_has_run(installed: dict[str, Any], merged: dict[str, Any]) -> None:

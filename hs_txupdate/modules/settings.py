@@ -12,23 +12,29 @@ from __future__ import annotations
 
 from typing import Any
 
-_CONFIG_KEYS = ("config", "configuration")
+# where a module's settings live in index.json: its config object (the published
+# modules' key, then hs-tx's older one), and in it the components, in this order
+CONFIG_KEYS = ("config", "configuration")
+COMPONENT_PLACES = (("target_paths", "components"), ("components",))
+
+
+def dig(table: Any, path: tuple[str, ...]) -> Any:
+    """The value at `path` of nested objects, or None where one is missing."""
+    for key in path:
+        if not isinstance(table, dict):
+            return None
+        table = table.get(key)
+    return table
 
 
 def components(index: Any) -> dict[str, Any] | None:
     """The components object of a parsed index.json (edited in place by a caller that
     writes it back), or None when the module has none."""
-    for key in _CONFIG_KEYS:
-        config = index.get(key) if isinstance(index, dict) else None
-        if not isinstance(config, dict):
-            continue
-        targets = config.get("target_paths")
-        if isinstance(targets, dict) and isinstance(targets.get("components"), dict):
-            found: dict[str, Any] = targets["components"]
-            return found
-        if isinstance(config.get("components"), dict):
-            found = config["components"]
-            return found
+    for key in CONFIG_KEYS:
+        for place in COMPONENT_PLACES:
+            found = dig(index, (key, *place))
+            if isinstance(found, dict):
+                return found
     return None
 
 
@@ -57,10 +63,9 @@ def repository(index: Any) -> dict[str, Any] | None:
     repo = index.get("repo")
     if isinstance(repo, dict) and ("url" in repo or "branch" in repo):
         return repo
-    for key in _CONFIG_KEYS:
-        config = index.get(key)
-        if isinstance(config, dict) and isinstance(config.get("repository"), dict):
-            found: dict[str, Any] = config["repository"]
+    for key in CONFIG_KEYS:
+        found = dig(index, (key, "repository"))
+        if isinstance(found, dict):
             return found
     return None
 

@@ -3,7 +3,7 @@ module at one of them (`hs-tx modules branch`)."""
 
 from __future__ import annotations
 
-from ..base.proc import CommandError, run
+from ..base.proc import CommandError, run, run_in_session
 from .git import QUIET_ENV, SourceError
 
 LS_REMOTE_TIMEOUT_S = 60
@@ -26,7 +26,7 @@ def remote_branches(url: str) -> list[str]:
     """
     argv = ["git", "-c", "protocol.ext.allow=never", "ls-remote", "--heads", "--", url]
     try:
-        result = run(argv, timeout=LS_REMOTE_TIMEOUT_S, env=QUIET_ENV)
+        result = run_in_session(argv, timeout=LS_REMOTE_TIMEOUT_S, env=QUIET_ENV)
     except CommandError as exc:
         raise SourceError(
             f"cannot reach the repository {url}: {exc.message}",

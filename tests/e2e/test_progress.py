@@ -103,3 +103,33 @@ def test_a_terminal_shows_a_live_line_while_a_module_runs_long(tar_sandbox: Sand
 
     piped = ok(sbx.hs_tx("update"))  # stderr is a pipe: never a live line
     assert "\x1b[K" not in piped.stderr and "\r" not in piped.stderr
+
+
+def test_a_progress_reader_that_goes_away_ends_the_progress_not_the_run(
+    tar_sandbox: Sandbox,
+) -> None:
+    sbx = tar_sandbox
+    for name in ("a", "b"):
+        sbx.module(name, counting(sbx, name))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the web UI is gone before the first step
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hs_txupdate.cli",
+            "--config",
+            str(sbx.config),
+            "update",
+            "--progress=json",
+        ],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
+    os.close(write_end)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "transaction 1 committed" in proc.stderr and "Traceback" not in proc.stderr
+    assert [m["name"] for m in sbx.journal_json(1)["modules"]] == ["a", "b"]
