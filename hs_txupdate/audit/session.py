@@ -8,7 +8,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -67,16 +67,27 @@ class Audit:
         self._unseen: str | None = None  # what fanotify cannot see, if anything
 
     @classmethod
-    def start(cls, watch: list[Path], ignore: list[Path], python: str = sys.executable) -> Audit:
+    def start(
+        cls,
+        watch: list[Path],
+        ignore: list[Path],
+        python: str = sys.executable,
+        meanwhile: Callable[[], None] | None = None,
+    ) -> Audit:
         """Start auditing writes below `watch` (except below the `ignore` paths
         that lie inside a watched root), using `python` to run the reader.
         Never raises for a refusal of the kernel: the audit then uses the scan
-        (`method` "scan") and `reason` says why."""
+        (`method` "scan") and `reason` says why. `meanwhile` is called once, as soon
+        as what it starts lands in the run's pid namespace, while the reader starts
+        up (or at once, when the scan is used): work that overlaps the wait."""
         audit = cls(watch, ignore)
+        pending = [meanwhile] if meanwhile is not None else []
         try:
-            audit._start_reader(python)
+            audit._start_reader(python, pending)
         except (OSError, ReaderError) as exc:
             audit._fall_back(f"fanotify could not be used ({exc})")
+        for work in pending:
+            work()
         return audit
 
     def window(self, module: str | None) -> None:
@@ -149,9 +160,10 @@ class Audit:
         """Abandon the audit (a no-op after finish)."""
         self.abandon()
 
-    def _start_reader(self, python: str) -> None:
-        """Mark the filesystems, unshare the pid namespace, start the reader and
-        wait for it. Raises OSError or ReaderError (everything undone)."""
+    def _start_reader(self, python: str, meanwhile: list[Callable[[], None]]) -> None:
+        """Mark the filesystems, unshare the pid namespace, start the reader, run (and
+        take out of) `meanwhile`, and wait for the reader. Raises OSError or
+        ReaderError (everything undone)."""
         mounts = read_mounts()
         plan = plan_filesystems(self.roots, self.ignores, mounts)
         remote = unaudited(self.roots, self.ignores, mounts)
@@ -179,6 +191,8 @@ class Audit:
             ],
         }
         try:
+            while meanwhile:
+                meanwhile.pop()()
             self._link.request(config, READY_TIMEOUT_S)
             self._ns.hold(self._link.pid)
         except BaseException:

@@ -14,7 +14,7 @@ from ..core.config import require_modules_dir
 from ..core.context import Context
 from ..core.lock import StateLock
 from ..core.phase1 import run_phase1
-from ..core.phase2 import ModuleRuns, run_phase2
+from ..core.phase2 import ModuleRuns, run_phase2, start_forks, stop_forks
 from ..core.planning import RunPlan, plan_run
 from ..core.runtime import build_runtime, module_runtime
 from ..core.scope import Planned
@@ -116,12 +116,15 @@ def _run_audited(ctx: Context, tx_id: int, plan: RunPlan) -> str | None:
     """Phases 1 and 2 under the write audit; return why they failed (or, with
     `outside_writes = "fail"`, that they wrote outside the scope), or None."""
     audit = RunAudit(ctx, tx_id)
-    audit.start()
+    runs = ModuleRuns(ctx, tx_id, audit=audit)
+    audit.start(meanwhile=lambda: _start_forks_early(runs, plan))
     try:
-        failure = _run_phases(ModuleRuns(ctx, tx_id, audit=audit), plan)
+        failure = _run_phases(runs, plan)
     except BaseException:
         audit.finish_anyway()  # the rollback must know what the run wrote outside its scope
         raise
+    finally:
+        stop_forks(runs)  # phase 2 ends it; this is for a run that never got there
     outside = audit.finish()
     if outside and failure is None and ctx.config.outside_writes == "fail":
         failure = f"the run changed {len(outside)} path(s) outside its scope: {describe(outside)}"
@@ -132,6 +135,15 @@ def _run_audited(ctx: Context, tx_id: int, plan: RunPlan) -> str | None:
             " its scope from its next run on"
         )
     return failure
+
+
+def _start_forks_early(runs: ModuleRuns, plan: RunPlan) -> None:
+    """Start the fork server while the audit's reader starts (both are interpreters
+    starting up), when modules will run on the runtime as it is now: a runtime that
+    this run builds would replace the interpreter under it."""
+    if plan.runtime is None and any(m.enabled for m in plan.future.values()):
+        runs.runtime = module_runtime(runs.ctx.config)
+        start_forks(runs)
 
 
 def _report_broken(ctx: Context, tx_id: int, broken: list[Listed], plan: RunPlan) -> None:

@@ -12,7 +12,7 @@ recovery, so the journal never claims less than the run did.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..audit import Audit, AuditResult, Change
@@ -38,10 +38,11 @@ class RunAudit:
         self.audit: Audit | None = None
         self.started_ns: int | None = None
 
-    def start(self) -> None:
-        """Start watching; journal how (fanotify, or a scan at the end, and why)."""
+    def start(self, meanwhile: Callable[[], None] | None = None) -> None:
+        """Start watching; journal how (fanotify, or a scan at the end, and why).
+        `meanwhile` runs while the audit's reader starts (see Audit.start)."""
         config = self.ctx.config
-        self.audit = Audit.start(list(config.watch), list(config.ignores))
+        self.audit = Audit.start(list(config.watch), list(config.ignores), meanwhile=meanwhile)
         self.started_ns = self.audit.started_ns
         detail = {
             "method": self.audit.method,

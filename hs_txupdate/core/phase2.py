@@ -73,19 +73,33 @@ def run_phase2(runs: ModuleRuns, modules: list[Module]) -> str | None:
     """
     if not modules:
         return None
+    if runs.forks is not None and runs.forks.proc.poll() is not None:
+        stop_forks(runs)  # started early, and ended with an audit that gave up
+    if runs.forks is None:
+        start_forks(runs)
+    try:
+        failure = _run_all(runs, modules)
+    finally:
+        stop_forks(runs)
+    # the last module's outcome (on the way out of an error, the next write takes it)
+    runs.ctx.journal.flush()
+    return failure
+
+
+def start_forks(runs: ModuleRuns) -> None:
+    """Start the run's fork server on the runtime (when it cannot start, each module
+    starts on its own, and the run says so)."""
     try:
         runs.forks = ForkServer(runs.runtime.python, runs.runtime.pythonpath, child_env())
     except ForkServerError as exc:
         runs.ctx.log(f"hs-tx: note: {exc}; each module starts on its own")
-    try:
-        failure = _run_all(runs, modules)
-    finally:
-        if runs.forks is not None:
-            runs.forks.close()
-            runs.forks = None
-    # the last module's outcome (on the way out of an error, the next write takes it)
-    runs.ctx.journal.flush()
-    return failure
+
+
+def stop_forks(runs: ModuleRuns) -> None:
+    """End the run's fork server, if it has one."""
+    if runs.forks is not None:
+        runs.forks.close()
+        runs.forks = None
 
 
 def _run_all(runs: ModuleRuns, modules: list[Module]) -> str | None:

@@ -9,8 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.e2e.test_modules_cmd import counting, history, index_of, ok
 from tests.helpers import GitSource, Sandbox, module_files
 
@@ -41,14 +39,6 @@ def app_repo(root: Path) -> GitSource:
     app.git("push", "-q", "origin", "HEAD:master")
     app.git("push", "-q", "origin", "HEAD:develop")
     return app
-
-
-@pytest.fixture
-def src(tar_sandbox: Sandbox) -> tuple[Sandbox, GitSource]:
-    source = GitSource(tar_sandbox.root / "upstream").create()
-    tar_sandbox.source_url = source.url
-    tar_sandbox.write_config()
-    return tar_sandbox, source
 
 
 def components(sbx: Sandbox, name: str) -> dict[str, bool]:

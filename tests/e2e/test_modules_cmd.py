@@ -61,15 +61,6 @@ def table_rows(stdout: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in lines[2:] if line.strip()}
 
 
-@pytest.fixture
-def src(tar_sandbox: Sandbox) -> tuple[Sandbox, GitSource]:
-    """A sandbox whose [source] is a fresh local bare repository."""
-    source = GitSource(tar_sandbox.root / "upstream").create()
-    tar_sandbox.source_url = source.url
-    tar_sandbox.write_config()
-    return tar_sandbox, source
-
-
 def test_list_shows_versions_flags_groups_and_last_results(src: tuple[Sandbox, GitSource]) -> None:
     sbx, source = src
     (sbx.root / "active-alpha").write_text("")  # alpha wins its group

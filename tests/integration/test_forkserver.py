@@ -5,6 +5,7 @@ is the pid namespace's doing under the audit, the server's closing otherwise.)""
 from __future__ import annotations
 
 import json
+import os
 
 from tests.helpers import Sandbox
 
@@ -26,6 +27,7 @@ def main(args):
         "random": random.random(),
         "modules": sorted(m for m in ("sqlalchemy", "git", "pyroute2") if m in sys.modules),
         "argv0": sys.argv[0],
+        "pidns": os.readlink("/proc/self/ns/pid"),
     }}
     print("SEEN=" + json.dumps(seen), flush=True)
     sys.stderr.write("to stderr\\n")
@@ -57,6 +59,11 @@ def test_a_forked_worker_sees_what_a_worker_of_its_own_sees(tar_sandbox: Sandbox
     assert a["random"] != b["random"], "each worker seeds its own random state"
     assert "[a] to stderr" in result.stderr
     assert "fork server ended" not in result.stderr
+    # the server starts while the audit's reader does, already inside the run's pid
+    # namespace, whose processes the audit tells from everyone else's
+    assert a["pidns"] == b["pidns"] != os.readlink("/proc/self/ns/pid")
+    audit = [e for e in sbx.journal_json(1)["events"] if e["step"] == "start"]
+    assert audit and audit[0]["detail"]["method"] == "fanotify"
 
 
 def test_a_run_whose_fork_server_dies_goes_on(tar_sandbox: Sandbox) -> None:
