@@ -13,7 +13,6 @@ import re
 import time
 from typing import TextIO
 
-FORMATS = ("plain", "homeserver")
 _PREFIX = re.compile(r"^hs-tx: (?:(internal error|error|warning|note): )?")
 _LEVELS = {"error": "ERROR", "internal error": "ERROR", "warning": "WARNING"}
 

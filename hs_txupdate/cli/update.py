@@ -1,4 +1,5 @@
-"""`hs-tx update [--check] [--wait] [--allow-downgrade] [--accept-rewritten-source]`."""
+"""`hs-tx update [--check [--json]] [--wait] [--progress=json|lines] [--allow-downgrade]
+[--accept-rewritten-source]`."""
 
 from __future__ import annotations
 
