@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import LoopFs, Sandbox, need
+from tests.helpers import GitSource, LoopFs, Sandbox, need
 
 # hs-tx's workers never write bytecode into module dirs; tests that call a
 # module's main() directly must not either, or their before/after trees differ
@@ -53,6 +53,15 @@ def tar_sandbox(make_loopfs: Callable[..., LoopFs]) -> Sandbox:
     """A sandbox on a loop-mounted ext4 (tar backend): cheaper for behaviour tests."""
     fs = make_loopfs("ext4", 128)
     return Sandbox(fs.mount / "sbx").create()
+
+
+@pytest.fixture
+def src(tar_sandbox: Sandbox) -> tuple[Sandbox, GitSource]:
+    """A tar sandbox whose [source] is a fresh local bare repository."""
+    source = GitSource(tar_sandbox.root / "upstream").create()
+    tar_sandbox.source_url = source.url
+    tar_sandbox.write_config()
+    return tar_sandbox, source
 
 
 @pytest.fixture

@@ -98,7 +98,12 @@ def run(
         sys.stderr.flush()
         proc.stderr = ""
     result = Result(args, proc.returncode, proc.stdout, proc.stderr or "")
-    return _checked(result, check)
+    if check and proc.returncode != 0:
+        # the first line usually names the cause; later ones often only summarise
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
+        first = detail[0] if detail else f"exit {proc.returncode}"
+        raise CommandError(f"{args[0]} failed: {first}", f"command was: {' '.join(args)}")
+    return result
 
 
 def _stderr_is_fd2() -> bool:
@@ -108,46 +113,6 @@ def _stderr_is_fd2() -> bool:
         return sys.stderr.fileno() == 2
     except (AttributeError, OSError, ValueError):
         return False
-
-
-def run_in_session(argv: Sequence[str], *, timeout: float, env: dict[str, str] | None) -> Result:
-    """Run a command that may start helpers (git's ssh or https transports) in a session
-    of its own, killed whole when `timeout` passes, so no helper holding its pipes can
-    outlast it; `env` adds variables to the scrubbed environment. Returns the Result.
-    Raises CommandError when it cannot start, times out or exits non-zero."""
-    args = tuple(str(a) for a in argv)
-    try:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=child_env(env),
-            start_new_session=True,
-        )
-    except FileNotFoundError as exc:
-        raise _missing(args[0]) from exc
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except BaseException as exc:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        if isinstance(exc, subprocess.TimeoutExpired):
-            raise CommandError(f"{' '.join(args)} timed out after {timeout} s", "") from exc
-        raise
-    return _checked(Result(args, proc.returncode, out, err), True)
-
-
-def _checked(result: Result, check: bool) -> Result:
-    """`result`, when it succeeded or `check` is off. Raises CommandError otherwise."""
-    if check and result.returncode != 0:
-        # the first line usually names the cause; later ones often only summarise
-        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()
-        first = detail[0] if detail else f"exit {result.returncode}"
-        args = result.argv
-        raise CommandError(f"{args[0]} failed: {first}", f"command was: {' '.join(args)}")
-    return result
 
 
 def spawn_detached(argv: Sequence[str]) -> None:
@@ -259,23 +224,27 @@ def run_watched(
     argv: Sequence[str],
     *,
     timeout: float,
-    watch: Callable[[], str | None],
+    watch: Callable[[], str | None] = lambda: None,
     env: dict[str, str] | None = None,
     interval: float = 0.2,
+    keep_stdout: bool = False,
 ) -> Result:
-    """Run a command like `run` (check=True), calling `watch()` every `interval` while it
-    runs: when `watch` returns a reason, or `timeout` passes, the command is killed.
+    """Run a command like `run` (check=True) in a session of its own, calling `watch()`
+    every `interval` while it runs: when `watch` returns a reason, or `timeout` passes,
+    the whole session is killed (no helper it started, holding its output, outlasts it).
 
-    Given `env`: variables added to the scrubbed environment. Returns the Result.
+    Given `env`: variables added to the scrubbed environment; `keep_stdout`: the
+    Result holds the command's output (else it is discarded). Returns the Result.
     Raises CommandError when it cannot start, was stopped (the message says why) or
     exits non-zero.
     """
     args = tuple(str(a) for a in argv)
-    with tempfile.TemporaryFile() as err:  # a file: a chatty command never blocks on a pipe
+    # files, not pipes: a chatty command never blocks on one
+    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
         try:
             proc = subprocess.Popen(
                 args,
-                stdout=subprocess.DEVNULL,
+                stdout=out if keep_stdout else subprocess.DEVNULL,
                 stderr=err,
                 env=child_env(env),
                 start_new_session=True,
@@ -285,12 +254,14 @@ def run_watched(
         stopped = _watch(proc, timeout, watch, interval)
         err.seek(0)
         stderr = err.read(64 << 10).decode(errors="replace")
+        out.seek(0)
+        stdout = out.read().decode(errors="replace")
     if stopped is not None:
         raise CommandError(f"{args[0]} stopped: {stopped}", f"command was: {' '.join(args)}")
     if proc.returncode != 0:
         detail = " ".join(stderr.split())[:500] or f"exit {proc.returncode}"
         raise CommandError(f"{args[0]} failed: {detail}", f"command was: {' '.join(args)}")
-    return Result(args, proc.returncode, "", stderr)
+    return Result(args, proc.returncode, stdout, stderr)
 
 
 def _watch(

@@ -19,6 +19,7 @@ import json
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ..audit import Change, why_unwatchable
@@ -355,9 +356,7 @@ def settle_changes(config: Config, journal: Journal, tx: TxInfo, info: PathInfo)
         RunChangeInfo(str(top / c.path if c.path else top), c.change, None, c.count) for c in listed
     ]
     journal.add_run_changes(tx.id, rows)
-    info_now = journal.transaction(tx.id)
-    assert info_now is not None
-    return changes_in(info_now, info)
+    return changes_in(replace(tx, run_changes=[*tx.run_changes, *rows]), info)
 
 
 def fingerprint_of(top: Path, marks: dict[str, Mark]) -> str:

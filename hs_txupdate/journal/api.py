@@ -60,7 +60,7 @@ class StepRecord:
         self.detail.update(more)
 
     def update_path(self, n: int, **values: Any) -> None:
-        """Set these columns of scope path `n` in the same commit as a `done` outcome
+        """Set these columns of scope path `n` in the same commit as the outcome
         (like Journal.update_path, one durable write fewer)."""
         self.path = (n, values)
 
@@ -301,7 +301,7 @@ class Journal(JournalReads):
         detail: Mapping[str, Any] | None = None,
     ) -> int:
         """Append an event, durably; return its seq."""
-        return self._event(tx_id, phase, step, status, detail, None)
+        return self._event(tx_id, phase, step, status, detail)
 
     def _announce(
         self, tx_id: int, phase: Phase, step: Step, status: Status, detail: Mapping[str, Any] | None
@@ -334,15 +334,11 @@ class Journal(JournalReads):
         step: Step,
         status: Status,
         detail: Mapping[str, Any] | None,
-        path: tuple[int, dict[str, Any]] | None,
         announce: bool = True,
     ) -> int:
-        """`event`, with the columns `path` (n, values) of a scope path set in the same
-        commit; `announce`: tell `on_event` once it is written."""
+        """`event`; `announce`: tell `on_event` once it is written."""
         text = json.dumps(dict(detail), sort_keys=True) if detail is not None else None
         with self._write() as db:
-            if path is not None:
-                _update(db, "paths", path[1], "tx_id = ? AND n = ?", tx_id, path[0])
             query = "SELECT coalesce(max(seq), 0) FROM events WHERE tx_id = ?"
             seq = int(db.execute(query, (tx_id,)).fetchone()[0]) + 1
             row = {
@@ -400,10 +396,9 @@ class Journal(JournalReads):
             with self._write():
                 for write in record.joined:
                     write()
-                if record.failed and record.path is not None:
+                if record.path is not None:
                     self.update_path(tx_id, record.path[0], **record.path[1])
-                path = None if record.failed else record.path
-                self._event(tx_id, phase, step, status, record.detail, path, announce=False)
+                self._event(tx_id, phase, step, status, record.detail, announce=False)
 
         if defer:
             self._deferred.append(outcome)

@@ -3,7 +3,7 @@ module at one of them (`hs-tx modules branch`)."""
 
 from __future__ import annotations
 
-from ..base.proc import CommandError, run, run_in_session
+from ..base.proc import CommandError, run, run_watched
 from .git import QUIET_ENV, SourceError
 
 LS_REMOTE_TIMEOUT_S = 60
@@ -20,13 +20,13 @@ def check_branch_name(branch: str) -> bool:
 
 def remote_branches(url: str) -> list[str]:
     """The branches of the repository at `url`, sorted, read with `git ls-remote` (never
-    a prompt; no `ext::` transport).
+    a prompt; no `ext::` transport; its session killed whole at the timeout).
 
     Raises SourceError naming `url` when it cannot be reached or read.
     """
     argv = ["git", "-c", "protocol.ext.allow=never", "ls-remote", "--heads", "--", url]
     try:
-        result = run_in_session(argv, timeout=LS_REMOTE_TIMEOUT_S, env=QUIET_ENV)
+        result = run_watched(argv, timeout=LS_REMOTE_TIMEOUT_S, env=QUIET_ENV, keep_stdout=True)
     except CommandError as exc:
         raise SourceError(
             f"cannot reach the repository {url}: {exc.message}",

@@ -24,15 +24,6 @@ def main(args):
 """
 
 
-@pytest.fixture
-def src(tar_sandbox: Sandbox) -> tuple[Sandbox, GitSource]:
-    """A sandbox whose [source] is a fresh local bare repository."""
-    source = GitSource(tar_sandbox.root / "upstream").create()
-    tar_sandbox.source_url = source.url
-    tar_sandbox.write_config()
-    return tar_sandbox, source
-
-
 def installed_index(sbx: Sandbox, name: str) -> dict:
     return json.loads((sbx.modules / name / "index.json").read_text())
 

@@ -22,14 +22,6 @@ def main(args):
 """
 
 
-@pytest.fixture
-def src(tar_sandbox: Sandbox) -> tuple[Sandbox, GitSource]:
-    source = GitSource(tar_sandbox.root / "upstream").create()
-    tar_sandbox.source_url = source.url
-    tar_sandbox.write_config()
-    return tar_sandbox, source
-
-
 def _limits(sbx: Sandbox, **values: int) -> None:
     sbx.source_config = "".join(f"{k} = {v}\n" for k, v in values.items())
     sbx.write_config()
