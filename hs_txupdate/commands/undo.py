@@ -16,14 +16,14 @@ from pathlib import Path
 from ..base.errors import EXIT_DAMAGED, EXIT_OK, UsageError
 from ..core.audit import describe
 from ..core.context import Context
+from ..core.drift import RELS, fingerprint_now
 from ..core.scope import Planned, fold
 from ..core.services import put_back_services
 from ..core.snapshots import restore_path, verify_snapshot
 from ..core.start import open_transaction, recover_first, snapshot_scope
-from ..core.system import RELS, changes_in, fingerprint_of, restore_filter, restored_paths
+from ..core.system import restore_filter, restored_paths
 from ..core.transaction import run_transaction
 from ..journal import Kind, Origin, PathInfo, Phase, State, TxInfo
-from ..snapshot.manifest import tree_fingerprint
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,10 @@ def undo(ctx: Context, tx_id: int, options: UndoOptions | None = None) -> int:
         if not recover_first(ctx, "undoing"):
             return EXIT_DAMAGED
         chain = _plan_chain(ctx, tx_id, options.cascade)
-        _check_drift(ctx, chain, options.force)
         for info in chain:
             for path in _changed(info):
                 verify_snapshot(ctx.config, ctx.journal, path)
+        _check_drift(ctx, chain, options.force)
         undo_id = open_transaction(ctx, lock, Kind.UNDO)
         ctx.journal.set_undoes(undo_id, tx_id)
         ctx.journal.link_undo(undo_id, [info.id for info in chain])
@@ -185,21 +185,26 @@ def _check_drift(ctx: Context, chain: list[TxInfo], force: bool) -> None:
         for wanted in marks:
             if wanted not in latest and any(overlaps(t, wanted) for t in theirs):
                 latest[wanted] = (tx, path, fingerprint)
-    drifted = sorted(
-        {path for tx, path, fp in latest.values() if _fingerprint_now(infos, tx, path, fp) != fp}
-    )
-    if drifted and not force:
+    now = {key: fingerprint_now(ctx.journal, infos, *key) for key in set(latest.values())}
+    drifted = sorted({key[1] for key, fp in now.items() if fp is not None and fp != key[2]})
+    unknown = sorted({key[1] for key, fp in now.items() if fp is None})
+    problems = []
+    if drifted:
+        problems.append(f"changed outside hs-tx since its last transaction: {', '.join(drifted)}")
+    if unknown:
+        problems.append(
+            f"cannot tell whether {', '.join(unknown)} changed outside hs-tx: the btrfs"
+            " snapshot it is compared against is gone"
+        )
+    if problems and not force:
         raise UsageError(
-            f"changed outside hs-tx since its last transaction: {', '.join(drifted)}",
+            "; ".join(problems),
             "look at them first; run again with --force to undo anyway (those changes are lost)",
         )
     for path in drifted:
         ctx.log(f"hs-tx: warning: {path} changed outside hs-tx; --force: undoing anyway")
-
-
-def _fingerprint_now(infos: dict[int, TxInfo], tx: int, path: str, recorded: str) -> str:
-    """The fingerprint of `path` now, taken as transaction `tx` took `recorded`."""
-    if not recorded.startswith(RELS):
-        return tree_fingerprint(Path(path))
-    info = next(p for p in infos[tx].paths if p.path == path)
-    return fingerprint_of(Path(path), changes_in(infos[tx], info))
+    for path in unknown:
+        ctx.log(
+            f"hs-tx: warning: {path} was not checked for changes outside hs-tx; --force:"
+            " undoing anyway"
+        )

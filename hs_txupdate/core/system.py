@@ -14,7 +14,6 @@ and the state dir. The rollback and the undo restore only those entries.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -28,7 +27,7 @@ from ..audit.paths import Mount, fstype_at, keep, read_mounts, under
 from ..base.errors import ScopeError
 from ..journal import ChangeInfo, Journal, Kind, Origin, PathInfo, RunChangeInfo, TxInfo
 from ..snapshot.btrfs import subvolume_root
-from ..snapshot.manifest import Changes, tree_fingerprint
+from ..snapshot.manifest import Changes
 from ..snapshot.subvol import SUBVOLUME_ROOT_INO, child_subvolumes, subvolume_identity
 from .config import Config
 from .scope import Planned
@@ -36,7 +35,6 @@ from .services import UNIT_DIRS, unit_files
 from .snapshots import path_changes
 
 Keep = Callable[[str], bool]
-RELS = "rels:"  # a system entry's fingerprint: of the entries its run changed
 
 
 def system_scope(config: Config) -> tuple[bool, str | None]:
@@ -357,36 +355,3 @@ def settle_changes(config: Config, journal: Journal, tx: TxInfo, info: PathInfo)
     ]
     journal.add_run_changes(tx.id, rows)
     return changes_in(replace(tx, run_changes=[*tx.run_changes, *rows]), info)
-
-
-def fingerprint_of(top: Path, marks: dict[str, Mark]) -> str:
-    """A digest of the marked entries of `top` as they are now (what lies below those
-    marked whole included; of a directory marked by names, those entries alone): it
-    reads only those, and changes when one of them is written, renamed, chmod-ed, ..."""
-    digest = hashlib.sha256()
-    for rel in sorted(marks):
-        path, mark = top / rel if rel else top, marks[rel]
-        if isinstance(mark, frozenset):
-            state = _named_state(path, mark)
-        else:
-            state = tree_fingerprint(path) if mark else _entry_state(path)
-        digest.update(f"{rel}\0{state}\n".encode("utf-8", "surrogateescape"))
-    return RELS + digest.hexdigest()
-
-
-def _named_state(directory: Path, keys: frozenset[int]) -> str:
-    """The state of the entries of `directory` whose name keys are `keys` (another
-    process's entries there, and the directory's own times, left out)."""
-    try:
-        names = sorted(n for n in os.listdir(directory) if name_key(n) in keys)
-    except FileNotFoundError:
-        return "absent"
-    return "\0".join(f"{n}:{tree_fingerprint(directory / n)}" for n in names)
-
-
-def _entry_state(path: Path) -> str:
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return "absent"
-    return f"{st.st_mode}:{st.st_ino}:{st.st_ctime_ns}"

@@ -34,9 +34,9 @@ from ..journal import (
     TxInfo,
 )
 from ..snapshot.entries import remove_entry
-from ..snapshot.manifest import tree_fingerprint
 from .audit import describe
 from .context import Context
+from .drift import fingerprint_of, left_fingerprint, restored_fingerprint
 from .runstate import keep_run_states, read_run_states
 from .services import put_back_services
 from .signals import SignalGuard
@@ -46,13 +46,11 @@ from .snapshots import (
     path_changes,
     remove_stage_dirs,
     restore_path,
-    snapshot_fingerprint,
     tx_dir,
 )
 from .space import measure_later
 from .system import (
     attributed,
-    fingerprint_of,
     restore_filter,
     restored_paths,
     settle_changes,
@@ -114,8 +112,9 @@ def commit(ctx: Context, tx_id: int) -> int:
             changed = bool(rels)
             fingerprint = fingerprint_of(Path(path.path), rels) if changed else None
         else:
-            changed = bool(path_changes(journal, path))
-            fingerprint = tree_fingerprint(Path(path.path)) if changed else None
+            diff = path_changes(journal, path)
+            changed = bool(diff)
+            fingerprint = left_fingerprint(tx_id, path, diff) if changed else None
         changes[path.n] = {"changed": changed, "fingerprint": fingerprint}
     _sync_scope(info)
     with journal.together():  # what changed, and the decision: one durable write
@@ -267,16 +266,16 @@ def _record_restored_state(ctx: Context, info: TxInfo) -> None:
     """Fingerprint the paths a rollback put back, so a later undo does not take hs-tx's
     own restore for a change made outside hs-tx — but only for paths that were, when
     this transaction snapshotted them, in the state hs-tx last left them in."""
-    latest: dict[str, str | None] = {}
+    latest: dict[str, str] = {}
     for tx, path, fingerprint in ctx.journal.latest_fingerprints():  # newest first
-        if tx != info.id:
+        if tx != info.id and fingerprint is not None:
             latest.setdefault(path, fingerprint)
     for scope_path in info.paths:
         last = latest.get(scope_path.path)
         if last is None or scope_path.origin == Origin.SYSTEM:
             continue  # a system entry's drift is checked on the entries each run changed
-        if snapshot_fingerprint(ctx.journal, scope_path) == last:
-            fingerprint = tree_fingerprint(Path(scope_path.path))
+        fingerprint = restored_fingerprint(ctx.journal, scope_path, last)
+        if fingerprint is not None:
             ctx.journal.update_path(info.id, scope_path.n, fingerprint=fingerprint)
 
 

@@ -25,7 +25,7 @@ from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir
 from ..base.proc import run
 from .base import Captured, SnapshotTarget
-from .changelist import PROBE_SUFFIX, changes_since, delete_probe
+from .changelist import PROBE_SUFFIX, changes_between, changes_since, delete_probe
 from .entries import SNAPSHOT_STORE, walk
 from .manifest import Changes
 from .subvol import (
@@ -141,6 +141,19 @@ class BtrfsBackend:
             return Changes(missing=[rel for rel, _ in walk(tree)])
         rel = "" if ref["rel"] == "." else ref["rel"]
         return changes_since(snapshot, rel, target.path, subvolume_root(target.path))
+
+    def changes_between(
+        self, target: SnapshotTarget, earlier: Captured, later: Captured
+    ) -> Changes:
+        """How `target.path` as the snapshot `later` holds it differs from it as the
+        snapshot `earlier` holds it (two snapshots of its subvolume, holding it at the
+        same place), after checking both are the ones recorded. Raises DamagedError,
+        CommandError, OSError."""
+        snapshot, _, ref = self._tree(target, earlier)
+        other = self._tree(target, later)[0]
+        self.check(target, earlier)
+        self.check(target, later)
+        return changes_between(snapshot, other, "" if ref["rel"] == "." else ref["rel"])
 
     @contextmanager
     def reference(

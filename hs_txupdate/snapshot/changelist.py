@@ -41,12 +41,26 @@ def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Chan
     delete_probe(probe)
     snapshot_readonly(subvolume, probe.parent, probe.name)
     try:
-        touched, moved, timed = _read_stream(snapshot, probe)
-        touched -= _read_only(timed, snapshot, probe)
-        touched |= _links_of(touched, snapshot, probe)
+        touched, moved = _touched(snapshot, probe)
     finally:
         delete_probe(probe)
     return _classify(snapshot, rel, live, touched, moved, os.lstat(subvolume).st_dev)
+
+
+def changes_between(snapshot: Path, later: Path, rel: str) -> Changes:
+    """Given two read-only snapshots of one btrfs subvolume (their top directories) and
+    an entry `rel` of it, return how `later/rel` differs from `snapshot/rel`, hs-tx's
+    own names left out. Raises CommandError when btrfs fails, OSError."""
+    touched, moved = _touched(snapshot, later)
+    return _classify(snapshot, rel, join(later, rel), touched, moved, os.lstat(later).st_dev)
+
+
+def _touched(snapshot: Path, later: Path) -> tuple[set[str], set[str]]:
+    """(every entry the change list from `snapshot` to `later` names, reading a file
+    left out and the other links of a changed file added; those a rename moved)."""
+    touched, moved, timed = _read_stream(snapshot, later)
+    touched -= _read_only(timed, snapshot, later)
+    return touched | _links_of(touched, snapshot, later), moved
 
 
 def delete_probe(probe: Path) -> None:
