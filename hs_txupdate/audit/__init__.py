@@ -3,8 +3,7 @@ writes by unrelated processes, seen with fanotify from the run's own pid
 namespace (or, where the kernel refuses, found by a scan).
 
 Imports only the standard library and `hs_txupdate.base`. The names below load on
-first use: the reader process (`python -m hs_txupdate.audit.reader`) imports this
-package first, and needs none of the parent's side.
+first use: a command that needs one part imports only that part.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 from ..base.errors import HsTxError
-from ..base.proc import child_env, wait_exit
+from ..base.proc import Forked, fork_child, wait_exit
+
+READER_NAME = "hs-tx-audit"  # the reader's process name (ps, /proc/PID/comm)
 
 
 class ReaderError(HsTxError):
@@ -23,26 +25,16 @@ class ReaderError(HsTxError):
 class ReaderLink:
     """A running reader process and the pipes to it."""
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: Forked) -> None:
         self.proc = proc
         self._chunks: list[bytes] = []
 
     @classmethod
-    def spawn(cls, python: str, fds: tuple[int, ...]) -> ReaderLink:
-        """Start `python -m hs_txupdate.audit.reader`, handing it `fds` (the
-        fanotify group's and those of detached mounts), in its own session.
+    def spawn(cls, fds: tuple[int, ...]) -> ReaderLink:
+        """Fork the reader (`audit.reader.main`, named READER_NAME), handing it `fds`
+        (the fanotify group's and those of detached mounts), in its own session.
         Raises OSError when it cannot be started."""
-        proc = subprocess.Popen(
-            [python, "-m", "hs_txupdate.audit.reader"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=fds,
-            start_new_session=True,
-            env=child_env(),
-            cwd="/",
-        )
-        return cls(proc)
+        return cls(fork_child(_reader_main, READER_NAME, fds))
 
     @property
     def pid(self) -> int:
@@ -119,3 +111,10 @@ class ReaderLink:
             return f" (status {self.proc.returncode})"
         text = err.read().decode(errors="replace").strip()
         return f" (status {self.proc.returncode}): {text[-400:]}" if text else ""
+
+
+def _reader_main() -> int:
+    """The forked reader: its modules are imported there, not in hs-tx."""
+    from .reader import main
+
+    return main()

@@ -1,4 +1,4 @@
-"""The audit's reader process (`python -m hs_txupdate.audit.reader`): PID 1 of
+"""The audit's reader process (forked by hs-tx, see audit.link): PID 1 of
 the run's pid namespace. It drains the fanotify group it inherits, aggregates
 what the run changed, reaps orphans, answers the parent's requests (one JSON line
 each on stdin/stdout) and exits when stdin reaches EOF.
@@ -18,7 +18,6 @@ import json
 import os
 import select
 import signal
-import sys
 from typing import Any
 
 from . import kernel
@@ -176,7 +175,3 @@ def main() -> int:
     except (BrokenPipeError, json.JSONDecodeError):
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

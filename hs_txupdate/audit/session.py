@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -71,11 +70,10 @@ class Audit:
         cls,
         watch: list[Path],
         ignore: list[Path],
-        python: str = sys.executable,
         meanwhile: Callable[[], None] | None = None,
     ) -> Audit:
         """Start auditing writes below `watch` (except below the `ignore` paths
-        that lie inside a watched root), using `python` to run the reader.
+        that lie inside a watched root).
         Never raises for a refusal of the kernel: the audit then uses the scan
         (`method` "scan") and `reason` says why. `meanwhile` is called once, as soon
         as what it starts lands in the run's pid namespace, while the reader starts
@@ -83,7 +81,7 @@ class Audit:
         audit = cls(watch, ignore)
         pending = [meanwhile] if meanwhile is not None else []
         try:
-            audit._start_reader(python, pending)
+            audit._start_reader(pending)
         except (OSError, ReaderError) as exc:
             audit._fall_back(f"fanotify could not be used ({exc})")
         for work in pending:
@@ -160,7 +158,7 @@ class Audit:
         """Abandon the audit (a no-op after finish)."""
         self.abandon()
 
-    def _start_reader(self, python: str, meanwhile: list[Callable[[], None]]) -> None:
+    def _start_reader(self, meanwhile: list[Callable[[], None]]) -> None:
         """Mark the filesystems, unshare the pid namespace, start the reader, run (and
         take out of) `meanwhile`, and wait for the reader. Raises OSError or
         ReaderError (everything undone)."""
@@ -174,7 +172,7 @@ class Audit:
         try:
             _mark(fan_fd, plan, tops)
             self._ns = kernel.PidNamespace.enter()
-            self._link = ReaderLink.spawn(python, (fan_fd, *tops.values()))  # PID 1 there
+            self._link = ReaderLink.spawn((fan_fd, *tops.values()))  # PID 1 there
         except BaseException:
             self._teardown()
             raise

@@ -138,9 +138,9 @@ def _run_audited(ctx: Context, tx_id: int, plan: RunPlan) -> str | None:
 
 
 def _start_forks_early(runs: ModuleRuns, plan: RunPlan) -> None:
-    """Start the fork server while the audit's reader starts (both are interpreters
-    starting up), when modules will run on the runtime as it is now: a runtime that
-    this run builds would replace the interpreter under it."""
+    """Start the fork server as soon as the audit's reader made the run's pid namespace
+    (it starts up while phase 1 runs), when modules will run on the runtime as it is
+    now: a runtime that this run builds would replace the interpreter under it."""
     if plan.runtime is None and any(m.enabled for m in plan.future.values()):
         runs.runtime = module_runtime(runs.ctx.config)
         start_forks(runs)

@@ -241,7 +241,7 @@ def restore_path(
             with backend.reference(target, captured, needed) as ref:
                 if not manifest.lazy:
                     check_reference(ref, manifest, needed)
-                restore_tree(live, ref, changes, announce)
+                restore_tree(live, ref, changes, announce, disposable=backend.disposable)
     return changes.count
 
 

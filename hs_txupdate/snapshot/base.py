@@ -48,6 +48,9 @@ class Backend(Protocol):
     """A way to capture a set of paths and later restore exactly those paths."""
 
     name: str
+    # True when the tree `reference` gives is a copy made for the one restore (its
+    # entries may be moved into place); False for a snapshot that must stay as it is
+    disposable: bool
 
     def supports(self, path: Path) -> bool:
         """True when this backend can snapshot the (existing) `path`."""

@@ -85,6 +85,7 @@ class BtrfsBackend:
     """Read-only subvolume snapshots; the ref is JSON {snapshot, rel, uuid, ctransid}."""
 
     name = "btrfs"
+    disposable = False
 
     def supports(self, path: Path) -> bool:
         """True when the existing `path` is on btrfs."""

@@ -14,14 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..base.proc import run, run_pipe
-from .entries import entry_type, is_own_name, join, walk
+from .entries import entry_type, is_own_name, join, unescape, walk
 from .manifest import Changes
 from .subvol import inode_paths, snapshot_readonly
 
 PROBE_SUFFIX = "-probe"
-# every escape btrfs receive --dump writes into a path (btrfs-progs print_path)
-_ESCAPE = re.compile(rb"\\([0-7]{3}|.)", re.DOTALL)
-_NAMED = {b"a": 7, b"b": 8, b"e": 27, b"f": 12, b"n": 10, b"r": 13, b"t": 9, b"v": 11}
 # the operations whose `dest=` names a path of the tree (a symlink's names its target)
 _DEST_IS_PATH = ("rename", "link")
 _FIELD = re.compile(r"(?:\\.|[^\s\\])+")  # a field: an escaped space does not end it
@@ -120,19 +117,7 @@ def _operations(dump: str) -> Iterator[tuple[str, str, str | None]]:
         if len(fields) < 2:
             continue
         dest = next((f[5:] for f in fields[2:] if f.startswith("dest=")), None)
-        yield fields[0], _unescape(fields[1]), None if dest is None else _unescape(dest)
-
-
-def _unescape(text: str) -> str:
-    """Undo the escapes of a path written by `btrfs receive --dump`."""
-
-    def one(match: re.Match[bytes]) -> bytes:
-        code = match.group(1)
-        if len(code) == 3:
-            return bytes([int(code, 8)])
-        return bytes([_NAMED[code]]) if code in _NAMED else code
-
-    return os.fsdecode(_ESCAPE.sub(one, text.encode("utf-8", "surrogateescape")))
+        yield fields[0], unescape(fields[1]), None if dest is None else unescape(dest)
 
 
 def _rel(path: str, prefix: str) -> str | None:

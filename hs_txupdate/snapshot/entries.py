@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,9 @@ from pathlib import Path
 SNAPSHOT_STORE = ".hs-tx-snapshots"
 STAGE_PREFIX = ".hs-tx-stage-"
 TMP_PREFIX = ".hs-tx-tmp-"
+# every escape `btrfs receive --dump` and GNU tar's listings write into a name
+_ESCAPE = re.compile(rb"\\([0-7]{3}|.)", re.DOTALL)
+_NAMED = {b"a": 7, b"b": 8, b"e": 27, b"f": 12, b"n": 10, b"r": 13, b"t": 9, b"v": 11}
 _TYPES = {
     stat.S_IFREG: "f",
     stat.S_IFDIR: "d",
@@ -133,3 +137,16 @@ def remove_entry(path: Path) -> None:
     for child in children:
         remove_entry(Path(child.path))
     os.rmdir(path)
+
+
+def unescape(text: str) -> str:
+    """Undo the C-style escapes (\\n, \\\\, \\ooo, ...) of a name as `btrfs receive
+    --dump` and GNU tar's listings write it."""
+
+    def one(match: re.Match[bytes]) -> bytes:
+        code = match.group(1)
+        if len(code) == 3:
+            return bytes([int(code, 8)])
+        return bytes([_NAMED[code]]) if code in _NAMED else code
+
+    return os.fsdecode(_ESCAPE.sub(one, text.encode("utf-8", "surrogateescape")))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..base import activity
 from ..base.errors import DamagedError, ScopeError
-from ..base.fsio import fsync_dir, fsync_path
+from ..base.fsio import fsync_dir, fsync_path, syncfs
 from .entries import TMP_PREFIX, entry_type, join, read_xattrs, remove_entry, with_ancestors
 from .manifest import Changes
 
@@ -29,8 +29,11 @@ class _RestoreState:
 
     linked: dict[tuple[int, int], Path] = field(default_factory=dict)
     dirs_to_fix: set[str] = field(default_factory=set)
-    touched_dirs: set[Path] = field(default_factory=set)
+    renames: list[tuple[Path, Path]] = field(default_factory=list)  # built, not yet in place
     counter: int = 0
+    disposable: bool = False  # the reference's entries may be moved into place
+    # a disposable reference's dirs as they were before an entry was moved out of them
+    dir_stats: dict[str, os.stat_result] = field(default_factory=dict)
 
 
 Announce = Callable[[str, list[str]], None]
@@ -42,6 +45,7 @@ def restore(
     changes: Changes,
     announce: Announce | None = None,
     batch_size: int = 256,
+    disposable: bool = False,
 ) -> None:
     """Make `live` exactly like `reference` (None: make it absent), touching only `changes`.
 
@@ -50,7 +54,8 @@ def restore(
     `announce("intent", entries)` is called before a batch acts (so a caller can
     journal it) and `announce("done", entries)` once it is durable. Running
     restore again after an interruption finishes the job, since a new diff
-    finds what is left.
+    finds what is left. `disposable`: `reference` is a copy made for this restore, whose
+    entries are moved into place instead of copied.
     """
     refuse_links_above(live)
     if reference is None or not os.path.lexists(reference):
@@ -60,7 +65,7 @@ def restore(
             fsync_dir(live.parent)
             _announce(announce, "done", [""])
         return
-    state = _RestoreState()
+    state = _RestoreState(disposable=disposable)
     work = _plan(live, reference, changes)
     what = f"restoring {live}"
     for start in range(0, len(work), batch_size):
@@ -70,7 +75,7 @@ def restore(
         for n, (action, rel) in enumerate(chunk, start):
             activity.tick(what, n, len(work))
             _apply(action, rel, live, reference, state)
-        _flush(state)
+        _put_in_place(live, state)
         _announce(announce, "done", rels)
     activity.end()
     fix = sorted(state.dirs_to_fix, key=lambda r: (-r.count("/"), r))
@@ -81,9 +86,8 @@ def restore(
         for rel in dirs:
             target = join(live, rel)
             if os.path.isdir(target) and not os.path.islink(target):
-                apply_metadata(join(reference, rel), target)
-                state.touched_dirs.add(target)
-        _flush(state)
+                apply_metadata(join(reference, rel), target, state.dir_stats.get(rel))
+        _sync(live)
         _announce(announce, "done", rels)
 
 
@@ -156,7 +160,7 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
     if action == "remove":
         if os.path.lexists(target):
             remove_entry(target)
-        _parent_touched(rel, target, state)
+        _parent_touched(rel, state)
         return
     source = join(reference, rel)
     st = os.lstat(source)
@@ -165,7 +169,7 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
             if os.path.lexists(target):
                 remove_entry(target)
             os.mkdir(target, 0o700)
-            _parent_touched(rel, target, state)
+            _parent_touched(rel, state)
         state.dirs_to_fix.add(rel)
         return
     tmp = target.with_name(f"{TMP_PREFIX}{os.getpid()}-{state.counter}")
@@ -174,35 +178,66 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in state.linked:
         os.link(state.linked[key], tmp)
     else:
-        materialize(source, tmp, st)
+        if state.disposable:
+            parent = rel.rpartition("/")[0]
+            state.dir_stats.setdefault(parent, os.lstat(join(reference, parent)))
+        _build(source, tmp, st, state.disposable)
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            state.linked[key] = target
-    if os.path.isdir(target) and not os.path.islink(target):
-        remove_entry(target)
-    os.rename(tmp, target)
-    _parent_touched(rel, target, state)
+            state.linked[key] = tmp
+    state.renames.append((tmp, target))
+    _parent_touched(rel, state)
 
 
-def _parent_touched(rel: str, target: Path, state: _RestoreState) -> None:
-    """Remember that the directory holding `rel` needs its times (and fsync) put back."""
-    state.touched_dirs.add(target.parent)
+def _build(source: Path, tmp: Path, st: os.stat_result, disposable: bool) -> None:
+    """Make `tmp` an exact copy of the non-directory `source` (stat `st`), not yet
+    durable: moved there from a disposable reference on the same filesystem."""
+    if disposable:
+        try:
+            os.rename(source, tmp)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+    materialize(source, tmp, st, durable=False)
+
+
+def _parent_touched(rel: str, state: _RestoreState) -> None:
+    """Remember that the directory holding `rel` needs its times put back."""
     if rel:
         state.dirs_to_fix.add(rel.rpartition("/")[0])
 
 
-def _flush(state: _RestoreState) -> None:
-    for directory in state.touched_dirs:
-        if os.path.isdir(directory):
-            fsync_dir(directory)
-    state.touched_dirs.clear()
+def _put_in_place(live: Path, state: _RestoreState) -> None:
+    """Make the entries a batch built durable, rename each into place, and make the
+    renames durable: two syncfs of the filesystem instead of an fsync per file and
+    directory, and still every entry is either old or new after a crash (nothing is
+    renamed into place before all it holds is on disk)."""
+    if state.renames:
+        _sync(live)
+    placed = {}
+    for tmp, target in state.renames:
+        if os.path.isdir(target) and not os.path.islink(target):
+            remove_entry(target)
+        os.rename(tmp, target)
+        placed[tmp] = target
+    state.renames.clear()
+    state.linked = {key: placed.get(path, path) for key, path in state.linked.items()}
+    _sync(live)
 
 
-def materialize(source: Path, dest: Path, st: os.stat_result | None = None) -> None:
+def _sync(live: Path) -> None:
+    """syncfs of the filesystem `live` is on (its parent's while it does not exist)."""
+    syncfs(live if os.path.lexists(live) else live.parent)
+
+
+def materialize(
+    source: Path, dest: Path, st: os.stat_result | None = None, durable: bool = True
+) -> None:
     """Create `dest` as an exact copy of the non-directory entry `source`.
 
     Regular files are reflinked where the filesystem can, else copied keeping
-    holes; then owner, mode, xattrs (ACLs, capabilities) and times are set and
-    the file is fsynced.
+    holes; then owner, mode, xattrs (ACLs, capabilities) and times are set and,
+    `durable`, the file is fsynced (else its caller syncs).
     """
     st = st or os.lstat(source)
     mode = st.st_mode
@@ -219,7 +254,7 @@ def materialize(source: Path, dest: Path, st: os.stat_result | None = None) -> N
     else:
         raise ScopeError(f"cannot restore {source}: unsupported file type", "")
     apply_metadata(source, dest, st)
-    if stat.S_ISREG(mode):
+    if durable and stat.S_ISREG(mode):
         fsync_path(dest)
 
 

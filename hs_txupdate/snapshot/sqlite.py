@@ -24,6 +24,7 @@ class SqliteBackend:
     """Consistent database copies; the ref is the copy's path."""
 
     name = "sqlite"
+    disposable = False
 
     def __init__(self, snapshots_dir: Path) -> None:
         self.snapshots_dir = snapshots_dir

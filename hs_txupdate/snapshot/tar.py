@@ -20,6 +20,7 @@ from ..base.fsio import fsync_dir, publish
 from ..base.proc import CommandError, run_watched
 from .base import Captured, SnapshotTarget
 from .entries import STAGE_PREFIX, remove_entry
+from .tarindex import PREFIX, Index, index_path, read_index, whole_ok, write_index, write_subset
 
 # Everything GNU tar can keep: xattrs of every namespace (capabilities, ACLs), sparse files.
 _TAR_META = ("--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner")
@@ -115,6 +116,7 @@ class TarBackend:
     """Archives in `snapshots_dir/<journal-uuid>-<txid>/<n>.tar`."""
 
     name = "tar"
+    disposable = True  # the reference is a staging dir extracted for the restore
 
     def __init__(self, snapshots_dir: Path) -> None:
         self.snapshots_dir = snapshots_dir
@@ -132,28 +134,37 @@ class TarBackend:
         return self.snapshots_dir / target.tx / f"{target.n}.tar"
 
     def capture(self, target: SnapshotTarget) -> Captured:
-        """Archive the path under a temp name, record its checksum, then publish it durably."""
+        """Archive the path under a temp name, write its index (see snapshot.tarindex)
+        and record the index's checksum, then publish the archive durably."""
         final = self.archive_path(target)
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fsync_dir(final.parent.parent)
         partial = final.with_name(final.name + ".partial")
+        listing = final.with_name(final.name + ".list")
         path = target.path
-        _tar(
-            [
-                "tar",
-                "--create",
-                f"--file={partial}",
-                "--format=posix",
-                "--sparse",
-                *_TAR_META,
-                "--one-file-system",
-                f"--directory={path.parent}",
-                "--",
-                path.name,
-            ],
-            f"archiving {path}",
-        )
-        checksum = sha256_file(partial)
+        try:
+            _tar(
+                [
+                    "tar",
+                    "--create",
+                    f"--file={partial}",
+                    "--format=posix",
+                    "--sparse",
+                    *_TAR_META,
+                    "--one-file-system",
+                    "--verbose",
+                    "--block-number",
+                    f"--index-file={listing}",
+                    "--quoting-style=escape",
+                    f"--directory={path.parent}",
+                    "--",
+                    path.name,
+                ],
+                f"archiving {path}",
+            )
+            checksum = write_index(partial, listing, index_path(final))
+        finally:
+            listing.unlink(missing_ok=True)
         size = partial.stat().st_size
         publish(partial, final)
         return Captured(ref=str(final), size=size, checksum=checksum)
@@ -166,33 +177,38 @@ class TarBackend:
     def reference(
         self, target: SnapshotTarget, captured: Captured, entries: list[str] | None = None
     ) -> Iterator[Path]:
-        """Verify the archive, extract it (or only `entries`) into a fresh staging
-        dir beside the path, and yield the extracted copy of the path."""
-        archive = self.check(target, captured)
+        """Extract the archive, or only `entries` (paths relative to the path), into a
+        fresh staging dir beside the path and yield the extracted copy of the path;
+        what is extracted is checked first: with an index, only the members wanted.
+        Raises DamagedError when the archive or its index is missing or fails its check."""
+        archive, part = self._wanted(target, captured, entries)
         stage = target.path.parent / f"{STAGE_PREFIX}{target.name}"
         if os.path.lexists(stage):
             remove_entry(stage)
         times = os.stat(stage.parent)  # the stage is ours: the parent keeps its times
         os.mkdir(stage, 0o700)
         members = archive.with_name(f"{target.n}.members")
-        select: list[str] = []
-        if entries is not None:
-            names = [
-                os.path.join(target.path.name, rel) if rel else target.path.name for rel in entries
-            ]
-            members.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
-            select = [
-                "--no-recursion",
-                "--null",
-                "--verbatim-files-from",
-                f"--files-from={members}",
-            ]
+        subset = archive.with_name(f"{target.n}.subset.tar")
         try:
+            source, select = archive, []
+            if part is not None:
+                if not write_subset(archive, *part, subset):
+                    raise _failed(archive, target)
+                source = subset
+            elif entries is not None:
+                names = _names(target, entries)
+                members.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
+                select = [
+                    "--no-recursion",
+                    "--null",
+                    "--verbatim-files-from",
+                    f"--files-from={members}",
+                ]
             _extract(
                 [
                     "tar",
                     "--extract",
-                    f"--file={archive}",
+                    f"--file={source}",
                     *_TAR_META,
                     "--same-owner",
                     "--same-permissions",
@@ -204,23 +220,72 @@ class TarBackend:
             yield stage / target.path.name
         finally:
             members.unlink(missing_ok=True)
+            subset.unlink(missing_ok=True)
             remove_entry(stage)
             os.utime(stage.parent, ns=(times.st_atime_ns, times.st_mtime_ns))
             fsync_dir(stage.parent)
 
+    def _wanted(
+        self, target: SnapshotTarget, captured: Captured, entries: list[str] | None
+    ) -> tuple[Path, tuple[Index, list[tuple[int, int]]] | None]:
+        """(the archive, its index and the byte ranges of the members `entries` names,
+        when the index has them all); the whole archive is checked when not.
+        Raises DamagedError."""
+        if entries is None or not (captured.checksum or "").startswith(PREFIX):
+            return self.check(target, captured), None
+        archive = self._recorded(target, captured)
+        index = self._index(target, archive, captured)
+        spans = index.spans(_names(target, entries), archive.stat().st_size)
+        if spans is None:
+            return self.check(target, captured), None
+        return archive, (index, spans)
+
     def check(self, target: SnapshotTarget, captured: Captured) -> Path:
-        """The archive, after checking it is there with the recorded checksum.
+        """The archive, after checking it is there with the recorded checksum (with an
+        index: the index, then every chunk of the archive).
 
         Raises DamagedError otherwise: hs-tx never extracts what it did not write.
         """
+        archive = self._recorded(target, captured)
+        if not (captured.checksum or "").startswith(PREFIX):
+            return verified_file(archive, captured.checksum, "snapshot archive", target)
+        if not whole_ok(archive, self._index(target, archive, captured)):
+            raise _failed(archive, target)
+        return archive
+
+    def _recorded(self, target: SnapshotTarget, captured: Captured) -> Path:
+        """The archive the journal recorded, there. Raises DamagedError."""
         archive = recorded_file(captured.ref, target, self.archive_path(target), self.snapshots_dir)
-        return verified_file(archive, captured.checksum, "snapshot archive", target)
+        return verified_file(archive, None, "snapshot archive", target)
+
+    def _index(self, target: SnapshotTarget, archive: Path, captured: Captured) -> Index:
+        """The archive's index, checked. Raises DamagedError when it is missing or fails."""
+        index = read_index(archive, captured.checksum or "")
+        if index is None:
+            raise DamagedError(
+                f"the index {index_path(archive)} of snapshot archive {archive} of"
+                f" {target.path} is missing or fails its checksum",
+                "do not use the archive; restore that path by hand from a backup",
+            )
+        return index
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
         """Remove the archive (and a partial one); the per-transaction dir when empty.
 
         Raises DamagedError when `ref` is not a file of the snapshots dir.
         """
-        remove_file_snapshot(
-            recorded_file(ref, target, self.archive_path(target), self.snapshots_dir)
-        )
+        archive = recorded_file(ref, target, self.archive_path(target), self.snapshots_dir)
+        index_path(archive).unlink(missing_ok=True)
+        remove_file_snapshot(archive)
+
+
+def _names(target: SnapshotTarget, entries: list[str]) -> list[str]:
+    """The archive's member names of `entries` (paths relative to the path)."""
+    return [os.path.join(target.path.name, rel) if rel else target.path.name for rel in entries]
+
+
+def _failed(archive: Path, target: SnapshotTarget) -> DamagedError:
+    return DamagedError(
+        f"snapshot archive {archive} of {target.path} fails its checksum",
+        "do not use it; restore it by hand from a backup",
+    )

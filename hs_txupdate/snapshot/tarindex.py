@@ -1,0 +1,124 @@
+"""A tar archive's index: what lets a restore verify and read only the members it needs.
+
+Beside each archive `<n>.tar` lies `<n>.tar.index`, a text file an operator can
+read: a first line `hs-tx tar index 1 CHUNK`, then the SHA-256 of every CHUNK bytes
+of the archive in order (one hex digest a line), a line `members`, then GNU tar's
+own list of where each member starts (`block N: NAME`, as `tar --create --verbose
+--block-number --index-file` writes it). The journal records `index:` and the
+SHA-256 of that file as the archive's checksum, so checking the index and then
+every chunk checks the whole archive, and a restore of a few members checks only
+the chunks that hold them and hands tar only those checked bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ..base.fsio import durable_write
+from .entries import unescape
+
+CHUNK = 1 << 16
+PREFIX = "index:"  # the journal's checksum of an archive that has an index
+_MAGIC = "hs-tx tar index 1"
+_BLOCK = 512
+
+
+def index_path(archive: Path) -> Path:
+    """Where the index of `archive` lies."""
+    return archive.with_name(archive.name + ".index")
+
+
+def write_index(archive: Path, listing: Path, dest: Path) -> str:
+    """Given an archive and the list tar wrote of it (`--index-file`), write the index
+    to `dest` durably and return the checksum to record for the archive. Raises OSError."""
+    with open(archive, "rb") as f:
+        sums = [hashlib.sha256(chunk).hexdigest() for chunk in _chunks(f, 0, None)]
+    head = f"{_MAGIC} {CHUNK}\n" + "".join(f"{s}\n" for s in sums) + "members\n"
+    data = head.encode() + listing.read_bytes()
+    durable_write(dest, data, 0o600)
+    return PREFIX + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Index:
+    """A checked index: the chunk digests and where each member starts (its first
+    block, extended headers included), members in archive order."""
+
+    sums: list[str]
+    starts: dict[str, int]
+    order: list[int]
+
+    def spans(self, names: list[str], size: int) -> list[tuple[int, int]] | None:
+        """The byte ranges [start, end) of the members `names` (dirs without their
+        trailing slash) in an archive of `size` bytes, in archive order; None when one
+        is not in the index."""
+        starts = [self.starts.get(name) for name in names]
+        if any(s is None for s in starts):
+            return None
+        following = dict(zip(self.order, [*self.order[1:], size], strict=True))
+        return sorted({(s, following[s]) for s in starts if s is not None})
+
+
+def read_index(archive: Path, checksum: str) -> Index | None:
+    """The index of `archive`, when its file is there with the checksum the journal
+    recorded (`index:...`) and well formed; else None (the caller then checks and
+    reads the whole archive, and reports what fails). Raises OSError."""
+    try:
+        data = index_path(archive).read_bytes()
+    except FileNotFoundError:
+        return None
+    if PREFIX + hashlib.sha256(data).hexdigest() != checksum:
+        return None
+    head, sep, listing = data.partition(b"\nmembers\n")
+    lines = head.decode(errors="replace").split("\n")
+    if not sep or lines[0] != f"{_MAGIC} {CHUNK}":
+        return None
+    starts = dict(_members(listing.decode("utf-8", "surrogateescape")))
+    return Index(lines[1:], starts, sorted(starts.values()))
+
+
+def _members(listing: str) -> Iterator[tuple[str, int]]:
+    """(name without a trailing slash, byte offset) of each `block N: NAME` line."""
+    for line in listing.split("\n"):
+        block, sep, name = line.partition(": ")
+        if sep and block.startswith("block ") and block[6:].isdigit():
+            yield unescape(name).rstrip("/"), int(block[6:]) * _BLOCK
+
+
+def whole_ok(archive: Path, index: Index) -> bool:
+    """True when every chunk of `archive` has the digest the index holds."""
+    with open(archive, "rb") as f:
+        return [hashlib.sha256(chunk).hexdigest() for chunk in _chunks(f, 0, None)] == index.sums
+
+
+def write_subset(archive: Path, index: Index, spans: list[tuple[int, int]], dest: Path) -> bool:
+    """Write to `dest` a tar archive of the bytes `spans` of `archive` (whole members)
+    and an end-of-archive marker, checking each chunk read against the index first.
+    Return False, leaving `dest` incomplete, when a chunk fails. Raises OSError."""
+    with open(archive, "rb") as src, open(dest, "wb") as out:
+        for start, end in spans:
+            first = start - start % CHUNK
+            for n, chunk in enumerate(_chunks(src, first, end), first // CHUNK):
+                if n >= len(index.sums) or hashlib.sha256(chunk).hexdigest() != index.sums[n]:
+                    return False
+                offset = n * CHUNK
+                out.write(chunk[max(0, start - offset) : end - offset])
+        out.write(bytes(2 * _BLOCK))
+    return True
+
+
+def _chunks(f: IO[bytes], start: int, end: int | None) -> Iterator[bytes]:
+    """The CHUNK-sized pieces of the open file `f` from `start` (a multiple of CHUNK)
+    on, up to the one holding byte `end - 1` (None: to its end)."""
+    f.seek(start)
+    offset = start
+    while end is None or offset < end:
+        chunk = f.read(CHUNK)
+        if not chunk:
+            return
+        yield chunk
+        offset += len(chunk)
