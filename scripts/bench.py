@@ -337,6 +337,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench: needs root for loop devices; run as root", file=sys.stderr)
         return 2
+    # as on a box: each Python process measured may keep its bytecode caches (a shell
+    # that forbids writing them would time compiling, for hs-tx and the orchestrator)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     top = Path(tempfile.mkdtemp(prefix="hs-tx-bench-"))
     size_mb = max(2048, args.files * args.size_kib * 12 // 1024)  # trees, archives, copies
     rows: list[Row] = []

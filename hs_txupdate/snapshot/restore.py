@@ -32,6 +32,7 @@ class _RestoreState:
     renames: list[tuple[Path, Path]] = field(default_factory=list)  # built, not yet in place
     counter: int = 0
     disposable: bool = False  # the reference's entries may be moved into place
+    data_written: bool = False  # a built entry's data may not be on disk yet
     # a disposable reference's dirs as they were before an entry was moved out of them
     dir_stats: dict[str, os.stat_result] = field(default_factory=dict)
 
@@ -181,24 +182,25 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
         if state.disposable:
             parent = rel.rpartition("/")[0]
             state.dir_stats.setdefault(parent, os.lstat(join(reference, parent)))
-        _build(source, tmp, st, state.disposable)
+        state.data_written |= _build(source, tmp, st, state.disposable)
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             state.linked[key] = tmp
     state.renames.append((tmp, target))
     _parent_touched(rel, state)
 
 
-def _build(source: Path, tmp: Path, st: os.stat_result, disposable: bool) -> None:
+def _build(source: Path, tmp: Path, st: os.stat_result, disposable: bool) -> bool:
     """Make `tmp` an exact copy of the non-directory `source` (stat `st`), not yet
-    durable: moved there from a disposable reference on the same filesystem."""
+    durable: moved there from a disposable reference on the same filesystem. Return
+    True when file data may not be on disk yet (a copy, or a move of extracted data)."""
     if disposable:
         try:
             os.rename(source, tmp)
-            return
+            return True
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-    materialize(source, tmp, st, durable=False)
+    return materialize(source, tmp, st, durable=False)
 
 
 def _parent_touched(rel: str, state: _RestoreState) -> None:
@@ -211,9 +213,12 @@ def _put_in_place(live: Path, state: _RestoreState) -> None:
     """Make the entries a batch built durable, rename each into place, and make the
     renames durable: two syncfs of the filesystem instead of an fsync per file and
     directory, and still every entry is either old or new after a crash (nothing is
-    renamed into place before all it holds is on disk)."""
-    if state.renames:
+    renamed into place before all it holds is on disk). The first is left out when
+    the batch wrote no file data (reflinks and metadata alone): the filesystem's
+    journal then commits each entry no later than the rename that names it."""
+    if state.data_written:
         _sync(live)
+        state.data_written = False
     placed = {}
     for tmp, target in state.renames:
         if os.path.isdir(target) and not os.path.islink(target):
@@ -232,8 +237,10 @@ def _sync(live: Path) -> None:
 
 def materialize(
     source: Path, dest: Path, st: os.stat_result | None = None, durable: bool = True
-) -> None:
-    """Create `dest` as an exact copy of the non-directory entry `source`.
+) -> bool:
+    """Create `dest` as an exact copy of the non-directory entry `source`; return True
+    when that wrote file data (a copy), False when it wrote only metadata (a reflink, a
+    symlink, ...), which the filesystem's journal keeps in order with what follows.
 
     Regular files are reflinked where the filesystem can, else copied keeping
     holes; then owner, mode, xattrs (ACLs, capabilities) and times are set and,
@@ -241,8 +248,9 @@ def materialize(
     """
     st = st or os.lstat(source)
     mode = st.st_mode
+    copied = False
     if stat.S_ISREG(mode):
-        _copy_file(source, dest)
+        copied = _copy_file(source, dest)
     elif stat.S_ISLNK(mode):
         os.symlink(os.readlink(source), dest)
     elif stat.S_ISFIFO(mode):
@@ -256,17 +264,21 @@ def materialize(
     apply_metadata(source, dest, st)
     if durable and stat.S_ISREG(mode):
         fsync_path(dest)
+    return copied
 
 
-def _copy_file(source: Path, dest: Path) -> None:
+def _copy_file(source: Path, dest: Path) -> bool:
+    """Reflink, else copy, `source` to the new file `dest`; True when it copied."""
     src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
     try:
         dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             try:
                 fcntl.ioctl(dst, FICLONE, src)
+                return False
             except OSError:
                 _sparse_copy(src, dst)
+                return True
         finally:
             os.close(dst)
     finally:

@@ -37,7 +37,8 @@ def main(args):
     else:
         victim = "tree/f010" if HOW == "unneeded" else "tree/f050"
         with open(index[: -len(".index")], "r+b") as f:
-            f.seek(start_of(index, victim) + 2048)  # inside the member's data
+            # in the member's data (f010's 1 MB: deep in, a chunk no other member shares)
+            f.seek(start_of(index, victim) + (500_000 if victim == "tree/f010" else 2048))
             byte = f.read(1)
             f.seek(-1, 1)
             f.write(bytes([byte[0] ^ 0xFF]))
@@ -49,7 +50,7 @@ def _box(sbx: Sandbox, how: str) -> None:
     tree = sbx.data / "tree"
     tree.mkdir()
     for i in range(100):
-        (tree / f"f{i:03d}").write_bytes(os.urandom(100_000))
+        (tree / f"f{i:03d}").write_bytes(os.urandom(1_000_000 if i == 10 else 100_000))
     for name in ("new\nline", "back\\slash", "ünï", "a -> b", os.fsdecode(b"bad\xff")):
         (tree / name).write_bytes(os.urandom(3000))
     body = DAMAGE.format(data=str(sbx.data), how=how, state=str(sbx.state))
