@@ -244,9 +244,9 @@ def fork_child(body: Callable[[], int], name: str, keep_fds: Sequence[int]) -> F
             os.chdir("/")
             with open("/proc/self/comm", "w") as comm:
                 comm.write(name)
-            status = body()
-        except BaseException:
-            traceback.print_exc()
+            status = int(body())
+        except BaseException:  # to fd 2 itself: sys.stderr may be the parent's wrapper
+            os.write(2, traceback.format_exc().encode(errors="replace"))
         finally:
             os._exit(status)
     for fd in (stdin_r, stdout_w, stderr_w):

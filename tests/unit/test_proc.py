@@ -1,10 +1,14 @@
-"""The one subprocess chokepoint: a two-command pipe with no shell and no file."""
+"""The one subprocess chokepoint: a two-command pipe with no shell and no file, and a
+child forked to run a function."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
-from hs_txupdate.base.proc import CommandError, run_pipe
+from hs_txupdate.base.proc import CommandError, fork_child, run_pipe, wait_exit
 
 
 def test_a_pipe_returns_what_its_second_command_wrote() -> None:
@@ -28,3 +32,40 @@ def test_a_missing_command_says_how_to_install_it() -> None:
     with pytest.raises(CommandError) as caught:
         run_pipe(["true"], ["no-such-command-hs-tx"])
     assert "command not found: no-such-command-hs-tx" in caught.value.message
+
+
+def test_a_forked_child_talks_through_its_pipes_and_exits_with_what_it_returns() -> None:
+    def echo() -> int:
+        data = os.read(0, 100)
+        os.write(1, data.upper())
+        return 7
+
+    child = fork_child(echo, "hs-tx-test", ())
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(b"hello")
+    child.stdin.close()
+    assert child.stdout.read() == b"HELLO"
+    assert wait_exit(child, 10) == 7
+    child.stdout.close()
+
+
+def test_a_forked_child_that_raises_exits_1_with_its_traceback_and_keeps_only_its_fds() -> None:
+    kept_r, kept_w = os.pipe()
+    other_r, other_w = os.pipe()
+
+    def check() -> int:
+        os.write(kept_w, b"kept")
+        os.fstat(other_w)  # closed in the child: raises
+        return 0
+
+    child = fork_child(check, "hs-tx-test", (kept_w,))
+    assert wait_exit(child, 10) == 1
+    assert child.stderr is not None and b"Bad file descriptor" in child.stderr.read()
+    assert os.read(kept_r, 10) == b"kept"
+    waiting = fork_child(lambda: len(os.read(0, 1)), "hs-tx-test", ())
+    with pytest.raises(subprocess.TimeoutExpired):
+        wait_exit(waiting, 0.1)
+    waiting.kill()
+    assert wait_exit(waiting, 10) == -9
+    for fd in (kept_r, kept_w, other_r, other_w):
+        os.close(fd)
