@@ -69,6 +69,7 @@ def restore(
     state = _RestoreState(disposable=disposable)
     work = _plan(live, reference, changes)
     what = f"restoring {live}"
+    unsynced: list[str] = []  # the last batch of entries: in place, made durable below
     for start in range(0, len(work), batch_size):
         chunk = work[start : start + batch_size]
         rels = [rel for _, rel in chunk]
@@ -77,8 +78,14 @@ def restore(
             activity.tick(what, n, len(work))
             _apply(action, rel, live, reference, state)
         _put_in_place(live, state)
-        _announce(announce, "done", rels)
+        if start + batch_size < len(work):
+            _sync(live)
+            _announce(announce, "done", rels)
+        else:
+            unsynced = rels
     activity.end()
+    # the directories' times last (putting entries back changed them); the first batch
+    # of them shares its sync with the last batch of entries
     fix = sorted(state.dirs_to_fix, key=lambda r: (-r.count("/"), r))
     for start in range(0, len(fix), batch_size):
         dirs = fix[start : start + batch_size]
@@ -89,7 +96,13 @@ def restore(
             if os.path.isdir(target) and not os.path.islink(target):
                 apply_metadata(join(reference, rel), target, state.dir_stats.get(rel))
         _sync(live)
-        _announce(announce, "done", rels)
+        for done in (unsynced, rels):
+            if done:
+                _announce(announce, "done", done)
+        unsynced = []
+    if unsynced:
+        _sync(live)
+        _announce(announce, "done", unsynced)
 
 
 def refuse_links_above(live: Path) -> None:
@@ -210,10 +223,10 @@ def _parent_touched(rel: str, state: _RestoreState) -> None:
 
 
 def _put_in_place(live: Path, state: _RestoreState) -> None:
-    """Make the entries a batch built durable, rename each into place, and make the
-    renames durable: two syncfs of the filesystem instead of an fsync per file and
-    directory, and still every entry is either old or new after a crash (nothing is
-    renamed into place before all it holds is on disk). The first is left out when
+    """Make the entries a batch built durable and rename each into place (the caller
+    makes the renames durable): a syncfs of the filesystem instead of an fsync per
+    file, and still every entry is either old or new after a crash (nothing is
+    renamed into place before all it holds is on disk). The sync is left out when
     the batch wrote no file data (reflinks and metadata alone): the filesystem's
     journal then commits each entry no later than the rename that names it."""
     if state.data_written:
@@ -227,7 +240,6 @@ def _put_in_place(live: Path, state: _RestoreState) -> None:
         placed[tmp] = target
     state.renames.clear()
     state.linked = {key: placed.get(path, path) for key, path in state.linked.items()}
-    _sync(live)
 
 
 def _sync(live: Path) -> None:
