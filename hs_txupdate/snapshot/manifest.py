@@ -144,18 +144,18 @@ def diff(live: Path, manifest: Manifest | None) -> Changes:
         recorded = manifest.entries.get(rel)
         if recorded is None:
             changes.extra.append(rel)
-        elif not _unchanged(join(live, rel), st, recorded):
+        elif not _unchanged(live, rel, st, recorded):
             changes.changed.append(rel)
     changes.missing.extend(rel for rel in manifest.entries if rel not in seen)
     return changes
 
 
-def _unchanged(path: Path, st: os.stat_result, recorded: Entry) -> bool:
+def _unchanged(live: Path, rel: str, st: os.stat_result, recorded: Entry) -> bool:
     kind, ino, ctime_ns, fp, _nlink = recorded
     if entry_type(st) != kind:
         return False
-    if fp is not None:
-        return fingerprint(path, st) == fp
+    if fp is not None:  # the path is built only here: for every entry it costs a third
+        return fingerprint(join(live, rel), st) == fp
     return st.st_ino == ino and st.st_ctime_ns == ctime_ns
 
 
