@@ -220,12 +220,11 @@ def restore_path(
         return 0
     if info.backend == "sqlite" and manifest is not None:
         return _restore_database(config, journal, tx_id, info, phase)
-    batches = 0
+    batches: dict[str, int] = {}  # a batch's first entry -> its number (one may overlap the next)
 
     def announce(status: str, rels: list[str]) -> None:
-        nonlocal batches
-        batches += status == Status.INTENT
-        detail = {"n": info.n, "batch": batches, "entries": len(rels), "first": rels[0]}
+        number = batches.setdefault(rels[0], len(batches) + 1)
+        detail = {"n": info.n, "batch": number, "entries": len(rels), "first": rels[0]}
         journal.event(tx_id, phase, Step.RESTORE_BATCH, Status(status), detail)
 
     detail = {"n": info.n, "path": info.path, "entries": changes.count}
