@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import stat
 from collections.abc import Callable
@@ -30,7 +31,6 @@ class _RestoreState:
     linked: dict[tuple[int, int], Path] = field(default_factory=dict)
     dirs_to_fix: set[str] = field(default_factory=set)
     renames: list[tuple[Path, Path]] = field(default_factory=list)  # built, not yet in place
-    counter: int = 0
     disposable: bool = False  # the reference's entries may be moved into place
     data_written: bool = False  # a built entry's data may not be on disk yet
     # a disposable reference's dirs as they were before an entry was moved out of them
@@ -186,8 +186,7 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
             _parent_touched(rel, state)
         state.dirs_to_fix.add(rel)
         return
-    tmp = target.with_name(f"{TMP_PREFIX}{os.getpid()}-{state.counter}")
-    state.counter += 1
+    tmp = _temp_name(target)
     key = (st.st_dev, st.st_ino)
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in state.linked:
         os.link(state.linked[key], tmp)
@@ -200,6 +199,16 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
             state.linked[key] = tmp
     state.renames.append((tmp, target))
     _parent_touched(rel, state)
+
+
+def _temp_name(target: Path) -> Path:
+    """The temp name `target` is built under, beside it: the same in every attempt,
+    so one a crash left (a batch built, not yet renamed) is replaced, not left over."""
+    digest = hashlib.sha256(os.fsencode(target.name)).hexdigest()
+    tmp = target.with_name(f"{TMP_PREFIX}{digest}")
+    if os.path.lexists(tmp):
+        remove_entry(tmp)
+    return tmp
 
 
 def _build(source: Path, tmp: Path, st: os.stat_result, disposable: bool) -> bool:

@@ -10,6 +10,8 @@ import pytest
 
 from hs_txupdate.base.errors import DamagedError, ScopeError
 from hs_txupdate.core.scope import fold
+from hs_txupdate.snapshot import restore as restore_module
+from hs_txupdate.snapshot.entries import TMP_PREFIX
 from hs_txupdate.snapshot.manifest import (
     CTIME_MARGIN_NS,
     Manifest,
@@ -191,3 +193,31 @@ def test_a_snapshot_tree_unlike_its_manifest_is_never_read(tmp_path: Path) -> No
     with pytest.raises(DamagedError, match="through a link"):
         check_reference(snap, manifest, ["conf/app.conf"])
     check_reference(live, manifest, None)
+
+
+def test_a_restore_cut_off_before_its_renames_leaves_no_temp_files_once_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after a batch was built and before it was renamed into place leaves its
+    temp files; running the restore again (as recovery does) replaces them."""
+    reference, live = tmp_path / "ref", tmp_path / "live"
+    for tree in (reference, live):
+        populate(tree)
+    for rel in ("same.txt", "other.txt", "sub/deep/f"):
+        (live / rel).write_text("changed by the run")
+    changes = diff(live, build_manifest(reference))
+
+    def crash(*_: object) -> None:
+        raise KeyboardInterrupt("cut off")
+
+    monkeypatch.setattr(restore_module, "_put_in_place", crash)
+    with pytest.raises(KeyboardInterrupt):
+        restore_module.restore(live, reference, changes)
+    temps = [p for p in live.rglob("*") if p.name.startswith(TMP_PREFIX)]
+    assert len(temps) == 4, "the batch was built (every file and the link: other inodes)"
+    monkeypatch.undo()
+    restore_module.restore(live, reference, diff(live, build_manifest(reference)))
+
+    assert not [p for p in live.rglob("*") if p.name.startswith(TMP_PREFIX)]
+    for rel in ("same.txt", "other.txt", "sub/deep/f"):
+        assert (live / rel).read_bytes() == (reference / rel).read_bytes()
