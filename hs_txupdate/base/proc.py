@@ -210,10 +210,20 @@ class Forked:
     def wait(self, timeout: float | None = None) -> int:
         """Reap the child and return its exit status, waiting at most `timeout` s
         (None: as long as it takes). Raises subprocess.TimeoutExpired."""
-        if self.returncode is None:
-            if timeout is not None and not _exits_within(self.pid, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                break
+            assert deadline is not None and timeout is not None
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise subprocess.TimeoutExpired(self.args, timeout)
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            try:
+                _exits_within(self.pid, left)
+            except OSError:  # a kernel without pidfds
+                time.sleep(min(left, 0.01))
         return self.returncode
 
     def kill(self) -> None:
