@@ -6,6 +6,7 @@ Module workers, which stream output and have timeouts, are started by
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import select
@@ -210,20 +211,17 @@ class Forked:
     def wait(self, timeout: float | None = None) -> int:
         """Reap the child and return its exit status, waiting at most `timeout` s
         (None: as long as it takes). Raises subprocess.TimeoutExpired."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.returncode is None:
-            pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+        if self.returncode is None and timeout is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        deadline = time.monotonic() + (timeout or 0.0)
+        while self.returncode is None:  # wait_exit wakes at the exit itself (a pidfd)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
-                break
-            assert deadline is not None and timeout is not None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise subprocess.TimeoutExpired(self.args, timeout)
-            try:
-                _exits_within(self.pid, left)
-            except OSError:  # a kernel without pidfds
-                time.sleep(min(left, 0.01))
+            elif time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            else:
+                time.sleep(0.005)
         return self.returncode
 
     def kill(self) -> None:
@@ -328,11 +326,13 @@ def run_watched(
     """
     args = tuple(str(a) for a in argv)
     # files, not pipes: a chatty command never blocks on one
-    with tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as out:
+    with contextlib.ExitStack() as files:
+        err = files.enter_context(tempfile.TemporaryFile())
+        out = files.enter_context(tempfile.TemporaryFile()) if keep_stdout else None
         try:
             proc = subprocess.Popen(
                 args,
-                stdout=out if keep_stdout else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if out is None else out,
                 stderr=err,
                 env=child_env(env),
                 start_new_session=True,
@@ -342,8 +342,10 @@ def run_watched(
         stopped = _watch(proc, timeout, watch, interval)
         err.seek(0)
         stderr = err.read(64 << 10).decode(errors="replace")
-        out.seek(0)
-        stdout = out.read().decode(errors="replace")
+        stdout = ""
+        if out is not None:
+            out.seek(0)
+            stdout = out.read().decode(errors="replace")
     if stopped is not None:
         raise CommandError(f"{args[0]} stopped: {stopped}", f"command was: {' '.join(args)}")
     if proc.returncode != 0:

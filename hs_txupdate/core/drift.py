@@ -59,12 +59,11 @@ def fingerprint_now(
         return fingerprint_of(Path(path), changes_in(info, scope_path))
     if not recorded.startswith(DIFF):
         return tree_fingerprint(Path(path))
-    base_tx = int(recorded.split(":")[1])
-    base = _base_path(journal, base_tx, path)
+    base = _base_path(journal, recorded, path)
     if base is None:
         return None
     try:
-        return _diff_fingerprint(base_tx, Path(path), path_changes(journal, base))
+        return _diff_now(journal, base)
     except DamagedError:
         return None
 
@@ -80,27 +79,37 @@ def restored_fingerprint(journal: Journal, info: PathInfo, last: str) -> str | N
         if snapshot_fingerprint(journal, info) != last:
             return None
         return tree_fingerprint(Path(info.path))
-    base_tx = int(last.split(":")[1])
-    base = _base_path(journal, base_tx, info.path)
-    if base is None or info.fingerprint_before != IN_SNAPSHOT or _rel(base) != _rel(info):
+    base = _base_path(journal, last, info.path)
+    if base is None or info.fingerprint_before != IN_SNAPSHOT or _rel(base[1]) != _rel(info):
         return None
     target, backend = target_of(journal, 0, info.n, Path(info.path)), BtrfsBackend()
     try:
-        since = backend.changes_between(target, captured_of(base), captured_of(info))
-        if _diff_fingerprint(base_tx, backend.check(target, captured_of(info)), since) != last:
+        since = backend.changes_between(target, captured_of(base[1]), captured_of(info))
+        # the snapshots were checked: the tree as this run's snapshot holds it
+        tree = backend.manifest_root(target, captured_of(info))
+        if _diff_fingerprint(base[0], tree, since) != last:
             return None
-        return _diff_fingerprint(base_tx, Path(info.path), path_changes(journal, base))
+        return _diff_now(journal, base)
     except (DamagedError, CommandError):
         return None
 
 
-def _base_path(journal: Journal, tx: int, path: str) -> PathInfo | None:
-    """Transaction `tx`'s scope path `path` (one that existed), while its snapshots
-    are kept."""
+def _base_path(journal: Journal, fingerprint: str, path: str) -> tuple[int, PathInfo] | None:
+    """(the transaction a `diff:TX:` fingerprint is read against, its scope path `path`)
+    while that path existed and its snapshots are kept; else None."""
+    tx = int(fingerprint.split(":")[1])
     info = journal.transaction(tx)
     if info is None or info.snapshots_pruned_at is not None:
         return None
-    return next((p for p in info.paths if p.path == path and p.existed), None)
+    found = next((p for p in info.paths if p.path == path and p.existed), None)
+    return None if found is None else (tx, found)
+
+
+def _diff_now(journal: Journal, base: tuple[int, PathInfo]) -> str:
+    """The `diff:` fingerprint of the live path against the base snapshot `base`.
+    Raises CommandError, DamagedError, OSError."""
+    tx, info = base
+    return _diff_fingerprint(tx, Path(info.path), path_changes(journal, info))
 
 
 def _rel(info: PathInfo) -> str | None:

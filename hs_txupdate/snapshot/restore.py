@@ -96,10 +96,10 @@ def restore(
             if os.path.isdir(target) and not os.path.islink(target):
                 apply_metadata(join(reference, rel), target, state.dir_stats.get(rel))
         _sync(live)
-        for done in (unsynced, rels):
-            if done:
-                _announce(announce, "done", done)
-        unsynced = []
+        if unsynced:
+            _announce(announce, "done", unsynced)
+            unsynced = []
+        _announce(announce, "done", rels)
     if unsynced:
         _sync(live)
         _announce(announce, "done", unsynced)
