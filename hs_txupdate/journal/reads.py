@@ -42,6 +42,16 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 Malformed = list[DamagedError] | None
 _Info = TypeVar("_Info")
 _RUNNING = tuple(str(s) for s in RUNNING_STATES)
+_BATCH = 500  # ids per IN list, well below SQLite's limit of bound parameters
+# the child records of a transaction read in full: table -> (record, order within it)
+_CHILDREN: dict[str, tuple[type[Any], str]] = {
+    "paths": (PathInfo, "n"),
+    "outside_scope": (OutsideInfo, "path"),
+    "run_changes": (RunChangeInfo, "path"),
+    "module_runs": (ModuleRunInfo, "id"),
+}
+_EVENT_COLUMNS = ("seq", "phase", "step", "status", "at", "detail")
+_FULL = (*_CHILDREN, "events")
 
 
 def marks(values: Iterable[object]) -> str:
@@ -162,23 +172,8 @@ class JournalReads:
         """
         if not 0 < tx_id <= MAX_ID:
             return None  # SQLite ids are positive 64-bit integers
-        with self._read():
-            rows = self._tx_rows("id = ?", (tx_id,), "id", None)
-            if not rows:
-                return None
-            info = tx_info(rows[0], self._undone_by([tx_id]).get(tx_id))
-            every = self._records(PathInfo, "paths", "tx_id = ?", (tx_id,), "n")
-            info.paths = [p for p in every if p.role != POINT]
-            info.points = [p for p in every if p.role == POINT]
-            info.outside = self._records(
-                OutsideInfo, "outside_scope", "tx_id = ?", (tx_id,), "path"
-            )
-            info.run_changes = self._records(
-                RunChangeInfo, "run_changes", "tx_id = ?", (tx_id,), "path"
-            )
-            info.modules = self._records(ModuleRunInfo, "module_runs", "tx_id = ?", (tx_id,), "id")
-            info.events = self._events(tx_id)
-        return info
+        found = self._each([tx_id])
+        return found[0] if found else None
 
     def kept_snapshots(self) -> tuple[list[tuple[int, str, str | None, str | None]], set[int]]:
         """What the journal still relies on: (row id, backend, snapshot ref, manifest) of every
@@ -207,19 +202,22 @@ class JournalReads:
         return self._each(self._ids(where, (State.ROLLBACK_FAILED, Step.ACCEPT_CURRENT)))
 
     def committed_with_snapshots(self, malformed: Malformed = None) -> list[TxInfo]:
-        """Committed transactions whose snapshots are still kept, newest first, with paths.
+        """Committed transactions whose snapshots are still kept, newest first, with
+        their paths only (no events or module runs).
 
-        A transaction with a malformed row is left out and its error added to
-        `malformed`; without that list, MalformedRowError is raised."""
+        A transaction with a malformed row among those is left out and its error added
+        to `malformed`; without that list, MalformedRowError is raised."""
         where = "state = ? AND snapshots_pruned_at IS NULL"
-        return self._each(self._ids(where, (State.COMMITTED,), "id DESC"), malformed)
+        ids = self._ids(where, (State.COMMITTED,), "id DESC")
+        return self._each(ids, malformed, ["paths"])
 
     def final_with_snapshots(self, malformed: Malformed = None) -> list[TxInfo]:
         """Rolled-back or aborted transactions whose snapshots were never deleted
-        (hs-tx stopped between the final state and the deletion), with paths; a
-        malformed one is handled as in `committed_with_snapshots`."""
+        (hs-tx stopped between the final state and the deletion), with their paths
+        only; a malformed one is handled as in `committed_with_snapshots`."""
         where = "state IN (?, ?) AND snapshots_pruned_at IS NULL"
-        return self._each(self._ids(where, (State.ROLLED_BACK, State.ABORTED)), malformed)
+        ids = self._ids(where, (State.ROLLED_BACK, State.ABORTED))
+        return self._each(ids, malformed, ["paths"])
 
     def last_module_runs(self) -> dict[str, LastRunInfo]:
         """For every module that ever ran: its newest run (main or maintenance), by name."""
@@ -288,29 +286,6 @@ class JournalReads:
         cursor.row_factory = sqlite3.Row
         return cursor.fetchall()
 
-    def _events(self, tx_id: int) -> list[EventInfo]:
-        rows = self._query(
-            "SELECT id, seq, phase, step, status, at, detail FROM events"
-            " WHERE tx_id = ? ORDER BY seq",
-            (tx_id,),
-        )
-        return [
-            checked(
-                EventInfo,
-                {
-                    "seq": seq,
-                    "phase": phase,
-                    "step": step,
-                    "status": status,
-                    "at": at,
-                    "detail": loads(detail, "events", row_id),
-                },
-                "events",
-                row_id,
-            )
-            for row_id, seq, phase, step, status, at, detail in rows
-        ]
-
     def _fingerprints(
         self, where: str, params: tuple[object, ...]
     ) -> list[tuple[int, str, str | None]]:
@@ -343,21 +318,70 @@ class JournalReads:
 
         return {i: u for i in ids if (u := live(i)) is not None}
 
-    def _each(self, ids: list[int], malformed: Malformed = None) -> list[TxInfo]:
-        """The transactions `ids` in full; a malformed one goes to `malformed`, or
-        raises MalformedRowError without that list."""
+    def _each(
+        self, ids: list[int], malformed: Malformed = None, tables: Iterable[str] = _FULL
+    ) -> list[TxInfo]:
+        """The transactions `ids` in that order (unknown ids left out) with the child
+        rows of `tables` (of _CHILDREN and "events"; by default all), read with one
+        query per table for each batch of ids. A transaction with a malformed row among
+        those goes to `malformed`, or raises MalformedRowError without that list."""
+        out: list[TxInfo] = []
+        for start in range(0, len(ids), _BATCH):
+            out += self._batch(ids[start : start + _BATCH], malformed, set(tables))
+        return out
+
+    def _batch(self, ids: list[int], malformed: Malformed, tables: set[str]) -> list[TxInfo]:
+        """See `_each`: at most _BATCH ids."""
+        where = f"tx_id IN ({marks(ids)})"
+        with self._read():
+            tx_rows = self._tx_rows(f"id IN ({marks(ids)})", tuple(ids), "id", None)
+            rows = {r["id"]: r for r in tx_rows}
+            undone = self._undone_by(ids)
+            children = {
+                table: (cls, self._rows_by_tx(table, columns(cls), where, ids, order))
+                for table, (cls, order) in _CHILDREN.items()
+                if table in tables
+            }
+            events = {}
+            if "events" in tables:
+                events = self._rows_by_tx("events", _EVENT_COLUMNS, where, ids, "seq")
         out = []
         for tx_id in ids:
+            if tx_id not in rows:
+                continue
             try:
-                info = self.transaction(tx_id)
+                info = tx_info(rows[tx_id], undone.get(tx_id))
+                mine = {
+                    table: [from_row(cls, row, table) for row in grouped.get(tx_id, [])]
+                    for table, (cls, grouped) in children.items()
+                }
+                every: list[PathInfo] = mine.get("paths", [])
+                info.paths = [p for p in every if p.role != POINT]
+                info.points = [p for p in every if p.role == POINT]
+                info.outside = mine.get("outside_scope", [])
+                info.run_changes = mine.get("run_changes", [])
+                info.modules = mine.get("module_runs", [])
+                info.events = [_event(row) for row in events.get(tx_id, [])]
             except MalformedRowError as exc:
                 if malformed is None:
                     raise
                 malformed.append(exc)
                 continue
-            if info is not None:
-                out.append(info)
+            out.append(info)
         return out
+
+    def _rows_by_tx(
+        self, table: str, names: Iterable[str], where: str, ids: list[int], order: str
+    ) -> dict[int, list[sqlite3.Row]]:
+        """The rows (`id`, `names`) of `table` matching `where`, by transaction, each
+        transaction's in `order`."""
+        query = f"SELECT tx_id, {', '.join(('id', *names))} FROM {table} WHERE {where}"
+        cursor = self._query(f"{query} ORDER BY tx_id, {order}", ids)
+        cursor.row_factory = sqlite3.Row
+        grouped: dict[int, list[sqlite3.Row]] = {}
+        for row in cursor:
+            grouped.setdefault(row["tx_id"], []).append(row)
+        return grouped
 
     def _module_runs_from(
         self, low: int
@@ -379,3 +403,11 @@ class JournalReads:
             except MalformedRowError as exc:
                 bad.setdefault(row["tx_id"], exc)
         return runs, bad
+
+
+def _event(row: sqlite3.Row) -> EventInfo:
+    """An EventInfo from an events row read with its id and `_EVENT_COLUMNS`.
+    Raises MalformedRowError."""
+    values = {name: row[name] for name in _EVENT_COLUMNS}
+    values["detail"] = loads(row["detail"], "events", row["id"])
+    return checked(EventInfo, values, "events", row["id"])

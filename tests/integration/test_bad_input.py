@@ -27,21 +27,21 @@ def test_a_malformed_row_of_an_old_transaction_does_not_block_an_update(
     sbx.writer_module()
     assert sbx.hs_tx("update").returncode == 0
     with closing(sqlite3.connect(sbx.state / "journal.db")) as db:
-        event = db.execute("SELECT min(id) FROM events WHERE tx_id = 1").fetchone()[0]
-        db.execute("UPDATE events SET detail = '{' WHERE id = ?", (event,))
+        row = db.execute("SELECT min(id) FROM paths WHERE tx_id = 1").fetchone()[0]
+        db.execute("UPDATE paths SET path = 'not/absolute' WHERE id = ?", (row,))
         db.commit()
     (sbx.data / "f").write_text("before")
 
     result = sbx.hs_tx("update")
 
     assert result.returncode == 0, result.stderr
-    assert f"journal row events #{event} is malformed" in result.stderr
+    assert f"journal row paths #{row} is malformed" in result.stderr
     assert (sbx.data / "f").read_text() == "after"
     assert sbx.tx_dir(1).is_dir(), "its snapshots are left alone, not pruned"
     history = sbx.hs_tx("history")
-    assert history.returncode == 0  # the row is an event: history does not read it
+    assert history.returncode == 0  # the row is a path's: history does not read it
     show = sbx.hs_tx("show", "1")
-    assert show.returncode == 3 and f"events #{event}" in show.stderr
+    assert show.returncode == 3 and f"paths #{row}" in show.stderr
     assert "Traceback" not in show.stderr + result.stderr
 
 
