@@ -1,7 +1,7 @@
 """hs-tx: transactional updates for HOMESERVER-style update modules.
 
 Kept import-free on purpose: module workers import this package, and they must
-stay lean (no SQLAlchemy, GitPython or pyroute2 in a worker process).
+stay lean (no SQLAlchemy or pyroute2 in a worker process).
 """
 
 __version__ = "0.1.0"

@@ -136,6 +136,22 @@ def spawn_detached(argv: Sequence[str]) -> None:
         raise CommandError(f"{argv[0]} could not be started: {exc}", "") from exc
 
 
+def start_coprocess(argv: Sequence[str]) -> subprocess.Popen[bytes]:
+    """Start `argv` with pipes to its stdin and from its stdout (stderr discarded): a
+    helper that answers requests for as long as hs-tx keeps it. Raises CommandError
+    when it cannot be started."""
+    try:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=child_env(),
+        )
+    except OSError as exc:
+        raise CommandError(f"{argv[0]} could not be started: {exc}", "") from exc
+
+
 def run_pipe(first: Sequence[str], second: Sequence[str], *, timeout: float = 300) -> Result:
     """Run `first | second` (argument lists, no shell, nothing written to disk) and return
     the Result of `second`, its stdout as text.

@@ -81,7 +81,7 @@ def _source_versions(config: Config, names: list[str]) -> dict[str, str]:
     repo = open_existing(config.state_dir / "source")
     if repo is None:
         return {}
-    with repo:  # closes GitPython's cat-file processes
+    with repo:  # ends the clone's cat-file process
         state = fetched_state(repo, config.source.url, config.source.branch)
         if state is None:
             return {}

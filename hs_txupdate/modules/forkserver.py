@@ -4,7 +4,7 @@ the worker for each (what an update with many modules mostly paid for).
 
 `ForkServer` (the orchestrator's side) starts `python -m hs_txupdate.modules.forkserver
 FD` on the module runtime's interpreter; it imports only what the worker needs (no
-SQLAlchemy, GitPython or pyroute2, nor `random`, whose state the workers would share).
+SQLAlchemy or pyroute2, nor `random`, whose state the workers would share).
 Over a socket pair (SOCK_SEQPACKET) each request is one JSON message with the worker's
 descriptors attached (SCM_RIGHTS): its output pipe, its result pipe and its channel's
 two pipes. The server forks; the child starts a session, takes the output pipe as its

@@ -5,7 +5,7 @@ Started by `hs_txupdate.modules.runner` as
 MODE being `main` (default: call `main(args)` of `index.py`) or `maintenance`
 (build the `*Maintenance` class of `maintenance.py` with the module's
 index.json and call its `run_maintenance()`).
-It imports nothing heavy (no SQLAlchemy, GitPython or pyroute2), so starting
+It imports nothing heavy (no SQLAlchemy or pyroute2), so starting
 a module costs milliseconds. The outcome goes to RESULT_FD as one JSON object
 `{"outcome": "success" | "again" | "failed", "error": str}`; the module's
 output goes to stdout/stderr, which the parent streams and journals.

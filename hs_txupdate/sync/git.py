@@ -1,7 +1,8 @@
 """The git source: one bare clone in `state_dir/source`, fetched into on every run.
 
-Reading happens from commit objects (no work tree), so nothing on disk but the
-clone's objects and refs changes before the transaction snapshots its scope.
+Reading happens from commit objects (no work tree, see objects.py), so nothing on
+disk but the clone's objects and refs changes before the transaction snapshots its
+scope.
 """
 
 from __future__ import annotations
@@ -15,13 +16,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import git
 
 from ..base.errors import HsTxError, UsageError
 from ..base.fsio import fsync_dir, write_new
-from ..base.proc import GIT_ENV_VARS, CommandError, run, run_watched
+from ..base.proc import CommandError, run, run_watched
+from .objects import Entry, ObjectReader
 
 _CLONE_CONFIG = b"[core]\n\trepositoryformatversion = 0\n\tbare = true\n"
 # No prompt may ever wait for a person: hs-tx runs from a timer over SSH.
@@ -44,32 +43,25 @@ class SourceError(HsTxError):
 
 @dataclass(frozen=True)
 class SourceState:
-    """The fetched source: its commit and a handle to read files from it."""
+    """The fetched source: its commit and the reader of the clone's objects."""
 
     commit: str
-    repo: git.Repo
+    objects: ObjectReader
 
-    def tree(self) -> git.Tree:
-        """The commit's root tree."""
-        return self.repo.commit(self.commit).tree
-
-
-def _scrub_environment() -> None:
-    """GitPython passes os.environ on to git: drop what would redirect it."""
-    for name in GIT_ENV_VARS:
-        os.environ.pop(name, None)
+    @property
+    def git_dir(self) -> Path:
+        return self.objects.git_dir
 
 
-def open_clone(clone_dir: Path, url: str) -> git.Repo:
+def open_clone(clone_dir: Path, url: str) -> ObjectReader:
     """Open (creating it bare, 0700, if missing) the one clone, its local settings
     reset to hs-tx's own (see `_reset_local_settings`) with origin at `url`."""
-    _scrub_environment()
     if not (clone_dir / "HEAD").exists():
         clone_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        git.Repo.init(clone_dir, bare=True).close()
+        run(["git", "init", "--bare", "--quiet", str(clone_dir)])
         fsync_dir(clone_dir.parent)
     _reset_local_settings(clone_dir, url)
-    return git.Repo(clone_dir)
+    return ObjectReader(clone_dir)
 
 
 def _reset_local_settings(clone_dir: Path, url: str) -> None:
@@ -90,34 +82,29 @@ def _reset_local_settings(clone_dir: Path, url: str) -> None:
     fsync_dir(clone_dir)
 
 
-def open_existing(clone_dir: Path) -> git.Repo | None:
+def open_existing(clone_dir: Path) -> ObjectReader | None:
     """Open the clone read-only as it is; None when there is none (never creates one).
 
     For read-only views such as `hs-tx modules list`: nothing is fetched or written.
     """
-    _scrub_environment()
     if not (clone_dir / "HEAD").is_file():
         return None
-    try:
-        return git.Repo(clone_dir)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        return None
+    return ObjectReader(clone_dir)
 
 
-def fetched_state(repo: git.Repo, url: str, branch: str) -> SourceState | None:
+def fetched_state(objects: ObjectReader, url: str, branch: str) -> SourceState | None:
     """What the last fetch of `branch` from `url` left in the clone, or None.
 
     None when origin points elsewhere (the clone then holds another source's
-    commits, which would mislead) or `branch` was never fetched.
+    commits, which would mislead) or `branch` was never fetched. Raises CommandError
+    when the clone cannot be read.
     """
-    origin = next((r for r in repo.remotes if r.name == "origin"), None)
-    if origin is None or origin.url != url:
+    config = ["git", "config", "--file", str(objects.git_dir / "config")]
+    origin = run([*config, "--get", "remote.origin.url"], check=False)
+    if origin.returncode != 0 or origin.stdout.rstrip("\n") != url:
         return None
-    try:
-        commit = repo.rev_parse(REMOTE_REF.format(branch=branch)).hexsha
-    except (git.BadName, ValueError):
-        return None
-    return SourceState(commit, repo)
+    commit = objects.resolve(REMOTE_REF.format(branch=branch))
+    return SourceState(commit, objects) if commit is not None else None
 
 
 def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: int) -> SourceState:
@@ -130,7 +117,7 @@ def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: i
     reached, has no such branch, or the fetch was stopped or too big (what it
     brought is deleted; no ref moved).
     """
-    repo = open_clone(clone_dir, url)
+    objects = open_clone(clone_dir, url)
     packs = clone_dir / "objects" / "pack"
     before = _pack_sizes(packs)
 
@@ -151,7 +138,9 @@ def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: i
         run_watched(argv, timeout=timeout_s, watch=too_big, env=QUIET_ENV)
         if (why := too_big()) is not None:  # a fast fetch can end between two looks
             raise CommandError(f"git stopped: {why}", "")
-        commit = repo.rev_parse(INCOMING_REF).hexsha
+        commit = objects.resolve(INCOMING_REF)
+        if commit is None:
+            raise CommandError(f"git fetch left no {INCOMING_REF}", "")
         run([*git_dir, "update-ref", REMOTE_REF.format(branch=branch), commit])
     except BaseException as exc:  # stopped, failed or interrupted: keep nothing it brought
         _drop_new_packs(packs, before)
@@ -165,7 +154,7 @@ def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: i
         run([*git_dir, "update-ref", "-d", INCOMING_REF], check=False)
     if len([n for n in _pack_sizes(packs) if n.endswith(".pack")]) > MAX_PACKS:
         run([*git_dir, "-c", "core.hooksPath=/dev/null", "repack", "-a", "-d", "-q"], timeout=None)
-    return SourceState(commit, repo)
+    return SourceState(commit, objects)
 
 
 def _pack_sizes(packs: Path) -> dict[str, int]:
@@ -211,7 +200,7 @@ def verify_signature(state: SourceState, allowed_signers: Path) -> Signature:
             'point it at git\'s SSH allowed-signers file, or set it to "" to turn the check off',
         )
     config = ["-c", "gpg.format=ssh", "-c", f"gpg.ssh.allowedSignersFile={allowed_signers}"]
-    argv = ["git", "--git-dir", str(state.repo.git_dir), *config, "verify-commit", state.commit]
+    argv = ["git", "--git-dir", str(state.git_dir), *config, "verify-commit", state.commit]
     result = run(argv, check=False, timeout=60)
     said = (result.stderr + result.stdout).strip()
     good = _GOOD.search(said)
@@ -228,26 +217,25 @@ def verify_signature(state: SourceState, allowed_signers: Path) -> Signature:
 
 def commit_age_days(state: SourceState) -> float:
     """How many days ago the fetched commit was made (by its committer date)."""
-    committed = state.repo.commit(state.commit).committed_date
-    return (time.time() - committed) / 86400
+    return (time.time() - state.objects.committed_at(state.commit)) / 86400
 
 
 def is_ancestor(state: SourceState, older: str) -> bool:
     """True when commit `older` is in the fetched commit's history (no rewrite)."""
-    try:
-        state.repo.git.merge_base("--is-ancestor", older, state.commit)
-    except git.GitCommandError:
-        return False
-    return True
+    argv = ["git", "--git-dir", str(state.git_dir), "merge-base", "--is-ancestor"]
+    return run([*argv, older, state.commit], check=False).returncode == 0
 
 
 def read_blob(state: SourceState, path: str) -> bytes | None:
     """The bytes of file `path` in the fetched commit, or None when it is absent.
 
-    Raises BadTreeEntry when a tree on the way holds an entry no checkout could hold.
+    Raises BadTreeEntry when a tree on the way cannot be read as one.
     """
     item = _item(state, path)
-    return item.data_stream.read() if item is not None and item.type == "blob" else None
+    if item is None or item.is_tree or item.is_submodule:
+        return None
+    found = state.objects.read(item.oid)
+    return found.data if found is not None else None
 
 
 def subdirs(state: SourceState, path: str) -> list[str] | None:
@@ -256,10 +244,10 @@ def subdirs(state: SourceState, path: str) -> list[str] | None:
     Raises BadTreeEntry as read_blob does.
     """
     tree = _item(state, path)
-    if tree is None or tree.type != "tree":
+    if tree is None or not tree.is_tree:
         return None
     with _crafted_as_error(path):
-        return sorted(t.name for t in tree.trees)
+        return sorted(e.name for e in state.objects.entries(tree.oid) if e.is_tree)
 
 
 def export_tree(state: SourceState, path: str, dest: Path) -> None:
@@ -272,12 +260,12 @@ def export_tree(state: SourceState, path: str, dest: Path) -> None:
     _mkdir(dest)
     dirs = [dest]
     for item in _walk(state, path):
-        target = dest / (os.path.relpath(item.path, path) if path else item.path)
-        if item.type == "tree":
+        target = dest / item.path
+        if item.is_tree:
             _mkdir(target)
             dirs.append(target)
         else:
-            _write_blob(item, target)
+            _write_blob(state, item, target)
     for directory in reversed(dirs):
         fsync_dir(directory)
 
@@ -291,33 +279,43 @@ def check_tree(state: SourceState, path: str) -> None:
     list(_walk(state, path))
 
 
-def _walk(state: SourceState, path: str) -> Iterator[git.Tree | git.Blob]:
-    """Every tree and blob under `path` (the root for ''), parents first, each name
-    checked. Raises BadTreeEntry, or SourceError for a submodule."""
+def _walk(state: SourceState, path: str) -> Iterator[Entry]:
+    """Every entry under `path` (the root for ''), parents first, each name checked,
+    its path relative to `path`. Raises BadTreeEntry, or SourceError for a submodule."""
     top = _item(state, path)
-    if top is None or top.type != "tree":
+    if top is None or not top.is_tree:
         raise SourceError(f"{path!r} is not a directory in the source", "")
+    pending = [(top.oid, "")]
     with _crafted_as_error(path):
-        for item in top.traverse():
-            assert isinstance(item, git.Tree | git.Blob | git.Submodule)  # no (parent, child)
-            check_entry_name(item.name, str(item.path))
-            if isinstance(item, git.Submodule):
-                raise _submodule(str(item.path))
-            yield item
+        while pending:
+            oid, under = pending.pop()
+            for item in state.objects.entries(oid, under):
+                where = f"{path}/{item.path}" if path else item.path
+                check_entry_name(item.name, where)
+                if item.is_submodule:
+                    raise _submodule(where)
+                yield item
+                if item.is_tree:
+                    pending.append((item.oid, item.path))
 
 
-def _item(state: SourceState, path: str) -> Any:
-    """The tree or blob at `path` of the fetched commit (the root for ''), or None."""
+def _item(state: SourceState, path: str) -> Entry | None:
+    """The entry at `path` of the fetched commit (for '', its root tree), or None."""
     with _crafted_as_error(path):
-        try:
-            return state.tree() / path if path else state.tree()
-        except KeyError:
-            return None
+        item = Entry(0o40000, "", state.objects.commit_tree(state.commit), "")
+        for name in path.split("/") if path else ():
+            if not item.is_tree:
+                return None
+            found = [e for e in state.objects.entries(item.oid) if e.name == name]
+            if not found:
+                return None
+            item = found[0]
+        return item
 
 
 @contextlib.contextmanager
 def _crafted_as_error(path: str) -> Iterator[None]:
-    """Turn GitPython's refusal of a tree entry's name into BadTreeEntry."""
+    """Turn a tree object that cannot be parsed into BadTreeEntry."""
     try:
         yield
     except ValueError as exc:
@@ -357,8 +355,11 @@ def _mkdir(path: Path) -> None:
     os.chmod(path, 0o755)  # whatever hs-tx's own umask is
 
 
-def _write_blob(blob: git.Blob, target: Path) -> None:
-    data = blob.data_stream.read()
+def _write_blob(state: SourceState, blob: Entry, target: Path) -> None:
+    found = state.objects.read(blob.oid)
+    if found is None:
+        raise SourceError(f"the source clone lacks the object of {blob.path}", "fetch again")
+    data = found.data
     if stat.S_ISLNK(blob.mode):
         os.symlink(os.fsdecode(data), target)
         return

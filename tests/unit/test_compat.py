@@ -232,7 +232,7 @@ from updates.utils.module_self_update import (ensure_module_self_updated,
 assert compare_schema_versions("1.0.0", "0.9.0") == 1
 loaded = sorted(
     name for name in sys.modules
-    for root in ("sqlalchemy", "git", "pyroute2", "hs_txupdate")
+    for root in ("sqlalchemy", "pyroute2", "hs_txupdate")
     if name == root or name.startswith(root + ".")
 )
 print(json.dumps(loaded))
