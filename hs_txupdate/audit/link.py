@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from ..base.errors import HsTxError
-from ..base.proc import Forked, fork_child, wait_exit
+from ..base.forking import Forked, fork_child
+from ..base.proc import wait_exit
 
 READER_NAME = "hs-tx-audit"  # the reader's process name (ps, /proc/PID/comm)
 

@@ -7,7 +7,7 @@ Module workers, which stream output and have timeouts, are started by
 from __future__ import annotations
 
 import contextlib
-import gc
+import fcntl
 import os
 import select
 import signal
@@ -15,13 +15,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import IO
 
 from .crashpoints import ENV_NAMES as CRASH_ENV_NAMES
 from .errors import HsTxError
+from .forking import Forked
 
 # Variables that would redirect git to another repository, work tree or config.
 GIT_ENV_VARS = (
@@ -38,6 +37,7 @@ GIT_ENV_VARS = (
 )
 # Never reach a child: the crash points belong to this process alone.
 _SCRUBBED_ENV = frozenset((*CRASH_ENV_NAMES, *GIT_ENV_VARS))
+_PIPE_SIZE = 1 << 20  # of a pipe whose output hs-tx reads as it comes (run_watched)
 
 
 @dataclass(frozen=True)
@@ -212,81 +212,6 @@ def _second(argv: tuple[str, ...], left: subprocess.Popen[bytes], timeout: float
     return Result(argv, proc.returncode, out, err)
 
 
-class Forked:
-    """A child forked from this process without an exec, running a function, with pipes
-    to its stdin, stdout and stderr: what of a Popen a line to a helper process uses."""
-
-    def __init__(self, pid: int, name: str, pipes: tuple[int, int, int]) -> None:
-        self.pid = pid
-        self.args = [name]
-        self.returncode: int | None = None
-        self.stdin: IO[bytes] | None = os.fdopen(pipes[0], "wb")
-        self.stdout: IO[bytes] | None = os.fdopen(pipes[1], "rb")
-        self.stderr: IO[bytes] | None = os.fdopen(pipes[2], "rb")
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Reap the child and return its exit status, waiting at most `timeout` s
-        (None: as long as it takes). Raises subprocess.TimeoutExpired."""
-        if self.returncode is None and timeout is None:
-            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
-        deadline = time.monotonic() + (timeout or 0.0)
-        while self.returncode is None:  # wait_exit wakes at the exit itself (a pidfd)
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-            elif time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-            else:
-                time.sleep(0.005)
-        return self.returncode
-
-    def kill(self) -> None:
-        """SIGKILL the child, unless it was reaped."""
-        if self.returncode is None:
-            os.kill(self.pid, signal.SIGKILL)
-
-
-def fork_child(body: Callable[[], int], name: str, keep_fds: Sequence[int]) -> Forked:
-    """Given a function, a process name (at most 15 bytes, shown by ps) and the fds the
-    child needs, fork a child that runs `body` with pipes as its stdin, stdout and
-    stderr, every other fd closed, in a session of its own, in /, and exits with what
-    `body` returns (1, its traceback on stderr, when it raises). Return it. Cheaper than
-    a new interpreter: no start-up, no imports. Raises OSError when it cannot fork.
-    """
-    stdin_r, stdin_w = os.pipe()
-    stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover (the child; its behaviour is tested through its user)
-        status = 1
-        try:
-            gc.freeze()  # the parent's garbage stays: its finalizers would close its fds
-            for fd, target in ((stdin_r, 0), (stdout_w, 1), (stderr_w, 2)):
-                os.dup2(fd, target)
-            _close_all_but(keep_fds)
-            os.setsid()
-            os.chdir("/")
-            with open("/proc/self/comm", "w") as comm:
-                comm.write(name)
-            status = int(body())
-        except BaseException:  # to fd 2 itself: sys.stderr may be the parent's wrapper
-            os.write(2, traceback.format_exc().encode(errors="replace"))
-        finally:
-            os._exit(status)
-    for fd in (stdin_r, stdout_w, stderr_w):
-        os.close(fd)
-    return Forked(pid, name, (stdin_w, stdout_r, stderr_r))
-
-
-def _close_all_but(keep: Sequence[int]) -> None:
-    """Close every fd above 2 but those in `keep`."""
-    start = 3
-    for fd in sorted(f for f in keep if f > 2):
-        os.closerange(start, fd)
-        start = fd + 1
-    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
-
-
 def _exits_within(pid: int, timeout: float) -> bool:
     """True when process `pid` (a child not yet reaped) exits within `timeout` s:
     woken by the kernel the moment it does (a pidfd)."""
@@ -317,6 +242,19 @@ def wait_exit(proc: subprocess.Popen[bytes] | Forked, timeout: float) -> int:
     return proc.wait()
 
 
+def _pump(fd: int, consume: Callable[[bytes], None], within: float) -> bool:
+    """Hand `consume` what the pipe `fd` brings for `within` seconds; False once it
+    closed."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            data = os.read(fd, 1 << 20)
+            if not data:
+                return False
+            consume(data)
+    return True
+
+
 def _missing(command: str) -> CommandError:
     """The error for a helper command that is not installed."""
     return CommandError(f"command not found: {command}", "install it (scripts/setup.sh)")
@@ -330,15 +268,17 @@ def run_watched(
     env: dict[str, str] | None = None,
     interval: float = 0.2,
     keep_stdout: bool = False,
+    stdout_to: Callable[[bytes], None] | None = None,
 ) -> Result:
     """Run a command like `run` (check=True) in a session of its own, calling `watch()`
     every `interval` while it runs: when `watch` returns a reason, or `timeout` passes,
     the whole session is killed (no helper it started, holding its output, outlasts it).
 
     Given `env`: variables added to the scrubbed environment; `keep_stdout`: the
-    Result holds the command's output (else it is discarded). Returns the Result.
-    Raises CommandError when it cannot start, was stopped (the message says why) or
-    exits non-zero.
+    Result holds the command's output (else it is discarded); `stdout_to`: called with
+    each piece of the output as it comes instead (what it raises kills the session and
+    goes on). Returns the Result. Raises CommandError when it cannot start, was stopped
+    (the message says why) or exits non-zero.
     """
     args = tuple(str(a) for a in argv)
     # files, not pipes: a chatty command never blocks on one
@@ -348,14 +288,18 @@ def run_watched(
         try:
             proc = subprocess.Popen(
                 args,
-                stdout=subprocess.DEVNULL if out is None else out,
+                stdout=subprocess.PIPE if stdout_to else subprocess.DEVNULL if out is None else out,
                 stderr=err,
                 env=child_env(env),
                 start_new_session=True,
             )
         except FileNotFoundError as exc:
             raise _missing(args[0]) from exc
-        stopped = _watch(proc, timeout, watch, interval)
+        if proc.stdout is not None:
+            files.callback(proc.stdout.close)
+            with contextlib.suppress(OSError):  # fewer, larger reads; the default is 64 KiB
+                fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        stopped = _watch(proc, timeout, watch, interval, stdout_to)
         err.seek(0)
         stderr = err.read(64 << 10).decode(errors="replace")
         stdout = ""
@@ -375,18 +319,25 @@ def _watch(
     timeout: float,
     watch: Callable[[], str | None],
     interval: float,
+    consume: Callable[[bytes], None] | None = None,
 ) -> str | None:
-    """Wait for `proc`; kill its whole session when `watch` gives a reason, `timeout`
-    passes or the wait is interrupted (the exception goes on), and return that reason
-    (None when it ended by itself)."""
+    """Wait for `proc` (handing `consume` its output until it closes, when given); kill
+    its whole session when `watch` gives a reason, `timeout` passes or the wait is
+    interrupted (the exception goes on), and return that reason (None when it ended by
+    itself)."""
     deadline = time.monotonic() + timeout
+    pipe = proc.stdout.fileno() if consume is not None and proc.stdout is not None else None
     try:
         while True:
-            try:
-                wait_exit(proc, interval)
-                return None
-            except subprocess.TimeoutExpired:
-                pass
+            if pipe is not None and consume is not None:
+                if not _pump(pipe, consume, interval):
+                    pipe = None
+            else:
+                try:
+                    wait_exit(proc, interval)
+                    return None
+                except subprocess.TimeoutExpired:
+                    pass
             stopped = watch()
             if stopped is None and time.monotonic() > deadline:
                 stopped = f"timed out after {timeout:g} s"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -20,10 +20,27 @@ from ..base.fsio import fsync_dir, publish
 from ..base.proc import CommandError, run_watched
 from .base import Captured, SnapshotTarget
 from .entries import STAGE_PREFIX, remove_entry
-from .tarindex import PREFIX, Index, index_path, read_index, whole_ok, write_index, write_subset
+from .tarindex import (
+    PREFIX,
+    ChunkSums,
+    Index,
+    index_path,
+    read_index,
+    whole_ok,
+    write_index,
+    write_subset,
+)
 
 # Everything GNU tar can keep: xattrs of every namespace (capabilities, ACLs), sparse files.
 _TAR_META = ("--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner")
+_WRITEBACK = 8 << 20  # an archive's bytes go to disk while tar goes on, in steps of this
+
+
+def _start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a range of the file `fd` to disk, without waiting
+    (so the fsync that publishes the archive finds little left): POSIX_FADV_DONTNEED
+    starts writeback of dirty pages and drops the pages already written."""
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def sha256_file(path: Path) -> str:
@@ -85,15 +102,16 @@ def remove_file_snapshot(path: Path) -> None:
         fsync_dir(path.parent.parent)
 
 
-def _tar(argv: list[str], what: str) -> None:
-    """Run tar with `argv`, showing `what` as the activity while it runs (base.activity).
-    Raises CommandError when it fails."""
+def _tar(argv: list[str], what: str, stdout_to: Callable[[bytes], None] | None = None) -> None:
+    """Run tar with `argv`, showing `what` as the activity while it runs (base.activity),
+    handing `stdout_to` what it writes to its stdout. Raises CommandError when it fails,
+    and what `stdout_to` raises."""
 
     def still_going() -> None:
         activity.tick(what)
 
     try:
-        run_watched(argv, timeout=math.inf, watch=still_going)
+        run_watched(argv, timeout=math.inf, watch=still_going, stdout_to=stdout_to)
     finally:
         activity.end()
 
@@ -134,35 +152,55 @@ class TarBackend:
         return self.snapshots_dir / target.tx / f"{target.n}.tar"
 
     def capture(self, target: SnapshotTarget) -> Captured:
-        """Archive the path under a temp name, write its index (see snapshot.tarindex)
-        and record the index's checksum, then publish the archive durably."""
+        """Archive the path under a temp name, hashing each chunk as tar writes it, write
+        its index (see snapshot.tarindex) and record the index's checksum, then publish
+        the archive durably."""
         final = self.archive_path(target)
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fsync_dir(final.parent.parent)
         partial = final.with_name(final.name + ".partial")
         listing = final.with_name(final.name + ".list")
         path = target.path
+        sums = ChunkSums()
         try:
-            _tar(
-                [
-                    "tar",
-                    "--create",
-                    f"--file={partial}",
-                    "--format=posix",
-                    "--sparse",
-                    *_TAR_META,
-                    "--one-file-system",
-                    "--verbose",
-                    "--block-number",
-                    f"--index-file={listing}",
-                    "--quoting-style=escape",
-                    f"--directory={path.parent}",
-                    "--",
-                    path.name,
-                ],
-                f"archiving {path}",
-            )
-            checksum = write_index(partial, listing, index_path(final))
+            with open(partial, "wb", buffering=0) as out:
+                written = [0, 0]  # bytes written, bytes handed to writeback
+
+                def keep(data: bytes) -> None:
+                    try:
+                        out.write(data)
+                    except OSError as exc:  # a full disk, most likely: tar is stopped
+                        raise CommandError(
+                            f"cannot write the snapshot archive {partial}: {exc.strerror}",
+                            "free space on that filesystem, or set state_dir to another one",
+                        ) from exc
+                    sums.update(data)
+                    written[0] += len(data)
+                    if written[0] - written[1] >= _WRITEBACK:
+                        _start_writeback(out.fileno(), written[1], written[0] - written[1])
+                        written[1] = written[0]
+
+                _tar(
+                    [
+                        "tar",
+                        "--create",
+                        "--file=-",
+                        "--format=posix",
+                        "--sparse",
+                        *_TAR_META,
+                        "--one-file-system",
+                        "--verbose",
+                        "--block-number",
+                        f"--index-file={listing}",
+                        "--quoting-style=escape",
+                        f"--directory={path.parent}",
+                        "--",
+                        path.name,
+                    ],
+                    f"archiving {path}",
+                    keep,
+                )
+            checksum = write_index(sums.digests(), listing, index_path(final))
         finally:
             listing.unlink(missing_ok=True)
         size = partial.stat().st_size

@@ -32,11 +32,36 @@ def index_path(archive: Path) -> Path:
     return archive.with_name(archive.name + ".index")
 
 
-def write_index(archive: Path, listing: Path, dest: Path) -> str:
-    """Given an archive and the list tar wrote of it (`--index-file`), write the index
-    to `dest` durably and return the checksum to record for the archive. Raises OSError."""
-    with open(archive, "rb") as f:
-        sums = [hashlib.sha256(chunk).hexdigest() for chunk in _chunks(f, 0, None)]
+class ChunkSums:
+    """The SHA-256 of every CHUNK bytes of an archive, as it is written in pieces of
+    any size (`update`)."""
+
+    def __init__(self) -> None:
+        self.sums: list[str] = []
+        self._hash = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes) -> None:
+        """Take the next bytes of the archive."""
+        view = memoryview(data)
+        while view:
+            take = min(CHUNK - self._filled, len(view))
+            self._hash.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == CHUNK:
+                self.sums.append(self._hash.hexdigest())
+                self._hash, self._filled = hashlib.sha256(), 0
+
+    def digests(self) -> list[str]:
+        """The digest of every chunk so far, a last partial one included."""
+        return self.sums + ([self._hash.hexdigest()] if self._filled else [])
+
+
+def write_index(sums: list[str], listing: Path, dest: Path) -> str:
+    """Given the chunk digests of an archive (see ChunkSums) and the list tar wrote of
+    it (`--index-file`), write the index to `dest` durably and return the checksum to
+    record for the archive. Raises OSError."""
     head = f"{_MAGIC} {CHUNK}\n" + "".join(f"{s}\n" for s in sums) + "members\n"
     data = head.encode() + listing.read_bytes()
     durable_write(dest, data, 0o600)

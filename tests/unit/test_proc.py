@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
-from hs_txupdate.base.proc import CommandError, fork_child, run_pipe, wait_exit
+from hs_txupdate.base.forking import fork_child
+from hs_txupdate.base.proc import CommandError, run_pipe, run_watched, wait_exit
 
 
 def test_a_pipe_returns_what_its_second_command_wrote() -> None:
@@ -69,3 +71,25 @@ def test_a_forked_child_that_raises_exits_1_with_its_traceback_and_keeps_only_it
     assert wait_exit(waiting, 10) == -9
     for fd in (kept_r, kept_w, other_r, other_w):
         os.close(fd)
+
+
+def test_a_watched_command_s_output_is_handed_over_whole_as_it_comes() -> None:
+    pieces: list[bytes] = []
+    # 40 MiB: many times the pipe's size, so the reads must keep up with the writer
+    run_watched(["head", "-c", str(40 << 20), "/dev/zero"], timeout=60, stdout_to=pieces.append)
+    assert sum(len(p) for p in pieces) == 40 << 20 and set(b"".join(pieces)) == {0}
+    pieces.clear()
+    run_watched(["sh", "-c", "printf a; sleep 0.5; printf b"], timeout=60, stdout_to=pieces.append)
+    assert b"".join(pieces) == b"ab"
+
+
+def test_a_consumer_that_raises_stops_the_command_and_its_helpers() -> None:
+    def refuse(data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    started = time.monotonic()
+    with pytest.raises(OSError, match="No space"):
+        run_watched(["sh", "-c", "sleep 60 & yes"], timeout=60, stdout_to=refuse)
+    assert time.monotonic() - started < 30
+    sleepers = subprocess.run(["pgrep", "-f", "^sleep 60$"], capture_output=True, text=True)
+    assert sleepers.stdout == "", "the session was killed, its helpers too"

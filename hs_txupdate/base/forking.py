@@ -1,0 +1,89 @@
+"""Children forked from hs-tx without an exec: a helper that runs one of hs-tx's own
+functions starts in a millisecond, with nothing to import (see audit.link).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import IO
+
+
+class Forked:
+    """A child forked from this process without an exec, running a function, with pipes
+    to its stdin, stdout and stderr: what of a Popen a line to a helper process uses."""
+
+    def __init__(self, pid: int, name: str, pipes: tuple[int, int, int]) -> None:
+        self.pid = pid
+        self.args = [name]
+        self.returncode: int | None = None
+        self.stdin: IO[bytes] | None = os.fdopen(pipes[0], "wb")
+        self.stdout: IO[bytes] | None = os.fdopen(pipes[1], "rb")
+        self.stderr: IO[bytes] | None = os.fdopen(pipes[2], "rb")
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Reap the child and return its exit status, waiting at most `timeout` s
+        (None: as long as it takes). Raises subprocess.TimeoutExpired."""
+        if self.returncode is None and timeout is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        deadline = time.monotonic() + (timeout or 0.0)
+        while self.returncode is None:  # wait_exit wakes at the exit itself (a pidfd)
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            else:
+                time.sleep(0.005)
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the child, unless it was reaped."""
+        if self.returncode is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def fork_child(body: Callable[[], int], name: str, keep_fds: Sequence[int]) -> Forked:
+    """Given a function, a process name (at most 15 bytes, shown by ps) and the fds the
+    child needs, fork a child that runs `body` with pipes as its stdin, stdout and
+    stderr, every other fd closed, in a session of its own, in /, and exits with what
+    `body` returns (1, its traceback on stderr, when it raises). Return it. Cheaper than
+    a new interpreter: no start-up, no imports. Raises OSError when it cannot fork.
+    """
+    stdin_r, stdin_w = os.pipe()
+    stdout_r, stdout_w = os.pipe()
+    stderr_r, stderr_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child; its behaviour is tested through its user)
+        status = 1
+        try:
+            gc.freeze()  # the parent's garbage stays: its finalizers would close its fds
+            for fd, target in ((stdin_r, 0), (stdout_w, 1), (stderr_w, 2)):
+                os.dup2(fd, target)
+            _close_all_but(keep_fds)
+            os.setsid()
+            os.chdir("/")
+            with open("/proc/self/comm", "w") as comm:
+                comm.write(name)
+            status = int(body())
+        except BaseException:  # to fd 2 itself: sys.stderr may be the parent's wrapper
+            os.write(2, traceback.format_exc().encode(errors="replace"))
+        finally:
+            os._exit(status)
+    for fd in (stdin_r, stdout_w, stderr_w):
+        os.close(fd)
+    return Forked(pid, name, (stdin_w, stdout_r, stderr_r))
+
+
+def _close_all_but(keep: Sequence[int]) -> None:
+    """Close every fd above 2 but those in `keep`."""
+    start = 3
+    for fd in sorted(f for f in keep if f > 2):
+        os.closerange(start, fd)
+        start = fd + 1
+    os.closerange(start, os.sysconf("SC_OPEN_MAX"))
