@@ -22,6 +22,7 @@ from ..base.proc import run
 from ..journal import Journal, MalformedRowError, identity_of
 from ..snapshot.btrfs import is_btrfs, subvolume_root
 from ..snapshot.entries import SNAPSHOT_STORE, remove_entry
+from ..snapshot.tarindex import base_of
 from .config import Config
 
 _NAME = re.compile(
@@ -105,6 +106,9 @@ def _kept_places(
             stores.add(_real(where.parent))
         else:
             kept.add(_real(Path(snapshot).parent))
+            base = base_of(Path(snapshot)) if backend == "tar" else None
+            if base is not None:  # an incremental archive needs its base's dir too
+                kept.add(_real(Path(base).parent))
     return kept, stores
 
 

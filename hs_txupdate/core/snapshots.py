@@ -10,13 +10,14 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ..base.errors import DamagedError
 from ..base.fsio import durable_write, fsync_dir
 from ..journal import Journal, PathInfo, Phase, Status, Step, TxInfo
 from ..snapshot import Captured, SnapshotTarget, backend_by_name
-from ..snapshot.base import tx_key
+from ..snapshot.base import Base, tx_key
 from ..snapshot.btrfs import BtrfsBackend
 from ..snapshot.entries import STAGE_PREFIX, remove_entry
 from ..snapshot.manifest import (
@@ -33,6 +34,7 @@ from ..snapshot.manifest import (
 from ..snapshot.restore import refuse_links_above
 from ..snapshot.restore import restore as restore_tree
 from ..snapshot.sqlite import SqliteBackend
+from ..snapshot.tarindex import base_of, index_path
 from .config import Config
 from .orphans import claim_store
 from .scope import ScopeEntry
@@ -102,6 +104,8 @@ def _capture_one(
     """Snapshot one existing scope path and write its manifest (a lazy one on btrfs: the
     snapshot step reads nothing of the tree); return the columns that record them."""
     target = target_of(journal, tx_id, n, path, fresh)
+    if backend_name == "tar":
+        target = replace(target, base=_tar_base(journal, path))
     backend = backend_by_name(backend_name, config.snapshots_dir)
     taken_ns = time.time_ns()
     captured = backend.capture(target)
@@ -125,6 +129,26 @@ def _capture_one(
         "manifest_sha256": hashlib.sha256(data).hexdigest(),
         "fingerprint_before": manifest_fingerprint(manifest),
     }
+
+
+def _tar_base(journal: Journal, path: Path) -> Base | None:
+    """The full tar archive of `path` that a new capture may hold only the differences
+    from (see snapshot.tardiff), with its manifest: that of the newest committed
+    transaction that keeps one, or the base of its incremental one. None when there
+    is none usable."""
+    for info in journal.committed_with_snapshots([]):
+        for kept in info.paths:
+            if kept.path != str(path) or kept.backend != "tar" or not kept.snapshot:
+                continue
+            base = base_of(Path(kept.snapshot))
+            full = kept if base is None else journal.path_with_snapshot(base)
+            try:
+                manifest = load_manifest(full) if full is not None else None
+            except DamagedError:
+                continue
+            if full is not None and manifest is not None and not manifest.lazy:
+                return Base(captured_of(full), manifest)
+    return None
 
 
 def load_manifest(info: PathInfo) -> Manifest | None:
@@ -279,15 +303,49 @@ def delete_snapshots(
     """
     tx_id, paths = info.id, [*info.paths, *info.points]
     on = tx_id if on_tx is None else on_tx
+    mine = {p.snapshot for p in paths if p.snapshot}
+    needed = _needed_by_others(journal, mine)
+    bases = {b for s in mine if (b := base_of(Path(s))) is not None}
+    keep = {Path(s) for s in needed}
     with journal.step(on, Phase.RETENTION, Step.DELETE_SNAPSHOTS, {"of": tx_id}):
+        # first the bases only this transaction still needed: its indexes name them
+        for base in sorted(bases - needed):
+            target = target_of(journal, tx_id, 0, Path(base))
+            backend_by_name("tar", config.snapshots_dir).delete(target, base)  # checks where
+            if Path(base).parent.is_dir():  # what else its pruned transaction left for it
+                _clear(Path(base).parent, keep)
         for path in paths:
-            if path.existed:
+            if path.existed and path.snapshot not in needed:
                 target = target_of(journal, tx_id, path.n, Path(path.path))
                 backend_by_name(path.backend, config.snapshots_dir).delete(target, path.snapshot)
         for place in _tx_dirs(config, journal, tx_id, paths):
-            remove_entry(place)
-            fsync_dir(place.parent)
+            _clear(place, keep)
         journal.mark_pruned(tx_id)
+
+
+def _needed_by_others(journal: Journal, mine: set[str]) -> set[str]:
+    """The snapshot refs that kept paths other than `mine` rely on: their own, and the
+    base archives of the incremental tar archives among them."""
+    rows, _running = journal.kept_snapshots()
+    refs = {ref for _row, _backend, ref, _manifest in rows if ref and ref not in mine}
+    tar = [ref for _row, backend, ref, _manifest in rows if backend == "tar" and ref in refs]
+    return refs | {b for ref in tar if (b := base_of(Path(ref))) is not None}
+
+
+def _clear(place: Path, keep: set[Path]) -> None:
+    """Remove the transaction dir `place`, or, when it holds archives in `keep` (the
+    bases of later snapshots), everything in it but them, their indexes and manifests
+    (a later capture may take its differences from them too)."""
+    bases = [k for k in keep if k.parent == place]
+    kept = {f for k in bases for f in (k, index_path(k), k.with_suffix(".manifest"))}
+    if not kept:
+        remove_entry(place)
+    else:
+        for entry in place.iterdir():
+            if entry not in kept:
+                remove_entry(entry)
+        fsync_dir(place)
+    fsync_dir(place.parent)
 
 
 def _tx_dirs(config: Config, journal: Journal, tx_id: int, paths: list[PathInfo]) -> set[Path]:

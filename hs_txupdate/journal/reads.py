@@ -271,6 +271,12 @@ class JournalReads:
         )
         return list(dict.fromkeys(r[0] for r in rows))
 
+    def path_with_snapshot(self, ref: str) -> PathInfo | None:
+        """The scope path (of any transaction, pruned or not) that recorded the snapshot
+        `ref`, or None."""
+        rows = self._records(PathInfo, "paths", "snapshot = ?", (ref,), "id")
+        return rows[0] if rows else None
+
     def services(self, tx_id: int) -> list[ServiceInfo]:
         """The services whose state transaction `tx_id` recorded before changing them."""
         return self._records(ServiceInfo, "services", "tx_id = ?", (tx_id,), "id")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
+
+from .manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -24,14 +26,24 @@ def tx_key(journal_uuid: str, tx_id: int) -> str:
 
 
 @dataclass(frozen=True)
+class Base:
+    """An earlier full snapshot of the same path that a backend may capture only the
+    differences from (tar): what it recorded, and the manifest taken with it."""
+
+    captured: Captured
+    manifest: Manifest
+
+
+@dataclass(frozen=True)
 class SnapshotTarget:
     """One scope path to capture: its transaction's key (`tx_key`), its number in the
-    scope, the path."""
+    scope, the path, and an earlier snapshot to capture only the differences from."""
 
     tx: str
     n: int
     path: Path
     fresh: bool = False  # taken mid-run: a snapshot taken earlier in the run may not serve
+    base: Base | None = field(default=None, compare=False)
 
     @property
     def journal(self) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..base.dbcopy import copy_database
 from ..base.fsio import publish
 from .base import Captured, SnapshotTarget
-from .tar import recorded_file, remove_file_snapshot, sha256_file, verified_file
+from .files import recorded_file, remove_file_snapshot, sha256_file, verified_file
 
 
 class SqliteBackend:

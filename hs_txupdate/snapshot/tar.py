@@ -7,19 +7,21 @@ back only what changed from there.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..base import activity
 from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir, publish
 from ..base.proc import CommandError, run_watched
-from .base import Captured, SnapshotTarget
+from .base import Base, Captured, SnapshotTarget
 from .entries import STAGE_PREFIX, remove_entry
+from .files import recorded_file, remove_file_snapshot, verified_file
+from .tardiff import MAX_SHARE, changed_since, unchanged_since_listing
 from .tarindex import (
     PREFIX,
     ChunkSums,
@@ -41,65 +43,6 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
     (so the fsync that publishes the archive finds little left): POSIX_FADV_DONTNEED
     starts writeback of dirty pages and drops the pages already written."""
     os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def verified_file(path: Path, checksum: str | None, what: str, target: SnapshotTarget) -> Path:
-    """`path` (a snapshot file of `target`, called `what` in messages), after checking
-    it is there with the recorded checksum. Raises DamagedError otherwise."""
-    if not path.is_file():
-        raise DamagedError(
-            f"{what} {path} of {target.path} is missing",
-            "restore it by hand from a backup; the journal cannot repair it",
-        )
-    if checksum and sha256_file(path) != checksum:
-        raise DamagedError(
-            f"{what} {path} of {target.path} fails its checksum",
-            "do not use it; restore it by hand from a backup",
-        )
-    return path
-
-
-def recorded_file(
-    ref: str | None, target: SnapshotTarget, fallback: Path, snapshots_dir: Path
-) -> Path:
-    """The snapshot file a journal row recorded (`fallback`, this run's own name, when
-    none was recorded yet), checked to lie in a transaction dir of this journal
-    (`snapshots_dir/<journal-uuid>-<txid>/`, or `<txid>/` from before identities)
-    that is a real directory.
-
-    Raises DamagedError otherwise: a damaged or crafted row never makes hs-tx read or
-    delete a file it did not write.
-    """
-    path = fallback if ref is None else Path(ref)
-    tx_dir = path.parent
-    ok = path.is_absolute() and tx_dir.parent == snapshots_dir and ".." not in path.parts
-    ok = ok and (tx_dir.name.isdigit() or tx_dir.name.startswith(f"{target.journal}-"))
-    ok = ok and not tx_dir.is_symlink()
-    if not ok:
-        raise DamagedError(
-            f"the journal records snapshot file {ref!r}, which is not in {snapshots_dir}",
-            "the journal row was damaged or edited; hs-tx will not touch that file",
-        )
-    return path
-
-
-def remove_file_snapshot(path: Path) -> None:
-    """Remove a snapshot file (and its partial), and its transaction's dir once empty."""
-    for each in (path, path.with_name(path.name + ".partial")):
-        each.unlink(missing_ok=True)
-    if path.parent.is_dir() and not any(path.parent.iterdir()):
-        path.parent.rmdir()
-    if path.parent.parent.is_dir():
-        fsync_dir(path.parent.parent)
 
 
 def _tar(argv: list[str], what: str, stdout_to: Callable[[bytes], None] | None = None) -> None:
@@ -154,14 +97,49 @@ class TarBackend:
     def capture(self, target: SnapshotTarget) -> Captured:
         """Archive the path under a temp name, hashing each chunk as tar writes it, write
         its index (see snapshot.tarindex) and record the index's checksum, then publish
-        the archive durably."""
+        the archive durably. With a usable `target.base` (see snapshot.tardiff) only
+        what changed since it is archived, unless that is most of it, or the tree
+        changed while tar ran (then the whole path is archived)."""
         final = self.archive_path(target)
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fsync_dir(final.parent.parent)
         partial = final.with_name(final.name + ".partial")
         listing = final.with_name(final.name + ".list")
-        path = target.path
+        base = self._usable_base(target)
+        names = None
+        if base is not None:
+            names, size = changed_since(target.path, base.manifest)
+            if size > MAX_SHARE * (base.captured.size or 0):
+                base = names = None
+        try:
+            sums = self._archive(target.path, partial, listing, names)
+            listed = set(names or ())
+            if base and not unchanged_since_listing(target.path, base.manifest, listed):
+                return self.capture(replace(target, base=None))
+            base_line = (base.captured.checksum or "", str(base.captured.ref)) if base else None
+            checksum = write_index(sums, listing, index_path(final), base_line)
+        finally:
+            listing.unlink(missing_ok=True)
+        size = partial.stat().st_size
+        publish(partial, final)
+        return Captured(ref=str(final), size=size, checksum=checksum)
+
+    def _archive(
+        self, path: Path, partial: Path, listing: Path, names: list[str] | None
+    ) -> list[str]:
+        """Write the archive of `path` (of only the members `names`, when given) to
+        `partial` and tar's list of it to `listing`; return its chunk digests."""
         sums = ChunkSums()
+        members = partial.with_name(partial.name + ".members")
+        select = ["--", path.name]
+        if names is not None:
+            members.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
+            select = [
+                "--no-recursion",
+                "--null",
+                "--verbatim-files-from",
+                f"--files-from={members}",
+            ]
         try:
             with open(partial, "wb", buffering=0) as out:
                 written = [0, 0]  # bytes written, bytes handed to writeback
@@ -194,18 +172,29 @@ class TarBackend:
                         f"--index-file={listing}",
                         "--quoting-style=escape",
                         f"--directory={path.parent}",
-                        "--",
-                        path.name,
+                        *select,
                     ],
                     f"archiving {path}",
                     keep,
                 )
-            checksum = write_index(sums.digests(), listing, index_path(final))
         finally:
-            listing.unlink(missing_ok=True)
-        size = partial.stat().st_size
-        publish(partial, final)
-        return Captured(ref=str(final), size=size, checksum=checksum)
+            members.unlink(missing_ok=True)
+        return sums.digests()
+
+    def _usable_base(self, target: SnapshotTarget) -> Base | None:
+        """`target.base` when its archive is there, in this journal's snapshots, with a
+        checked index that names no base of its own; else None (a full capture)."""
+        base = target.base
+        if base is None or "\n" in base.captured.ref:
+            return None
+        try:
+            archive = recorded_file(
+                base.captured.ref, target, self.archive_path(target), self.snapshots_dir
+            )
+            index = read_index(archive, base.captured.checksum or "")
+        except (DamagedError, OSError):
+            return None
+        return base if archive.is_file() and index is not None and index.base is None else None
 
     def manifest_root(self, target: SnapshotTarget, captured: Captured) -> Path:
         """The live path: nothing has changed it since it was archived."""
@@ -218,23 +207,59 @@ class TarBackend:
         """Extract the archive, or only `entries` (paths relative to the path), into a
         fresh staging dir beside the path and yield the extracted copy of the path;
         what is extracted is checked first: with an index, only the members wanted.
-        Raises DamagedError when the archive or its index is missing or fails its check."""
-        archive, part = self._wanted(target, captured, entries)
+        An incremental archive is extracted over what its base holds of the rest.
+        Raises DamagedError when an archive or its index is missing or fails its check."""
         stage = target.path.parent / f"{STAGE_PREFIX}{target.name}"
         if os.path.lexists(stage):
             remove_entry(stage)
         times = os.stat(stage.parent)  # the stage is ours: the parent keeps its times
         os.mkdir(stage, 0o700)
-        members = archive.with_name(f"{target.n}.members")
-        subset = archive.with_name(f"{target.n}.subset.tar")
+        wanted = None if entries is None else _names(target, entries)
+        try:
+            for part in self._parts(target, captured, wanted):
+                if part.over is not None:
+                    _make_way(stage, part.over)
+                self._extract_into(stage, target, part)
+            yield stage / target.path.name
+        finally:
+            remove_entry(stage)
+            os.utime(stage.parent, ns=(times.st_atime_ns, times.st_mtime_ns))
+            fsync_dir(stage.parent)
+
+    def _parts(
+        self, target: SnapshotTarget, captured: Captured, wanted: list[str] | None
+    ) -> list[_Part]:
+        """What to extract, in order. An incremental archive's base comes first (the
+        members wanted that it alone holds, or all); the archive then goes over them,
+        setting every directory's times last. Raises DamagedError."""
+        if not (captured.checksum or "").startswith(PREFIX):
+            return [_Part(captured, wanted)]
+        index = self._index(target, self._recorded(target, captured), captured)
+        if index.base is None:
+            return [_Part(captured, wanted)]
+        base = Captured(ref=index.base[1], checksum=index.base[0])
+        base_index = self._index(target, self._recorded(target, base), base)
+        if base_index.base is not None:
+            raise _failed(Path(base.ref), target)  # hs-tx never bases on an incremental one
+        if wanted is None:  # the whole base, then what changed, over what it replaces
+            return [_Part(base, None), _Part(captured, None, index)]
+        rest = [n for n in wanted if n not in index.starts]
+        mine = [n for n in wanted if n in index.starts]
+        return [p for p in (_Part(base, rest), _Part(captured, mine)) if p.names]
+
+    def _extract_into(self, stage: Path, target: SnapshotTarget, part: _Part) -> None:
+        """Check and extract one part into `stage`. Raises DamagedError."""
+        captured, names = part.captured, part.names
+        archive, spans = self._wanted(target, captured, names)
+        members = archive.with_name(f"{archive.name}.members")
+        subset = archive.with_name(f"{archive.name}.subset.tar")
         try:
             source, select = archive, []
-            if part is not None:
-                if not write_subset(archive, *part, subset):
+            if spans is not None:
+                if not write_subset(archive, *spans, subset):
                     raise _failed(archive, target)
                 source = subset
-            elif entries is not None:
-                names = _names(target, entries)
+            elif names is not None:
                 members.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
                 select = [
                     "--no-recursion",
@@ -255,35 +280,40 @@ class TarBackend:
                 ],
                 target,
             )
-            yield stage / target.path.name
         finally:
             members.unlink(missing_ok=True)
             subset.unlink(missing_ok=True)
-            remove_entry(stage)
-            os.utime(stage.parent, ns=(times.st_atime_ns, times.st_mtime_ns))
-            fsync_dir(stage.parent)
 
     def _wanted(
-        self, target: SnapshotTarget, captured: Captured, entries: list[str] | None
+        self, target: SnapshotTarget, captured: Captured, names: list[str] | None
     ) -> tuple[Path, tuple[Index, list[tuple[int, int]]] | None]:
-        """(the archive, its index and the byte ranges of the members `entries` names,
-        when the index has them all); the whole archive is checked when not.
+        """(the archive, its index and the byte ranges of the members `names`, when the
+        index has them all and they are not most of it); else the whole archive is
+        checked.
         Raises DamagedError."""
-        if entries is None or not (captured.checksum or "").startswith(PREFIX):
-            return self.check(target, captured), None
+        if names is None or not (captured.checksum or "").startswith(PREFIX):
+            return self._check_one(target, captured), None
         archive = self._recorded(target, captured)
         index = self._index(target, archive, captured)
-        spans = index.spans(_names(target, entries), archive.stat().st_size)
-        if spans is None:
-            return self.check(target, captured), None
+        size = archive.stat().st_size
+        spans = index.spans(names, size)
+        if spans is None or sum(end - start for start, end in spans) > size // 2:
+            return self._check_one(target, captured), None  # then tar picks them out
         return archive, (index, spans)
 
     def check(self, target: SnapshotTarget, captured: Captured) -> Path:
         """The archive, after checking it is there with the recorded checksum (with an
-        index: the index, then every chunk of the archive).
+        index: the index, then every chunk of the archive; and so its base's, for an
+        incremental one).
 
         Raises DamagedError otherwise: hs-tx never extracts what it did not write.
         """
+        for part in self._parts(target, captured, None):
+            self._check_one(target, part.captured)
+        return self._recorded(target, captured)
+
+    def _check_one(self, target: SnapshotTarget, captured: Captured) -> Path:
+        """One archive, checked as `check` says (its base aside). Raises DamagedError."""
         archive = self._recorded(target, captured)
         if not (captured.checksum or "").startswith(PREFIX):
             return verified_file(archive, captured.checksum, "snapshot archive", target)
@@ -315,6 +345,28 @@ class TarBackend:
         archive = recorded_file(ref, target, self.archive_path(target), self.snapshots_dir)
         index_path(archive).unlink(missing_ok=True)
         remove_file_snapshot(archive)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One archive to extract: which, its members wanted (None: all), and for an
+    increment extracted over its whole base, its index (what it replaces)."""
+
+    captured: Captured
+    names: list[str] | None
+    over: Index | None = None
+
+
+def _make_way(stage: Path, index: Index) -> None:
+    """Before an increment goes over its whole base in `stage`: remove every entry of
+    the base that the increment holds as another kind (a directory become a file, or
+    the reverse), which tar would not replace."""
+    for name in index.starts:
+        where = stage / name
+        if os.path.lexists(where):
+            is_dir = where.is_dir() and not where.is_symlink()
+            if is_dir != (name in index.dirs):
+                remove_entry(where)
 
 
 def _names(target: SnapshotTarget, entries: list[str]) -> list[str]:

@@ -1,12 +1,14 @@
 """A tar archive's index: what lets a restore verify and read only the members it needs.
 
 Beside each archive `<n>.tar` lies `<n>.tar.index`, a text file an operator can
-read: a first line `hs-tx tar index 1 CHUNK`, then the SHA-256 of every CHUNK bytes
-of the archive in order (one hex digest a line), a line `members`, then GNU tar's
-own list of where each member starts (`block N: NAME`, as `tar --create --verbose
---block-number --index-file` writes it). The journal records `index:` and the
-SHA-256 of that file as the archive's checksum, so checking the index and then
-every chunk checks the whole archive, and a restore of a few members checks only
+read: a first line `hs-tx tar index 1 CHUNK`; for an incremental archive (see
+snapshot.tardiff) a line `base CHECKSUM PATH` naming the full archive it completes and
+that archive's recorded checksum; then the SHA-256 of every CHUNK bytes of the archive
+in order (one hex digest a line), a line `members`, then GNU tar's own list of where
+each member starts (`block N: NAME`, as `tar --create --verbose --block-number
+--index-file` writes it). The journal records `index:` and the SHA-256 of that file
+as the archive's checksum, so checking the index and then every chunk checks the
+whole archive (and which base it needs), and a restore of a few members checks only
 the chunks that hold them and hands tar only those checked bytes.
 """
 
@@ -24,6 +26,7 @@ from .entries import unescape
 CHUNK = 1 << 16
 PREFIX = "index:"  # the journal's checksum of an archive that has an index
 _MAGIC = "hs-tx tar index 1"
+_BASE = "base "
 _BLOCK = 512
 
 
@@ -58,11 +61,17 @@ class ChunkSums:
         return self.sums + ([self._hash.hexdigest()] if self._filled else [])
 
 
-def write_index(sums: list[str], listing: Path, dest: Path) -> str:
-    """Given the chunk digests of an archive (see ChunkSums) and the list tar wrote of
-    it (`--index-file`), write the index to `dest` durably and return the checksum to
-    record for the archive. Raises OSError."""
-    head = f"{_MAGIC} {CHUNK}\n" + "".join(f"{s}\n" for s in sums) + "members\n"
+def write_index(
+    sums: list[str], listing: Path, dest: Path, base: tuple[str, str] | None = None
+) -> str:
+    """Given the chunk digests of an archive (see ChunkSums), the list tar wrote of it
+    (`--index-file`) and, for an incremental archive, the (checksum, path) of its base,
+    write the index to `dest` durably and return the checksum to record for the
+    archive. Raises OSError."""
+    head = f"{_MAGIC} {CHUNK}\n"
+    if base is not None:
+        head += f"{_BASE}{base[0]} {base[1]}\n"
+    head += "".join(f"{s}\n" for s in sums) + "members\n"
     data = head.encode() + listing.read_bytes()
     durable_write(dest, data, 0o600)
     return PREFIX + hashlib.sha256(data).hexdigest()
@@ -76,6 +85,8 @@ class Index:
     sums: list[str]
     starts: dict[str, int]
     order: list[int]
+    base: tuple[str, str] | None = None  # an incremental archive's: (checksum, path)
+    dirs: frozenset[str] = frozenset()  # the members that are directories
 
     def spans(self, names: list[str], size: int) -> list[tuple[int, int]] | None:
         """The byte ranges [start, end) of the members `names` (dirs without their
@@ -99,19 +110,45 @@ def read_index(archive: Path, checksum: str) -> Index | None:
     if PREFIX + hashlib.sha256(data).hexdigest() != checksum:
         return None
     head, sep, listing = data.partition(b"\nmembers\n")
-    lines = head.decode(errors="replace").split("\n")
+    lines = head.decode("utf-8", "surrogateescape").split("\n")
     if not sep or lines[0] != f"{_MAGIC} {CHUNK}":
         return None
-    starts = dict(_members(listing.decode("utf-8", "surrogateescape")))
-    return Index(lines[1:], starts, sorted(starts.values()))
+    base = _base_line(lines[1]) if len(lines) > 1 else None
+    members = list(_members(listing.decode("utf-8", "surrogateescape")))
+    starts = {name: offset for name, offset, _is_dir in members}
+    dirs = frozenset(name for name, _offset, is_dir in members if is_dir)
+    return Index(lines[2 if base else 1 :], starts, sorted(starts.values()), base, dirs)
 
 
-def _members(listing: str) -> Iterator[tuple[str, int]]:
-    """(name without a trailing slash, byte offset) of each `block N: NAME` line."""
+def base_of(archive: Path) -> str | None:
+    """The path of the base archive the index of `archive` names (unchecked: for
+    knowing which archives are still needed), or None for a full archive or none."""
+    try:
+        with open(index_path(archive), "rb") as f:
+            f.readline()
+            second = f.readline(1 << 16).decode("utf-8", "surrogateescape").rstrip("\n")
+    except OSError:
+        return None
+    base = _base_line(second)
+    return base[1] if base else None
+
+
+def _base_line(line: str) -> tuple[str, str] | None:
+    """(checksum, path) of a `base CHECKSUM PATH` line, or None."""
+    if not line.startswith(_BASE):
+        return None
+    checksum, _, path = line[len(_BASE) :].partition(" ")
+    return (checksum, path) if checksum and path else None
+
+
+def _members(listing: str) -> Iterator[tuple[str, int, bool]]:
+    """(name without a trailing slash, byte offset, whether it is a directory) of each
+    `block N: NAME` line (tar lists a directory with a trailing slash)."""
     for line in listing.split("\n"):
         block, sep, name = line.partition(": ")
         if sep and block.startswith("block ") and block[6:].isdigit():
-            yield unescape(name).rstrip("/"), int(block[6:]) * _BLOCK
+            name = unescape(name)
+            yield name.rstrip("/"), int(block[6:]) * _BLOCK, name.endswith("/")
 
 
 def whole_ok(archive: Path, index: Index) -> bool:

@@ -1,0 +1,80 @@
+"""Incremental tar archives: a capture that holds only what changed since a full one.
+
+A tar capture of a path that a kept full archive already holds (its *base*) lists,
+with GNU tar's `--no-recursion`, every directory of the path and every other entry
+that is not exactly as the base's manifest recorded it: same type, inode, ctime and
+link count, and a ctime well before the base was taken (see snapshot.manifest), so
+tar read it as it is now. Everything else is taken from the base. The archive is a
+standard tar file too; its index names the base and its checksum (snapshot.tarindex),
+so checking it checks which base it needs. To read one by hand: extract the base,
+then this archive over it; the manifest beside it lists what existed (entries deleted
+since the base are still in the base).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from .entries import entry_type, walk
+from .manifest import Manifest
+
+# a difference bigger than this share of its base is captured whole instead
+MAX_SHARE = 0.5
+
+
+def member(path: Path, rel: str) -> str:
+    """The member name of entry `rel` (relative to `path`) in an archive of `path`."""
+    return f"{path.name}/{rel}" if rel else path.name
+
+
+def changed_since(path: Path, base: Manifest) -> tuple[list[str], int]:
+    """(the member names an incremental archive of `path` holds, parents first: every
+    directory and every entry not as `base` recorded it; the bytes of those files).
+    Raises OSError when the tree cannot be read."""
+    names, size = [], 0
+    for rel, st in _archived(path):
+        if entry_type(st) == "d" or not as_recorded(base, rel, st):
+            names.append(member(path, rel))
+            size += st.st_size if entry_type(st) == "f" else 0
+    return names, size
+
+
+def unchanged_since_listing(path: Path, base: Manifest, listed: set[str]) -> bool:
+    """True when every entry of `path` an incremental archive did not list (`listed`:
+    its member names) is still as `base` recorded it: nothing changed while tar ran.
+    Raises OSError."""
+    return all(
+        member(path, rel) in listed or as_recorded(base, rel, st) for rel, st in _archived(path)
+    )
+
+
+def _archived(path: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """The entries of `path` tar archives with `--one-file-system`: the top of another
+    filesystem, not what lies below it."""
+    device = os.lstat(path).st_dev
+    foreign: set[str] = set()
+    for rel, st in walk(path):
+        if rel and rel.rpartition("/")[0] in foreign:
+            foreign.add(rel)
+            continue
+        if st.st_dev != device:
+            foreign.add(rel)
+        yield rel, st
+
+
+def as_recorded(base: Manifest, rel: str, st: os.stat_result) -> bool:
+    """True when the live entry `rel` (lstat `st`) was not touched since well before
+    `base` was taken, so the base archive holds it as it is."""
+    recorded = base.entries.get(rel)
+    if recorded is None:
+        return False
+    kind, ino, ctime_ns, fingerprint, links = recorded
+    return (
+        fingerprint is None  # recorded with its ctime well before the base was taken
+        and kind == entry_type(st)
+        and ino == st.st_ino
+        and ctime_ns == st.st_ctime_ns
+        and links == st.st_nlink
+    )
