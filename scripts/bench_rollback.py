@@ -24,6 +24,7 @@ from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from bench_idle import Row
 
@@ -77,18 +78,9 @@ def rollback_seconds(config: Path) -> float:
     result = subprocess.run([HS_TX, "--config", str(config), "update"], capture_output=True)
     if result.returncode != 1:
         raise RuntimeError(f"the failing run ended {result.returncode}: {result.stderr!r}")
-    history = subprocess.run(
-        [HS_TX, "--config", str(config), "history", "--json"], capture_output=True, check=True
-    )
-    newest = max(tx["id"] for tx in json.loads(history.stdout))
-    shown = subprocess.run(
-        [HS_TX, "--config", str(config), "show", "--json", str(newest)],
-        capture_output=True,
-        check=True,
-    )
     times = [
         datetime.fromisoformat(e["at"])
-        for e in json.loads(shown.stdout)["events"]
+        for e in _newest(config)["events"]
         if e["phase"] == "rollback"
     ]
     return (max(times) - min(times)).total_seconds()
@@ -120,18 +112,48 @@ def bench_tar_rollback(
     capture = sandbox(base, tree, "tar", files, fail=False)
     argv = [HS_TX, "--config", str(capture), "update"]
     first = timed(lambda: _sh(*argv))
+    step_first = capture_seconds(capture, tree)
     second = timed(lambda: _sh(*argv))
+    step_second = capture_seconds(capture, tree)
     flags = "tar -c " + " ".join(TAR_FLAGS) + ", then sync of the archive"
-    rows.append([f"tar: hs-tx update backing up {files} files, first run", first, flags, t_tar_c])
-    rows.append(
-        [
-            f"tar: hs-tx update backing up {files} files, unchanged, second run",
-            second,
-            flags,
-            t_tar_c,
-        ]
-    )
+    whole = f"tar: hs-tx update backing up {files} files"
+    step = f"tar: the capture step of {files} files"
+    rows += [
+        [f"{whole}, first run", first, flags, t_tar_c],
+        [f"{whole}, unchanged, second run", second, f"{whole}, first run", first],
+        [f"{step}, first run", step_first, flags, t_tar_c],
+        [f"{step}, unchanged, second run", step_second, f"{step}, first run", step_first],
+    ]
     return rows
+
+
+def capture_seconds(config: Path, tree: Path) -> float:
+    """How long the newest run under `config` took to snapshot `tree`, from the
+    journal's capture events of that path."""
+    shown = _newest(config)
+    times = [
+        datetime.fromisoformat(e["at"])
+        for e in shown["events"]
+        if e["step"] == "capture" and (e["detail"] or {}).get("path") == str(tree)
+    ]
+    if len(times) != 2:
+        raise RuntimeError(f"the run has no capture of {tree}: {shown['events']!r:.300}")
+    return (max(times) - min(times)).total_seconds()
+
+
+def _newest(config: Path) -> dict[str, Any]:
+    """`hs-tx show --json` of the newest transaction under `config`."""
+    history = subprocess.run(
+        [HS_TX, "--config", str(config), "history", "--json"], capture_output=True, check=True
+    )
+    newest = max(tx["id"] for tx in json.loads(history.stdout))
+    shown = subprocess.run(
+        [HS_TX, "--config", str(config), "show", "--json", str(newest)],
+        capture_output=True,
+        check=True,
+    )
+    found: dict[str, Any] = json.loads(shown.stdout)
+    return found
 
 
 def _rewrite(base: Path, members: list[str]) -> None:

@@ -22,6 +22,7 @@ from ..base.fsio import durable_write
 from ..base.proc import CommandError, run, spawn_detached
 from ..journal import Journal, Phase, Status, Step, TxInfo, identity_of, now_iso
 from ..snapshot.btrfs import is_btrfs
+from ..snapshot.tarindex import base_of
 from .config import Config, min_free_bytes
 from .context import Context
 from .snapshots import delete_snapshots
@@ -107,20 +108,40 @@ def measure_later(config: Config, journal: Journal) -> None:
 
 def space_plan(journal: Journal) -> dict[str, Any]:
     """What `record_space` measures: per kept transaction (newest first) its btrfs
-    snapshots and the bytes of its archives and database copies; and the journal's
-    identity, so a figure is never cached for another journal."""
+    snapshots and the bytes of its archives and database copies (with the base of an
+    increment whose own transaction's snapshots were pruned, counted once, with the
+    oldest kept transaction that needs it); and the journal's identity, so a figure is
+    never cached for another journal."""
     kept = journal.committed_with_snapshots([])
+    own = {p.snapshot for info in kept for p in info.paths + info.points if p.snapshot}
+    counted: set[str] = set()
+    files: dict[int, int] = {}
+    for info in reversed(kept):
+        paths = info.paths + info.points
+        files[info.id] = sum(p.size or 0 for p in paths if p.backend != "btrfs")
+        for p in paths:
+            base = base_of(Path(p.snapshot)) if p.backend == "tar" and p.snapshot else None
+            if base is not None and base not in own and base not in counted:
+                counted.add(base)
+                files[info.id] += _size(Path(base))
     return {
         "journal": journal.uuid,
         "transactions": [
             {
                 "id": info.id,
                 "snapshots": sorted(str(s) for s in _btrfs_snapshots(info)),
-                "files": sum(p.size or 0 for p in info.paths + info.points if p.backend != "btrfs"),
+                "files": files[info.id],
             }
             for info in kept
         ],
     }
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def record_space(config: Config, plan: dict[str, Any]) -> dict[str, Any] | None:

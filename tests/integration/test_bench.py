@@ -30,6 +30,8 @@ ROWS = (
     "tar: roll back 20 changed files of 20 (in a run)",
     "tar: hs-tx update backing up 20 files, first run",
     "tar: hs-tx update backing up 20 files, unchanged, second run",
+    "tar: the capture step of 20 files, first run",
+    "tar: the capture step of 20 files, unchanged, second run",
 )
 # where snapper cannot run without writing the host's /etc, the benchmark says why instead
 SNAPPER_ROW = "btrfs: roll back 20 changed files of 20 (in a run)"

@@ -9,6 +9,8 @@ import os
 import time
 from pathlib import Path
 
+from hs_txupdate.core.space import space_plan
+from hs_txupdate.journal import Journal
 from hs_txupdate.snapshot.tarindex import base_of, index_path
 from tests.helpers import Sandbox, tree_state
 
@@ -126,6 +128,12 @@ def test_undo_reads_an_increment_whose_base_transaction_was_pruned(
     assert set(full.parent.iterdir()) == needed, "of tx 1, only what tx 2's increments need stays"
     status = sbx.hs_tx("status")
     assert "orphan" not in status.stdout.lower(), status.stdout
+    journal = Journal(sbx.state / "journal.db")
+    try:
+        (only,) = space_plan(journal)["transactions"]
+    finally:
+        journal.close()
+    assert only["files"] >= full.stat().st_size, "the base it needs counts with it"
 
     result = sbx.hs_tx("undo", "2")
 
