@@ -5,7 +5,8 @@ power-cut sweep (tests/integration/test_power_sweep.py). The operations and the
 recoveries run as the real `hs-tx` command (Sandbox.hs_tx, a subprocess); only
 read-only queries (history, show) run its entry point in this process. The API:
 
-- `SCENARIOS` (name -> `Scenario`): "commit", "rollback" and "undo". A scenario
+- `SCENARIOS` (name -> `Scenario`): "commit", "rollback", "undo" and
+  "second-rollback" (a rollback after a commit: from tar increments). A scenario
   builds its starting state in an empty sandbox and names the hs-tx command swept.
   Every file it or its modules write gets fixed times, so two runs from the same
   starting state give identical `tree_state` pictures.
@@ -218,10 +219,27 @@ def _prepare_undo(sbx: Sandbox) -> None:
     assert result.returncode == 0, f"transaction 1 did not commit: {result.stderr}"
 
 
+def _prepare_second_rollback(sbx: Sandbox) -> None:
+    """Transaction 1 committed; then the web module is one that fails. On tar, the
+    swept update's snapshots are increments of transaction 1's, and it rolls back
+    from them."""
+    _prepare_undo(sbx)
+    sbx.module(
+        "web",
+        WEB_BODY.format(data=str(sbx.data), t=T_AFTER, fail=True),
+        backup_paths=[sbx.data / "web"],
+        extra_meta={"priority": 20, "service_name": "web.service"},
+    )
+    _settle(sbx.modules)
+
+
 SCENARIOS: dict[str, Scenario] = {
     "commit": Scenario("commit", ("update",), "update", 0, _prepare_commit),
     "rollback": Scenario("rollback", ("update",), "update", 1, _prepare_rollback),
     "undo": Scenario("undo", ("undo", "1"), "undo", 0, _prepare_undo),
+    "second-rollback": Scenario(
+        "second-rollback", ("update",), "update", 1, _prepare_second_rollback
+    ),
 }
 
 

@@ -88,7 +88,9 @@ def capture_path(
     changed things already, so no snapshot taken earlier in it may serve."""
     detail = {"n": n, "path": str(entry.path), "backend": entry.backend}
     with journal.step(tx_id, Phase.SNAPSHOT, Step.CAPTURE, detail) as step:
-        values = _capture_one(config, journal, tx_id, n, entry.path, entry.backend, fresh)
+        values, base = _capture_one(config, journal, tx_id, n, entry.path, entry.backend, fresh)
+        if base is not None:
+            step.detail["base"] = base  # an increment: the snapshot it completes
         step.update_path(n, **values)  # in the done event's commit
 
 
@@ -100,9 +102,10 @@ def _capture_one(
     path: Path,
     backend_name: str,
     fresh: bool,
-) -> dict[str, str | int | None]:
+) -> tuple[dict[str, str | int | None], str | None]:
     """Snapshot one existing scope path and write its manifest (a lazy one on btrfs: the
-    snapshot step reads nothing of the tree); return the columns that record them."""
+    snapshot step reads nothing of the tree); return the columns that record them, and
+    the base it was taken as an increment of (see snapshot.tardiff), if any."""
     target = target_of(journal, tx_id, n, path, fresh)
     if backend_name == "tar":
         target = replace(target, base=_tar_base(journal, path))
@@ -121,7 +124,7 @@ def _capture_one(
         place.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         durable_write(place, data)
         where = str(place)
-    return {
+    columns: dict[str, str | int | None] = {
         "snapshot": captured.ref,
         "size": captured.size,
         "checksum": captured.checksum,
@@ -129,6 +132,7 @@ def _capture_one(
         "manifest_sha256": hashlib.sha256(data).hexdigest(),
         "fingerprint_before": manifest_fingerprint(manifest),
     }
+    return columns, captured.base
 
 
 def _tar_base(journal: Journal, path: Path) -> Base | None:

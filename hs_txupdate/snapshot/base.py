@@ -17,6 +17,7 @@ class Captured:
     ref: str
     size: int | None = None
     checksum: str | None = None
+    base: str | None = None  # the ref of the snapshot this one holds the changes from
 
 
 def tx_key(journal_uuid: str, tx_id: int) -> str:

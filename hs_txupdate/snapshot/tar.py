@@ -122,7 +122,7 @@ class TarBackend:
             listing.unlink(missing_ok=True)
         size = partial.stat().st_size
         publish(partial, final)
-        return Captured(ref=str(final), size=size, checksum=checksum)
+        return Captured(str(final), size, checksum, base.captured.ref if base else None)
 
     def _archive(
         self, path: Path, partial: Path, listing: Path, names: list[str] | None

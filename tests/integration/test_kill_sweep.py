@@ -107,6 +107,24 @@ def test_update_that_rolls_back(fs_sandbox: Sandbox, request: pytest.FixtureRequ
     assert set(outcomes) == {"aborted", "rolled_back"}, outcomes
 
 
+@pytest.mark.parametrize("fs_sandbox", ["ext4"], indirect=True)
+def test_update_that_rolls_back_from_increments(
+    fs_sandbox: Sandbox, request: pytest.FixtureRequest
+) -> None:
+    """After a commit, an update whose second module fails: its tar snapshots are
+    increments of the first's, and its rollback reads each increment over its base."""
+    ref, outcomes = _sweep(fs_sandbox, request, "second-rollback", full=SWEEP_ALL)
+    assert set(outcomes) == {"aborted", "rolled_back"}, outcomes
+    captures = [
+        e["detail"]
+        for e in read_json(fs_sandbox, "show", str(ref.tx_id))["events"]
+        if e["step"] == "capture" and e["status"] == "done"
+    ]
+    first = {p["snapshot"] for p in read_json(fs_sandbox, "show", "1")["paths"]}
+    based = [c for c in captures if c.get("base") in first]
+    assert len(based) == 4, captures  # data/app, data/cache, data/web, the modules dir
+
+
 @pytest.mark.parametrize("fs_sandbox", ["btrfs"], indirect=True)
 def test_system_scope_rollback(fs_sandbox: Sandbox, request: pytest.FixtureRequest) -> None:
     """The same rollback under the whole-system scope (the two service dirs are the
