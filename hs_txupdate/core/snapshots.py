@@ -34,7 +34,8 @@ from ..snapshot.manifest import (
 from ..snapshot.restore import refuse_links_above
 from ..snapshot.restore import restore as restore_tree
 from ..snapshot.sqlite import SqliteBackend
-from ..snapshot.tarindex import base_of, index_path
+from ..snapshot.tardiff import holds_changes
+from ..snapshot.tarindex import base_of, index_path, read_index
 from .config import Config
 from .orphans import claim_store
 from .scope import ScopeEntry
@@ -119,6 +120,13 @@ def _capture_one(
         where = LAZY_PREFIX + data.decode()  # nothing to keep beside the snapshot
     else:
         manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
+        if target.base is not None and not _holds_changes(target, captured, manifest):
+            # the tree changed while tar ran, beyond what the increment took: whole then
+            backend.delete(target, captured.ref)
+            target = replace(target, base=None)
+            taken_ns = time.time_ns()
+            captured = backend.capture(target)
+            manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
         data = manifest.to_bytes()
         place = tx_dir(config, journal, tx_id) / f"{n}.manifest"
         place.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -133,6 +141,16 @@ def _capture_one(
         "fingerprint_before": manifest_fingerprint(manifest),
     }
     return columns, captured.base
+
+
+def _holds_changes(target: SnapshotTarget, captured: Captured, manifest: Manifest) -> bool:
+    """True unless `captured` is an increment that misses an entry the manifest taken
+    after it shows changed since its base (see snapshot.tardiff)."""
+    if target.base is None or captured.base is None:
+        return True
+    index = read_index(Path(captured.ref), captured.checksum or "")
+    members = set(index.starts) if index is not None else set()
+    return holds_changes(target.path, target.base.manifest, manifest, members)
 
 
 def _tar_base(journal: Journal, path: Path) -> Base | None:

@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..base import activity
@@ -21,11 +21,13 @@ from ..base.proc import CommandError, run_watched
 from .base import Base, Captured, SnapshotTarget
 from .entries import STAGE_PREFIX, remove_entry
 from .files import recorded_file, remove_file_snapshot, verified_file
-from .tardiff import MAX_SHARE, changed_since, unchanged_since_listing
+from .tardiff import MAX_SHARE, changed_since
 from .tarindex import (
     PREFIX,
     ChunkSums,
     Index,
+    base_of,
+    index_matches,
     index_path,
     read_index,
     whole_ok,
@@ -98,8 +100,8 @@ class TarBackend:
         """Archive the path under a temp name, hashing each chunk as tar writes it, write
         its index (see snapshot.tarindex) and record the index's checksum, then publish
         the archive durably. With a usable `target.base` (see snapshot.tardiff) only
-        what changed since it is archived, unless that is most of it, or the tree
-        changed while tar ran (then the whole path is archived)."""
+        what changed since it is archived, unless that is most of it (then the whole
+        path is); `Captured.base` says which it was."""
         final = self.archive_path(target)
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fsync_dir(final.parent.parent)
@@ -113,9 +115,6 @@ class TarBackend:
                 base = names = None
         try:
             sums = self._archive(target.path, partial, listing, names)
-            listed = set(names or ())
-            if base and not unchanged_since_listing(target.path, base.manifest, listed):
-                return self.capture(replace(target, base=None))
             base_line = (base.captured.checksum or "", str(base.captured.ref)) if base else None
             checksum = write_index(sums, listing, index_path(final), base_line)
         finally:
@@ -191,10 +190,10 @@ class TarBackend:
             archive = recorded_file(
                 base.captured.ref, target, self.archive_path(target), self.snapshots_dir
             )
-            index = read_index(archive, base.captured.checksum or "")
+            usable = archive.is_file() and index_matches(archive, base.captured.checksum or "")
         except (DamagedError, OSError):
             return None
-        return base if archive.is_file() and index is not None and index.base is None else None
+        return base if usable and base_of(archive) is None else None
 
     def manifest_root(self, target: SnapshotTarget, captured: Captured) -> Path:
         """The live path: nothing has changed it since it was archived."""

@@ -35,18 +35,22 @@ def changed_since(path: Path, base: Manifest) -> tuple[list[str], int]:
     Raises OSError when the tree cannot be read."""
     names, size = [], 0
     for rel, st in _archived(path):
-        if entry_type(st) == "d" or not as_recorded(base, rel, st):
+        kind = entry_type(st)
+        if kind == "d" or not as_recorded(
+            base, rel, (kind, st.st_ino, st.st_ctime_ns, st.st_nlink)
+        ):
             names.append(member(path, rel))
-            size += st.st_size if entry_type(st) == "f" else 0
+            size += st.st_size if kind == "f" else 0
     return names, size
 
 
-def unchanged_since_listing(path: Path, base: Manifest, listed: set[str]) -> bool:
-    """True when every entry of `path` an incremental archive did not list (`listed`:
-    its member names) is still as `base` recorded it: nothing changed while tar ran.
-    Raises OSError."""
+def holds_changes(path: Path, base: Manifest, taken: Manifest, members: set[str]) -> bool:
+    """True when an incremental archive of `path` whose members are `members` holds
+    every entry that the manifest taken with it (`taken`, walked after tar ran) does
+    not show as `base` recorded it: nothing changed while tar ran that it missed."""
     return all(
-        member(path, rel) in listed or as_recorded(base, rel, st) for rel, st in _archived(path)
+        member(path, rel) in members or as_recorded(base, rel, (e[0], e[1], e[2], e[4]))
+        for rel, e in taken.entries.items()
     )
 
 
@@ -64,17 +68,12 @@ def _archived(path: Path) -> Iterator[tuple[str, os.stat_result]]:
         yield rel, st
 
 
-def as_recorded(base: Manifest, rel: str, st: os.stat_result) -> bool:
-    """True when the live entry `rel` (lstat `st`) was not touched since well before
-    `base` was taken, so the base archive holds it as it is."""
+def as_recorded(base: Manifest, rel: str, now: tuple[str, int, int, int]) -> bool:
+    """True when entry `rel`, now of (type, inode, ctime, links) `now`, was not touched
+    since well before `base` was taken, so the base archive holds it as it is."""
     recorded = base.entries.get(rel)
     if recorded is None:
         return False
     kind, ino, ctime_ns, fingerprint, links = recorded
-    return (
-        fingerprint is None  # recorded with its ctime well before the base was taken
-        and kind == entry_type(st)
-        and ino == st.st_ino
-        and ctime_ns == st.st_ctime_ns
-        and links == st.st_nlink
-    )
+    # an entry recorded with a fingerprint changed too close to the base to trust its ctime
+    return fingerprint is None and (kind, ino, ctime_ns, links) == now

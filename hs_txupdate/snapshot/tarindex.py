@@ -120,6 +120,16 @@ def read_index(archive: Path, checksum: str) -> Index | None:
     return Index(lines[2 if base else 1 :], starts, sorted(starts.values()), base, dirs)
 
 
+def index_matches(archive: Path, checksum: str) -> bool:
+    """True when the index of `archive` is there with the checksum the journal recorded
+    (`index:...`), read no further. Raises OSError when it cannot be read."""
+    try:
+        data = index_path(archive).read_bytes()
+    except FileNotFoundError:
+        return False
+    return PREFIX + hashlib.sha256(data).hexdigest() == checksum
+
+
 def base_of(archive: Path) -> str | None:
     """The path of the base archive the index of `archive` names (unchecked: for
     knowing which archives are still needed), or None for a full archive or none."""
