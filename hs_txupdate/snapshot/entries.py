@@ -149,4 +149,6 @@ def unescape(text: str) -> str:
             return bytes([int(code, 8)])
         return bytes([_NAMED[code]]) if code in _NAMED else code
 
+    if "\\" not in text:
+        return text  # nothing escaped (most names): the same string back
     return os.fsdecode(_ESCAPE.sub(one, text.encode("utf-8", "surrogateescape")))

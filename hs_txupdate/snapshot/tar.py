@@ -83,6 +83,7 @@ class TarBackend:
 
     def __init__(self, snapshots_dir: Path) -> None:
         self.snapshots_dir = snapshots_dir
+        self._indexes: dict[tuple[Path, str], Index] = {}  # checked, by archive and checksum
 
     def supports(self, path: Path) -> bool:
         """Tar works on any filesystem."""
@@ -326,15 +327,19 @@ class TarBackend:
         return verified_file(archive, None, "snapshot archive", target)
 
     def _index(self, target: SnapshotTarget, archive: Path, captured: Captured) -> Index:
-        """The archive's index, checked. Raises DamagedError when it is missing or fails."""
-        index = read_index(archive, captured.checksum or "")
-        if index is None:
-            raise DamagedError(
-                f"the index {index_path(archive)} of snapshot archive {archive} of"
-                f" {target.path} is missing or fails its checksum",
-                "do not use the archive; restore that path by hand from a backup",
-            )
-        return index
+        """The archive's index, checked (once for this backend object: a restore asks
+        more than once). Raises DamagedError when it is missing or fails."""
+        key = (archive, captured.checksum or "")
+        if key not in self._indexes:
+            index = read_index(*key)
+            if index is None:
+                raise DamagedError(
+                    f"the index {index_path(archive)} of snapshot archive {archive} of"
+                    f" {target.path} is missing or fails its checksum",
+                    "do not use the archive; restore that path by hand from a backup",
+                )
+            self._indexes[key] = index
+        return self._indexes[key]
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
         """Remove the archive (and a partial one); the per-transaction dir when empty.
