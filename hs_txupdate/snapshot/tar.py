@@ -133,13 +133,7 @@ class TarBackend:
         members = partial.with_name(partial.name + ".members")
         select = ["--", path.name]
         if names is not None:
-            members.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
-            select = [
-                "--no-recursion",
-                "--null",
-                "--verbatim-files-from",
-                f"--files-from={members}",
-            ]
+            select = _only(names, members)
         try:
             with open(partial, "wb", buffering=0) as out:
                 written = [0, 0]  # bytes written, bytes handed to writeback
@@ -260,13 +254,7 @@ class TarBackend:
                     raise _failed(archive, target)
                 source = subset
             elif names is not None:
-                members.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
-                select = [
-                    "--no-recursion",
-                    "--null",
-                    "--verbatim-files-from",
-                    f"--files-from={members}",
-                ]
+                select = _only(names, members)
             _extract(
                 [
                     "tar",
@@ -359,6 +347,13 @@ class _Part:
     captured: Captured
     names: list[str] | None
     over: Index | None = None
+
+
+def _only(names: list[str], members: Path) -> list[str]:
+    """tar's options to take exactly the members `names` (no more below a directory),
+    listed in the file `members`, which this writes."""
+    members.write_bytes(b"".join(os.fsencode(n) + b"\0" for n in names))
+    return ["--no-recursion", "--null", "--verbatim-files-from", f"--files-from={members}"]
 
 
 def _make_way(stage: Path, index: Index) -> None:

@@ -52,6 +52,19 @@ def _tree(app: Path) -> None:
     time.sleep(0.3)
 
 
+def _first_commit(sbx: Sandbox, keep: int | None = None) -> tuple[Path, Path]:
+    """The tree in data/app, backed up by a module that appends to one file, committed
+    once (with `keep`, when given); return the tree and its full archive."""
+    if keep is not None:
+        sbx.keep = keep
+        sbx.write_config()
+    app = sbx.data / "app"
+    _tree(app)
+    sbx.module("a", TOUCH.format(target=str(app / "d2" / "new")), backup_paths=[app])
+    assert sbx.hs_tx("update").returncode == 0
+    return app, _archive(sbx, 1)
+
+
 def _archive(sbx: Sandbox, tx: int) -> Path:
     paths = [p for p in sbx.journal_json(tx)["paths"] if p["backend"] == "tar" and p["existed"]]
     found = [Path(p["snapshot"]) for p in paths if p["path"].endswith("/app")]
@@ -105,13 +118,7 @@ def test_undo_reads_an_increment_whose_base_transaction_was_pruned(
     tar_sandbox: Sandbox,
 ) -> None:
     sbx = tar_sandbox
-    sbx.keep = 1
-    sbx.write_config()
-    app = sbx.data / "app"
-    _tree(app)
-    sbx.module("a", TOUCH.format(target=str(app / "d2" / "new")), backup_paths=[app])
-    assert sbx.hs_tx("update").returncode == 0
-    full = _archive(sbx, 1)
+    app, full = _first_commit(sbx, keep=1)
     _drift(app)
     before = tree_state(app)
     assert sbx.hs_tx("update").returncode == 0  # tx 1 loses its snapshots: not its base
@@ -143,14 +150,8 @@ def test_undo_reads_an_increment_whose_base_transaction_was_pruned(
 
 def test_a_base_goes_with_the_last_snapshot_that_needs_it(tar_sandbox: Sandbox) -> None:
     sbx = tar_sandbox
-    sbx.keep = 1
-    sbx.write_config()
-    app = sbx.data / "app"
-    _tree(app)
-    sbx.module("a", TOUCH.format(target=str(app / "d2" / "new")), backup_paths=[app])
+    app, full = _first_commit(sbx, keep=1)
     assert sbx.hs_tx("update").returncode == 0
-    assert sbx.hs_tx("update").returncode == 0
-    full = _archive(sbx, 1)
     assert base_of(_archive(sbx, 2)) == str(full)
     (app / "big").write_bytes(os.urandom(2 << 20))  # most of the tree: captured whole
 
@@ -166,11 +167,7 @@ def test_a_base_goes_with_the_last_snapshot_that_needs_it(tar_sandbox: Sandbox) 
 
 def test_a_base_that_is_not_what_was_written_is_refused(tar_sandbox: Sandbox) -> None:
     sbx = tar_sandbox
-    app = sbx.data / "app"
-    _tree(app)
-    sbx.module("a", TOUCH.format(target=str(app / "d2" / "new")), backup_paths=[app])
-    assert sbx.hs_tx("update").returncode == 0
-    full = _archive(sbx, 1)
+    app, full = _first_commit(sbx)
     with open(full, "r+b") as f:  # one byte of the base's data, nothing the increment holds
         f.seek(full.stat().st_size // 2)
         byte = f.read(1)
