@@ -248,7 +248,7 @@ def _pump(fd: int, consume: Callable[[bytes], None], within: float) -> bool:
     deadline = time.monotonic() + within
     while (left := deadline - time.monotonic()) > 0:
         if select.select([fd], [], [], left)[0]:
-            data = os.read(fd, 1 << 20)
+            data = os.read(fd, _PIPE_SIZE)
             if not data:
                 return False
             consume(data)

@@ -120,7 +120,7 @@ def _capture_one(
         where = LAZY_PREFIX + data.decode()  # nothing to keep beside the snapshot
     else:
         manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
-        if target.base is not None and not _holds_changes(target, captured, manifest):
+        if not _holds_changes(target, captured, manifest):
             # the tree changed while tar ran, beyond what the increment took: whole then
             backend.delete(target, captured.ref)
             target = replace(target, base=None)

@@ -21,7 +21,7 @@ from ..base.proc import CommandError, run_watched
 from .base import Base, Captured, SnapshotTarget
 from .entries import STAGE_PREFIX, remove_entry
 from .files import recorded_file, remove_file_snapshot, verified_file
-from .tardiff import MAX_SHARE, changed_since
+from .tardiff import MAX_SHARE, changed_since, member
 from .tarindex import (
     PREFIX,
     ChunkSums,
@@ -208,7 +208,7 @@ class TarBackend:
             remove_entry(stage)
         times = os.stat(stage.parent)  # the stage is ours: the parent keeps its times
         os.mkdir(stage, 0o700)
-        wanted = None if entries is None else _names(target, entries)
+        wanted = None if entries is None else [member(target.path, e) for e in entries]
         try:
             for part in self._parts(target, captured, wanted):
                 if part.over is not None:
@@ -366,11 +366,6 @@ def _make_way(stage: Path, index: Index) -> None:
             is_dir = where.is_dir() and not where.is_symlink()
             if is_dir != (name in index.dirs):
                 remove_entry(where)
-
-
-def _names(target: SnapshotTarget, entries: list[str]) -> list[str]:
-    """The archive's member names of `entries` (paths relative to the path)."""
-    return [os.path.join(target.path.name, rel) if rel else target.path.name for rel in entries]
 
 
 def _failed(archive: Path, target: SnapshotTarget) -> DamagedError:

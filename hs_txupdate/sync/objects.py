@@ -102,19 +102,20 @@ class ObjectReader:
 
     def commit_tree(self, commit: str) -> str:
         """The id of commit `commit`'s root tree. Raises ObjectError when it is no commit."""
-        found = self.read(commit)
-        tree = _TREE.search(found.data) if found is not None and found.kind == "commit" else None
-        if tree is None:
-            raise ObjectError(f"{commit} is not a commit of {self.git_dir}", "")
-        return tree.group(1).decode()
+        return self._commit_field(commit, _TREE).decode()
 
     def committed_at(self, commit: str) -> int:
         """The committer time of commit `commit`, in seconds since the epoch."""
+        return int(self._commit_field(commit, _COMMITTER))
+
+    def _commit_field(self, commit: str, field: re.Pattern[bytes]) -> bytes:
+        """What `field` (one group) finds in commit `commit`'s header. Raises
+        ObjectError when it is no commit or has no such line."""
         found = self.read(commit)
-        when = _COMMITTER.search(found.data) if found is not None else None
-        if when is None:
-            raise ObjectError(f"{commit} is not a commit with a committer line", "")
-        return int(when.group(1))
+        match = field.search(found.data) if found is not None and found.kind == "commit" else None
+        if match is None:
+            raise ObjectError(f"{commit} is not a commit of {self.git_dir} with that line", "")
+        return match.group(1)
 
     def entries(self, tree: str, path: str = "") -> list[Entry]:
         """The entries of tree `tree`, in its order, their paths under `path`.
