@@ -15,6 +15,7 @@ from typing import Any
 
 from ..base.crashpoints import audit_events_lost
 from ..base.errors import HsTxError
+from ..base.proc import CommandError, spawn_detached
 from . import kernel
 from .fold import Change, classify
 from .link import ReaderError, ReaderLink
@@ -64,6 +65,7 @@ class Audit:
         self._ns: kernel.PidNamespace | None = None
         self._done = False
         self._unseen: str | None = None  # what fanotify cannot see, if anything
+        self._held: list[int] = []  # fds of the reader's that this process keeps too
 
     @classmethod
     def start(
@@ -169,16 +171,17 @@ class Audit:
             self._unseen = f"not audited (network or FUSE filesystems): {', '.join(remote)}"
         fan_fd = kernel.fanotify_group()
         tops: dict[str, int] = {}  # dev -> fd of a detached top-level mount
+        # held here too, so that neither the reader's exit (which the run waits for)
+        # nor this process closes them last (see _close_detached)
+        self._held = [fan_fd]
         try:
             _mark(fan_fd, plan, tops)
+            self._held += tops.values()
             self._ns = kernel.PidNamespace.enter()
             self._link = ReaderLink.spawn((fan_fd, *tops.values()))  # PID 1 there
         except BaseException:
             self._teardown()
             raise
-        finally:
-            for fd in (fan_fd, *tops.values()):
-                os.close(fd)
         config = {
             "fan_fd": fan_fd,
             "watch": self.roots,
@@ -229,11 +232,25 @@ class Audit:
         finally:
             if link is not None:
                 link.stop(STOP_TIMEOUT_S)
+            _close_detached(self._held)
+            self._held = []
 
     def _check_open(self) -> None:
         """Raise AuditError once the audit is finished or abandoned."""
         if self._done:
             raise AuditError("the audit is already finished")
+
+
+def _close_detached(fds: list[int]) -> None:
+    """Close `fds` (a fanotify group, detached mounts), their last references going to
+    a short process nobody waits for: the last close of a group waits for the kernel
+    to free its marks (a grace period, about 15 ms here), and of a detached mount for
+    its unmount. Closes them here when that process cannot start."""
+    if fds:
+        with contextlib.suppress(CommandError):
+            spawn_detached(["true"], pass_fds=fds)
+    for fd in fds:
+        os.close(fd)
 
 
 def _mark(fan_fd: int, plan: list[Filesystem], tops: dict[str, int]) -> None:

@@ -18,13 +18,21 @@ class Forked:
     """A child forked from this process without an exec, running a function, with pipes
     to its stdin, stdout and stderr: what of a Popen a line to a helper process uses."""
 
-    def __init__(self, pid: int, name: str, pipes: tuple[int, int, int]) -> None:
+    def __init__(self, pid: int, name: str, pipes: tuple[int, int, int | None]) -> None:
         self.pid = pid
         self.args = [name]
         self.returncode: int | None = None
         self.stdin: IO[bytes] | None = os.fdopen(pipes[0], "wb")
         self.stdout: IO[bytes] | None = os.fdopen(pipes[1], "rb")
-        self.stderr: IO[bytes] | None = os.fdopen(pipes[2], "rb")
+        self.stderr: IO[bytes] | None = None if pipes[2] is None else os.fdopen(pipes[2], "rb")
+
+    def poll(self) -> int | None:
+        """Reap the child if it exited; return its exit status, or None while it runs."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         """Reap the child and return its exit status, waiting at most `timeout` s
@@ -32,15 +40,11 @@ class Forked:
         if self.returncode is None and timeout is None:
             self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
         deadline = time.monotonic() + (timeout or 0.0)
-        while self.returncode is None:  # wait_exit wakes at the exit itself (a pidfd)
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-            elif time.monotonic() >= deadline:
+        while (code := self.poll()) is None:  # wait_exit wakes at the exit (a pidfd)
+            if time.monotonic() >= deadline:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
-            else:
-                time.sleep(0.005)
-        return self.returncode
+            time.sleep(0.005)
+        return code
 
     def kill(self) -> None:
         """SIGKILL the child, unless it was reaped."""
@@ -48,16 +52,19 @@ class Forked:
             os.kill(self.pid, signal.SIGKILL)
 
 
-def fork_child(body: Callable[[], int], name: str, keep_fds: Sequence[int]) -> Forked:
+def fork_child(
+    body: Callable[[], int], name: str, keep_fds: Sequence[int], stderr_to: int | None = None
+) -> Forked:
     """Given a function, a process name (at most 15 bytes, shown by ps) and the fds the
     child needs, fork a child that runs `body` with pipes as its stdin, stdout and
-    stderr, every other fd closed, in a session of its own, in /, and exits with what
-    `body` returns (1, its traceback on stderr, when it raises). Return it. Cheaper than
-    a new interpreter: no start-up, no imports. Raises OSError when it cannot fork.
+    stderr (or, with `stderr_to`, that fd as its stderr), every other fd closed, in a
+    session of its own, in /, and exits with what `body` returns (1, its traceback on
+    stderr, when it raises). Return it. Cheaper than a new interpreter: no start-up, no
+    imports. Raises OSError when it cannot fork.
     """
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
-    stderr_r, stderr_w = os.pipe()
+    stderr_r, stderr_w = os.pipe() if stderr_to is None else (None, stderr_to)
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child; its behaviour is tested through its user)
         status = 1
@@ -75,7 +82,7 @@ def fork_child(body: Callable[[], int], name: str, keep_fds: Sequence[int]) -> F
             os.write(2, traceback.format_exc().encode(errors="replace"))
         finally:
             os._exit(status)
-    for fd in (stdin_r, stdout_w, stderr_w):
+    for fd in (stdin_r, stdout_w) if stderr_r is None else (stdin_r, stdout_w, stderr_w):
         os.close(fd)
     return Forked(pid, name, (stdin_w, stdout_r, stderr_r))
 

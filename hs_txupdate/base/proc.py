@@ -119,10 +119,10 @@ def _stderr_is_fd2() -> bool:
         return False
 
 
-def spawn_detached(argv: Sequence[str]) -> None:
-    """Start `argv` in a session of its own, not waited for, its output discarded: work
-    that must not hold up the command that starts it. Raises CommandError when it cannot
-    be started."""
+def spawn_detached(argv: Sequence[str], pass_fds: Sequence[int] = ()) -> None:
+    """Start `argv` in a session of its own, not waited for, its output discarded, with
+    `pass_fds` open: work that must not hold up the command that starts it. Raises
+    CommandError when it cannot be started."""
     try:
         subprocess.Popen(
             list(argv),
@@ -131,6 +131,7 @@ def spawn_detached(argv: Sequence[str]) -> None:
             stderr=subprocess.DEVNULL,
             env=child_env(),
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
         )
     except OSError as exc:
         raise CommandError(f"{argv[0]} could not be started: {exc}", "") from exc

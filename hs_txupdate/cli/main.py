@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -110,5 +111,16 @@ def _stamp_output(json_out: bool) -> None:
 
 
 def entry() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point. Everything hs-tx opened is closed when `main`
+    returns, so the process ends at once instead of tearing the interpreter down
+    (15 to 20 ms of every command)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass  # the reader went away (`hs-tx history | head`): what it wanted, it got
+    except OSError as exc:
+        print(f"hs-tx: warning: cannot write the output: {exc}", file=sys.stderr)
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
+    os._exit(code)

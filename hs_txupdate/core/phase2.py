@@ -6,6 +6,7 @@ failure stops the phase so the transaction can roll back.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from ..base.proc import child_env
 from ..journal import Phase, RunStatus, Status, Step
 from ..modules import cgroup
 from ..modules.discovery import Module
-from ..modules.forkserver import ForkServer, ForkServerError
+from ..modules.forkserver import FORBIDDEN, ForkServer, ForkServerError
 from ..modules.runner import Outcome, Runtime, run_module
 from .audit import RunAudit
 from .context import Context
@@ -87,10 +88,15 @@ def run_phase2(runs: ModuleRuns, modules: list[Module]) -> str | None:
 
 
 def start_forks(runs: ModuleRuns) -> None:
-    """Start the run's fork server on the runtime (when it cannot start, each module
-    starts on its own, and the run says so)."""
+    """Start the run's fork server on the runtime: forked from hs-tx when workers run
+    on hs-tx's own interpreter and hs-tx holds nothing a worker must not, else a new
+    interpreter (when it cannot start, each module starts on its own, and the run
+    says so)."""
     try:
-        runs.forks = ForkServer(runs.runtime.python, runs.runtime.pythonpath, child_env())
+        if runs.runtime == Runtime() and not any(m in sys.modules for m in FORBIDDEN):
+            runs.forks = ForkServer.fork(child_env())
+        else:
+            runs.forks = ForkServer.spawn(runs.runtime.python, runs.runtime.pythonpath, child_env())
     except ForkServerError as exc:
         runs.ctx.log(f"hs-tx: note: {exc}; each module starts on its own")
 

@@ -2,9 +2,12 @@
 worker process for each module, instead of a new interpreter starting and importing
 the worker for each (what an update with many modules mostly paid for).
 
-`ForkServer` (the orchestrator's side) starts `python -m hs_txupdate.modules.forkserver
-FD` on the module runtime's interpreter; it imports only what the worker needs (no
-SQLAlchemy or pyroute2, nor `random`, whose state the workers would share).
+`ForkServer.spawn` (the orchestrator's side) starts `python -m
+hs_txupdate.modules.forkserver FD` on the module runtime's interpreter; it imports only
+what the worker needs (no SQLAlchemy or pyroute2). When workers run on hs-tx's own
+interpreter and hs-tx has imported none of `FORBIDDEN`, `ForkServer.fork` forks hs-tx
+itself instead, which then sets up what that new interpreter would have had: no
+interpreter start-up is waited for.
 Over a socket pair (SOCK_SEQPACKET) each request is one JSON message with the worker's
 descriptors attached (SCM_RIGHTS): its output pipe, its result pipe and its channel's
 two pipes. The server forks; the child starts a session, takes the output pipe as its
@@ -18,8 +21,11 @@ When its socket closes, the server exits.
 from __future__ import annotations
 
 import array
+import codecs
 import contextlib
+import io
 import json
+import locale
 import os
 import select
 import signal
@@ -27,13 +33,19 @@ import socket
 import subprocess
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from . import worker
+
+if TYPE_CHECKING:
+    from ..base.forking import Forked
 
 _MAX_MESSAGE = 1 << 20  # a request carries the module's whole environment
 _MAX_FDS = 4
 EXIT_UNKNOWN = -int(signal.SIGKILL)  # a worker whose server is gone: reported killed
+SERVER_NAME = "hs-tx-forks"  # a forked server's process name (ps, /proc/PID/comm)
+# what a server forked from hs-tx must not hold, so that no worker does
+FORBIDDEN = ("sqlalchemy", "alembic", "git", "pyroute2")
 
 
 def placed(text: str, fds: list[int]) -> str:
@@ -49,17 +61,27 @@ class ForkServerError(OSError):
 
 
 class ForkServer:
-    """The orchestrator's side of one fork server. Given the runtime's interpreter and
-    the PYTHONPATH it needs (None: none) and the base environment of workers."""
+    """The orchestrator's side of one fork server: start it with `spawn` (on a given
+    interpreter) or `fork` (this process itself)."""
 
-    def __init__(self, python: str, pythonpath: str | None, env: dict[str, str]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes] | Forked, sock: socket.socket) -> None:
+        self.proc = proc
+        self.sock = sock
+        self.exits: dict[int, int] = {}
+        self.gone = False
+
+    @classmethod
+    def spawn(cls, python: str, pythonpath: str | None, env: dict[str, str]) -> ForkServer:
+        """Given the runtime's interpreter, the PYTHONPATH it needs (None: none) and the
+        base environment of workers, start a server on that interpreter.
+        Raises ForkServerError when it cannot start."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**env, "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
         if pythonpath:
             env["PYTHONPATH"] = pythonpath
         argv = [python, "-m", "hs_txupdate.modules.forkserver", str(theirs.fileno())]
         try:
-            self.proc = subprocess.Popen(
+            proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -71,9 +93,32 @@ class ForkServer:
             raise ForkServerError(exc.errno, f"cannot start the fork server: {exc}") from exc
         finally:
             theirs.close()
-        self.sock = ours
-        self.exits: dict[int, int] = {}
-        self.gone = False
+        return cls(proc, ours)
+
+    @classmethod
+    def fork(cls, env: dict[str, str]) -> ForkServer:
+        """Given the base environment of workers, fork this process as the server: no
+        interpreter starts and nothing is imported, so the first module waits for
+        nothing. Only for workers on this interpreter, and only while this process has
+        imported nothing a worker must not hold (see `FORBIDDEN`).
+        Raises ForkServerError when it cannot fork."""
+        from ..base.forking import fork_child  # here: a spawned server never needs it
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cwd = os.getcwd()
+        try:
+            proc = fork_child(
+                lambda: _serve_forked(theirs, cwd, env), SERVER_NAME, [theirs.fileno()], 2
+            )
+        except OSError as exc:
+            ours.close()
+            raise ForkServerError(exc.errno, f"cannot fork the fork server: {exc}") from exc
+        finally:
+            theirs.close()
+        for pipe in (proc.stdin, proc.stdout):  # the server reads and writes neither
+            if pipe is not None:
+                pipe.close()
+        return cls(proc, ours)
 
     def launch(self, argv: list[str], env: dict[str, str], fds: list[int]) -> ForkedWorker:
         """Fork a worker running `worker.main(argv)`, in which every `{fd N}` of `argv`
@@ -254,6 +299,31 @@ def _fork(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _serve_forked(sock: socket.socket, cwd: str, env: dict[str, str]) -> int:
+    """The body of a server forked from hs-tx: first what a server started as
+    `python -u` with `env` in `cwd` would have (signal handlers, locale, unbuffered
+    standard streams, no bytecode written), then `serve`."""
+    os.chdir(cwd)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    os.environ.clear()
+    os.environ.update(env)
+    locale.setlocale(locale.LC_CTYPE, "")
+    sys.dont_write_bytecode = True
+    encoding = codecs.lookup(locale.getencoding()).name  # as Python names it: utf-8
+    sys.stdin = io.TextIOWrapper(
+        io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding, "surrogateescape"
+    )
+    sys.stdout, sys.stderr = (
+        io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding, errors, write_through=True)
+        for fd, errors in ((1, "surrogateescape"), (2, "backslashreplace"))
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(sock)
+    return 0
 
 
 def main(argv: list[str]) -> int:

@@ -13,11 +13,18 @@ RUN_TIMEOUT = 120
 
 # prints what a module can observe of the process it runs in
 PROBE = """
-import json, os, random, sys
+import json, os, random, signal, sys
 
 def main(args):
     cgroup = open("/proc/self/cgroup").read().strip()
     seen = {{
+        "forked_from_hs_tx": "hs_txupdate.cli.main" in sys.modules,
+        "bytecode": not sys.dont_write_bytecode,
+        "streams": [(s.encoding, s.errors, s.write_through) for s in (sys.stdout, sys.stderr)],
+        "cwd": os.getcwd(),
+        "signals": [str(signal.getsignal(s)) for s in (signal.SIGINT, signal.SIGTERM,
+                                                       signal.SIGHUP, signal.SIGPIPE)],
+        "fds": sorted(os.listdir("/proc/self/fd")),
         "session_leader": os.getsid(0) == os.getpid(),
         "umask": os.umask(0o022),
         "state_dir": os.environ.get("HS_TX_STATE_DIR"),
@@ -89,3 +96,26 @@ def test_a_run_whose_fork_server_dies_goes_on(tar_sandbox: Sandbox) -> None:
         ("a_killer", "success"),
         ("b_next", "success"),
     ]
+
+
+def test_a_server_forked_from_hs_tx_gives_workers_what_a_spawned_one_does(
+    tar_sandbox: Sandbox,
+) -> None:
+    """The first run creates the journal (SQLAlchemy is imported), so its server is a new
+    interpreter; the next run's server is hs-tx forked, which no worker can tell apart
+    except by the modules hs-tx had imported."""
+    sbx = tar_sandbox
+    sbx.module("a", PROBE.format())
+
+    first = sbx.hs_tx("update", timeout=RUN_TIMEOUT)
+    sbx.module("a", PROBE.format(), version="1.0.1")  # a change, so the run is not idle
+    second = sbx.hs_tx("update", timeout=RUN_TIMEOUT)
+
+    assert first.returncode == 0 and second.returncode == 0, second.stderr
+    spawned, forked = _seen(first.stderr, "a"), _seen(second.stderr, "a")
+    assert not spawned.pop("forked_from_hs_tx") and forked.pop("forked_from_hs_tx")
+    assert not forked["bytecode"] and forked["streams"][0] == ["utf-8", "surrogateescape", True]
+    for key in ("random", "cgroup", "pidns"):  # differ between any two runs
+        spawned.pop(key), forked.pop(key)
+    assert forked == spawned
+    assert not list(sbx.modules.rglob("__pycache__"))
