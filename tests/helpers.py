@@ -146,8 +146,10 @@ class Sandbox:
             """
         )
         text += self.extra_config
-        if self.source_url:
-            text += f'[source]\nurl = "{self.source_url}"\nbranch = "{self.source_branch}"\n'
+        if self.source_url:  # a JSON string is a TOML basic string
+            text += (
+                f'[source]\nurl = {json.dumps(self.source_url)}\nbranch = "{self.source_branch}"\n'
+            )
             text += self.source_config
         self.config.write_text(text)
 

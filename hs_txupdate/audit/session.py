@@ -65,7 +65,7 @@ class Audit:
         self._ns: kernel.PidNamespace | None = None
         self._done = False
         self._unseen: str | None = None  # what fanotify cannot see, if anything
-        self._held: list[int] = []  # fds of the reader's that this process keeps too
+        self._group: int | None = None  # the reader's fanotify group, held here too
 
     @classmethod
     def start(
@@ -172,16 +172,18 @@ class Audit:
         fan_fd = kernel.fanotify_group()
         tops: dict[str, int] = {}  # dev -> fd of a detached top-level mount
         # held here too, so that neither the reader's exit (which the run waits for)
-        # nor this process closes them last (see _close_detached)
-        self._held = [fan_fd]
+        # nor this process closes it last (see _close_detached)
+        self._group = fan_fd
         try:
             _mark(fan_fd, plan, tops)
-            self._held += tops.values()
             self._ns = kernel.PidNamespace.enter()
             self._link = ReaderLink.spawn((fan_fd, *tops.values()))  # PID 1 there
         except BaseException:
             self._teardown()
             raise
+        finally:  # the reader's exit unmounts them: a filesystem is not kept busy
+            for fd in tops.values():
+                os.close(fd)
         config = {
             "fan_fd": fan_fd,
             "watch": self.roots,
@@ -232,8 +234,9 @@ class Audit:
         finally:
             if link is not None:
                 link.stop(STOP_TIMEOUT_S)
-            _close_detached(self._held)
-            self._held = []
+            if self._group is not None:
+                _close_detached(self._group)
+                self._group = None
 
     def _check_open(self) -> None:
         """Raise AuditError once the audit is finished or abandoned."""
@@ -241,16 +244,13 @@ class Audit:
             raise AuditError("the audit is already finished")
 
 
-def _close_detached(fds: list[int]) -> None:
-    """Close `fds` (a fanotify group, detached mounts), their last references going to
-    a short process nobody waits for: the last close of a group waits for the kernel
-    to free its marks (a grace period, about 15 ms here), and of a detached mount for
-    its unmount. Closes them here when that process cannot start."""
-    if fds:
-        with contextlib.suppress(CommandError):
-            spawn_detached(["true"], pass_fds=fds)
-    for fd in fds:
-        os.close(fd)
+def _close_detached(group: int) -> None:
+    """Close the fanotify group `group`, its last reference going to a short process
+    nobody waits for: the last close of a group waits for the kernel to free its marks
+    (a grace period, about 15 ms here). Closes it here when that process cannot start."""
+    with contextlib.suppress(CommandError):
+        spawn_detached(["true"], pass_fds=[group])
+    os.close(group)
 
 
 def _mark(fan_fd: int, plan: list[Filesystem], tops: dict[str, int]) -> None:

@@ -35,6 +35,7 @@ QUIET_ENV = {
 REMOTE_REF = "refs/remotes/origin/{branch}"
 INCOMING_REF = "refs/hs-tx/incoming"  # where a fetch lands until its limits are checked
 MAX_PACKS = 50  # each fetch adds a pack; beyond this many, they are repacked into one
+_MAX_REFS_ANSWER = 1 << 20  # what `ls-remote` of one branch may print
 
 
 class SourceError(HsTxError):
@@ -66,20 +67,39 @@ def open_clone(clone_dir: Path, url: str) -> ObjectReader:
 
 def _reset_local_settings(clone_dir: Path, url: str) -> None:
     """Make the clone's config exactly hs-tx's (bare, origin = `url`) and drop its hooks
-    and alternates: whatever was put there is never honoured by a fetch or a read."""
+    and alternates: whatever was put there is never honoured by a fetch or a read.
+    Writes nothing when all of that is already so."""
     config = clone_dir / "config"
-    fresh = config.with_name("config.hs-tx-new")
-    fresh.unlink(missing_ok=True)
-    write_new(fresh, _CLONE_CONFIG, 0o600)
-    run(["git", "config", "--file", str(fresh), "remote.origin.url", url])
-    os.replace(fresh, config)
+    wanted = _CLONE_CONFIG + b'[remote "origin"]\n\turl = ' + _quoted(url) + b"\n"
+    changed = False
+    with contextlib.suppress(FileNotFoundError):
+        changed = config.is_symlink() or config.read_bytes() != wanted
+    if changed or not config.exists():
+        fresh = config.with_name("config.hs-tx-new")
+        fresh.unlink(missing_ok=True)
+        write_new(fresh, wanted, 0o600)
+        os.replace(fresh, config)
+        changed = True
     hooks = clone_dir / "hooks"
     if hooks.is_symlink() or hooks.is_file():
         hooks.unlink()
+        changed = True
     elif hooks.is_dir():
         shutil.rmtree(hooks)
-    (clone_dir / "objects/info/alternates").unlink(missing_ok=True)
-    fsync_dir(clone_dir)
+        changed = True
+    alternates = clone_dir / "objects/info/alternates"
+    if alternates.exists() or alternates.is_symlink():
+        alternates.unlink()
+        changed = True
+    if changed:
+        fsync_dir(clone_dir)
+
+
+def _quoted(value: str) -> bytes:
+    """`value` as a quoted git config value (what `git config` reads back as `value`)."""
+    for char, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\t", "\\t")):
+        value = value.replace(char, escaped)
+    return b'"' + value.encode() + b'"'
 
 
 def open_existing(clone_dir: Path) -> ObjectReader | None:
@@ -118,6 +138,9 @@ def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: i
     brought is deleted; no ref moved).
     """
     objects = open_clone(clone_dir, url)
+    unchanged = _unchanged_tip(objects, url, branch, timeout_s)
+    if unchanged is not None:
+        return SourceState(unchanged, objects)
     packs = clone_dir / "objects" / "pack"
     before = _pack_sizes(packs)
 
@@ -155,6 +178,36 @@ def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: i
     if len([n for n in _pack_sizes(packs) if n.endswith(".pack")]) > MAX_PACKS:
         run([*git_dir, "-c", "core.hooksPath=/dev/null", "repack", "-a", "-d", "-q"], timeout=None)
     return SourceState(commit, objects)
+
+
+def _unchanged_tip(objects: ObjectReader, url: str, branch: str, timeout_s: float) -> str | None:
+    """The commit the last fetch of `branch` left in the clone when the source's branch
+    still points at it, else None. One `git ls-remote` (what a fetch that brings
+    nothing costs about twice). Raises SourceError when the source cannot be asked."""
+    local = objects.resolve(REMOTE_REF.format(branch=branch))
+    if local is None:
+        return None
+    ref = f"refs/heads/{branch}".encode()
+    answer = bytearray()
+
+    def take(chunk: bytes) -> None:
+        answer.extend(chunk)
+        if len(answer) > _MAX_REFS_ANSWER:
+            raise CommandError(f"it listed more than {_MAX_REFS_ANSWER >> 10} KiB of refs", "")
+
+    argv = ["git", "--git-dir", str(objects.git_dir), "ls-remote", "origin", ref.decode()]
+    try:
+        run_watched(argv, timeout=timeout_s, env=QUIET_ENV, stdout_to=take)
+    except CommandError as exc:
+        raise SourceError(
+            f"cannot fetch branch {branch!r} from {url}: {exc}",
+            "check [source] url and branch and that the source is reachable; nothing was changed",
+        ) from exc
+    tips = {}
+    for line in bytes(answer).splitlines():  # OID<TAB>NAME
+        oid, _, name = line.partition(b"\t")
+        tips[name] = oid
+    return local if tips.get(ref) == local.encode() else None
 
 
 def _pack_sizes(packs: Path) -> dict[str, int]:
@@ -222,6 +275,8 @@ def commit_age_days(state: SourceState) -> float:
 
 def is_ancestor(state: SourceState, older: str) -> bool:
     """True when commit `older` is in the fetched commit's history (no rewrite)."""
+    if older == state.commit:
+        return True
     argv = ["git", "--git-dir", str(state.git_dir), "merge-base", "--is-ancestor"]
     return run([*argv, older, state.commit], check=False).returncode == 0
 

@@ -403,6 +403,23 @@ def test_the_forked_reader_holds_none_of_the_parents_files(tree: Path, audits: S
     assert changes(fanotify_result(audit), tree) == {("written", "created", "m1", 1)}
 
 
+def _fanotify_fds() -> int:
+    fds = [os.path.join("/proc/self/fd", fd) for fd in os.listdir("/proc/self/fd")]
+    return sum("fanotify" in os.readlink(fd) for fd in fds if os.path.exists(fd))
+
+
+def test_the_group_is_held_until_the_finish_and_not_after(tree: Path, audits: StartAudit) -> None:
+    """hs-tx holds the reader's fanotify group too (so the reader's exit, which a run
+    waits for, is not the last close), and gives it up at the finish."""
+    before = _fanotify_fds()
+    audit = audits([tree])
+    assert _fanotify_fds() == before + 1
+    audit.window("m1")
+    module("echo x > written", tree)
+    assert changes(fanotify_result(audit), tree) == {("written", "created", "m1", 1)}
+    assert _fanotify_fds() == before
+
+
 def test_the_reader_ends_at_eof_and_takes_the_run_with_it(tree: Path, audits: StartAudit) -> None:
     audit = audits([tree])
     audit.window("m1")

@@ -324,3 +324,53 @@ def test_source_module_with_a_bad_name_is_refused(src: tuple[Sandbox, GitSource]
     assert result.returncode == 2
     assert "invalid module name 'bad name;rm'" in result.stderr
     assert not (sbx.modules / "ok").exists()
+
+
+def test_an_unchanged_source_is_asked_not_fetched_and_a_moved_branch_is_fetched(
+    src: tuple[Sandbox, GitSource],
+) -> None:
+    """An idle run asks the source where its branch points (`ls-remote`) and fetches
+    nothing; a ref whose name merely ends like the branch's does not fool it."""
+    sbx, source = src
+    first = source.publish({"m": module_files("m", OK)})
+    assert sbx.hs_tx("update").returncode == 0
+    packs = sbx.state / "source/objects/pack"
+    config = (sbx.state / "source/config").stat()
+    before = sorted(p.name for p in packs.iterdir())
+
+    assert sbx.hs_tx("update").returncode == 0
+
+    assert sorted(p.name for p in packs.iterdir()) == before, "an idle run fetched"
+    assert (sbx.state / "source/config").stat().st_mtime_ns == config.st_mtime_ns
+    second = source.publish({"m": module_files("m", OK, version="2.0.0")})
+    source.git("push", "-q", "origin", f"{first}:refs/heads/x/refs/heads/master")
+
+    result = sbx.hs_tx("update")
+
+    assert result.returncode == 0, result.stderr
+    assert version_of(sbx, "m") == "2.0.0"
+    assert sbx.journal_json(3)["source_after"] == second
+
+
+@pytest.mark.parametrize("tail", ['with "quotes"', "with \\ and\ttab", "plain"])
+def test_the_clones_origin_reads_back_as_the_configured_url(
+    src: tuple[Sandbox, GitSource], tail: str
+) -> None:
+    """hs-tx writes the clone's config itself: git reads back exactly the url given."""
+    sbx, source = src
+    source.publish({"m": module_files("m", OK)})
+    moved = source.root / f"remote {tail}.git"
+    source.bare.rename(moved)
+    sbx.source_url = f"file://{moved}"
+    sbx.write_config()
+
+    result = sbx.hs_tx("update")
+
+    assert result.returncode == 0, result.stderr
+    url = subprocess.run(
+        ["git", "config", "--file", str(sbx.state / "source/config"), "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert url == f"file://{moved}\n"
