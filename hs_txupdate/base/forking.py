@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import IO
 
@@ -79,6 +78,8 @@ def fork_child(
                 comm.write(name)
             status = int(body())
         except BaseException:  # to fd 2 itself: sys.stderr may be the parent's wrapper
+            import traceback
+
             os.write(2, traceback.format_exc().encode(errors="replace"))
         finally:
             os._exit(status)

@@ -7,7 +7,6 @@ import contextlib
 import importlib
 import os
 import sys
-import traceback
 
 from .. import __version__
 from ..base.errors import EXIT_USAGE, HsTxError, exit_code_for
@@ -87,17 +86,23 @@ def main(argv: list[str] | None = None) -> int:
     except HsTxError as exc:
         print(f"hs-tx: error: {exc}", file=sys.stderr)
         if args.debug:
-            traceback.print_exc()
+            _print_traceback()
         return exc.exit_code
     except Exception as exc:
         print(f"hs-tx: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         print("hs-tx: hint: run again with --debug for a traceback", file=sys.stderr)
         if args.debug:
-            traceback.print_exc()
+            _print_traceback()
         return exit_code_for(exc)
     finally:
         if ctx is not None:
             ctx.close()
+
+
+def _print_traceback() -> None:
+    import traceback  # here: only --debug after an error needs it
+
+    traceback.print_exc()
 
 
 def _stamp_output(json_out: bool) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import sys
@@ -86,6 +85,8 @@ class Context:
 
 def who() -> tuple[str, str]:
     """The user and host to record on a transaction."""
+    import getpass  # here: only a run that opens a transaction asks
+
     try:
         user = getpass.getuser()
     except (KeyError, OSError):

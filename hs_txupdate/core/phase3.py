@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import pkgutil
 import shutil
 import sys
 from dataclasses import dataclass
@@ -83,6 +82,8 @@ def plan(state: SourceState) -> tuple[SelfUpdate | None, str | None]:
 def preload() -> None:
     """Import every hs-tx module now: once pip replaces the files on disk, a rollback
     must still run the old code, never a mix of old and new."""
+    import pkgutil
+
     import hs_txupdate
 
     skip = ("hs_txupdate.compat", "hs_txupdate.migrations", "hs_txupdate.cli.__main__")

@@ -265,21 +265,37 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _conforms(value: Any, hint: Any) -> bool:
-    """True when `value` is of the (simple) type `hint` a record field declares."""
-    origin = get_origin(hint)
-    if hint is Any:
+    """True when `value` is of the (simple) type `hint` a record field declares (a bool
+    is no int or float unless the hint names bool; an int is a float)."""
+    kinds = _KINDS.get(hint)
+    if kinds is None:
+        kinds = _KINDS[hint] = _kinds(hint)
+    if not kinds:  # Any
         return True
+    return isinstance(value, kinds) and (type(value) is not bool or bool in kinds)
+
+
+_KINDS: dict[Any, tuple[type, ...]] = {}
+
+
+def _kinds(hint: Any) -> tuple[type, ...]:
+    """The classes a value of `hint` may be an instance of; () for Any."""
+    if hint is Any:
+        return ()
+    origin = get_origin(hint)
     if origin in (Union, types.UnionType):
-        return any(_conforms(value, arg) for arg in get_args(hint))
-    if hint is type(None):
-        return value is None
+        found: tuple[type, ...] = ()
+        for arg in get_args(hint):
+            kinds = _kinds(arg)
+            if not kinds:
+                return ()
+            found += kinds
+        return found
     if origin in (list, dict):
-        return isinstance(value, origin)
-    if hint in (int, float) and isinstance(value, bool):
-        return False
+        return (origin,)
     if hint is float:
-        return isinstance(value, int | float)
-    return isinstance(value, hint)
+        return (int, float)
+    return (hint,)
 
 
 def _is_path(text: str) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from contextlib import closing
-from importlib import resources
 from pathlib import Path
 
 from ..base.errors import DamagedError
@@ -101,6 +100,8 @@ def _run_alembic_upgrade(path: Path) -> None:
 
     Raises sqlite3.DatabaseError when the file cannot be migrated.
     """
+    from importlib import resources
+
     from alembic import command
     from alembic.config import Config as AlembicConfig
     from sqlalchemy import create_engine, event

@@ -71,13 +71,25 @@ def create(name: str) -> tuple[Path | None, str | None]:
     return path, None
 
 
+def warm_up() -> None:
+    """Move this process into the cgroup it is in: nothing changes, but the kernel
+    takes its slow path for migrations now (it waits a grace period, about 15 ms,
+    to enter it) and keeps it for a grace period after, so a worker moving into its
+    cgroup soon after does not wait. Called by the fork server as it starts, while
+    hs-tx gets the first module ready. Never raises."""
+    own = own_cgroup()
+    if own is not None:
+        with contextlib.suppress(OSError), open(own / "cgroup.procs", "wb") as f:
+            f.write(b"0")
+
+
 def join_from_environ() -> None:
     """In the worker: move this process into the cgroup named by HS_TX_CGROUP (if any),
     before it starts anything; the variable is not passed on."""
     path = os.environ.pop(CGROUP_ENV, "")
     if path:
-        with open(os.path.join(path, "cgroup.procs"), "w", encoding="ascii") as f:
-            f.write("0")  # 0: the writing process, whatever its pid namespace
+        with open(os.path.join(path, "cgroup.procs"), "wb") as f:
+            f.write(b"0")  # 0: the writing process, whatever its pid namespace
 
 
 def members(path: Path) -> list[int]:

@@ -35,7 +35,7 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
-from . import worker
+from . import cgroup, worker
 
 if TYPE_CHECKING:
     from ..base.forking import Forked
@@ -221,6 +221,7 @@ class ForkedWorker:
 
 def serve(sock: socket.socket) -> None:
     """Answer requests on `sock` until it closes; reap and report every worker."""
+    cgroup.warm_up()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)

@@ -14,6 +14,7 @@ the journal recorded).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -36,18 +37,23 @@ from .subvol import (
 )
 
 BTRFS_SUPER_MAGIC = 0x9123683E
+_STATFS_BUFFER = 256  # more than struct statfs takes on any Linux
+_libc = ctypes.CDLL(None, use_errno=True)
 _LEGACY_NAME = re.compile(r"[0-9]+-[0-9]+")  # `<txid>-<n>`, before journal identities
 # Headroom for snapshot metadata and copy-on-write during the run.
 MIN_FREE = 16 << 20
 
 
 def is_btrfs(path: Path) -> bool:
-    """True when `path` (or its nearest existing parent) lives on btrfs."""
+    """True when `path` (or its nearest existing parent) lives on btrfs (statfs's
+    f_type; False when statfs fails)."""
     probe = path
     while not probe.exists():
         probe = probe.parent
-    result = run(["stat", "--file-system", "--format=%t", str(probe)], check=False)
-    return result.returncode == 0 and result.stdout.strip() == format(BTRFS_SUPER_MAGIC, "x")
+    buf = ctypes.create_string_buffer(_STATFS_BUFFER)
+    if _libc.statfs(os.fsencode(probe), buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value == BTRFS_SUPER_MAGIC  # f_type comes first
 
 
 def subvolume_root(path: Path) -> Path:

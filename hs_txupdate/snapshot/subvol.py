@@ -13,7 +13,6 @@ import errno
 import fcntl
 import os
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,7 +140,7 @@ def subvolume_identity(path: Path) -> SubvolumeIdentity | None:
     finally:
         os.close(fd)
     readonly = bool(info.flags & _ROOT_SUBVOL_RDONLY)
-    return SubvolumeIdentity(str(uuid.UUID(bytes=bytes(info.uuid))), info.ctransid, readonly)
+    return SubvolumeIdentity(_uuid_text(bytes(info.uuid)), info.ctransid, readonly)
 
 
 class _InoPathArgs(ctypes.Structure):
@@ -241,3 +240,9 @@ def child_subvolumes(subvolume: Path) -> list[str]:
         return paths
     finally:
         os.close(fd)
+
+
+def _uuid_text(raw: bytes) -> str:
+    """16 bytes as a UUID is written (8-4-4-4-12 hex digits), as `btrfs` shows it."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -91,5 +91,11 @@ def test_a_consumer_that_raises_stops_the_command_and_its_helpers() -> None:
     with pytest.raises(OSError, match="No space"):
         run_watched(["sh", "-c", "sleep 60 & yes"], timeout=60, stdout_to=refuse)
     assert time.monotonic() - started < 30
-    sleepers = subprocess.run(["pgrep", "-f", "^sleep 60$"], capture_output=True, text=True)
-    assert sleepers.stdout == "", "the session was killed, its helpers too"
+    deadline = time.monotonic() + 10  # SIGKILL is sent; the kernel ends them soon after
+    while (sleepers := _pgrep("^sleep 60$")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleepers == "", "the session was killed, its helpers too"
+
+
+def _pgrep(pattern: str) -> str:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
