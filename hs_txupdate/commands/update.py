@@ -26,6 +26,7 @@ from ..core.start import open_transaction, recover_first, snapshot_scope
 from ..core.system import system_units
 from ..core.transaction import commit, roll_back, run_transaction
 from ..journal import EventHook, Kind, Origin, Phase, Status, Step
+from ..modules import cgroup
 from ..modules.discovery import Listed, discover_usable
 
 
@@ -103,6 +104,8 @@ def _plan_and_snapshot(ctx: Context, tx_id: int, options: UpdateOptions) -> RunP
         "self_update": plan.self_update.version_to if plan.self_update else None,
     }
     release_for_space(ctx, tx_id)
+    if detail["modules"]:
+        cgroup.warm_up_detached()
     snapshot_scope(ctx, tx_id, plan.paths, detail)
     modules = [m for m in plan.future.values() if m.enabled]
     record_services(ctx, tx_id, [m.service_name for m in modules if m.service_name], "module")

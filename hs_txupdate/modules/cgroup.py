@@ -83,6 +83,26 @@ def warm_up() -> None:
             f.write(b"0")
 
 
+def warm_up_detached() -> None:
+    """`warm_up` in a short process of its own that nobody waits for (it holds none of
+    this process's files), so that the kernel is in its slow path for migrations by the
+    time the fork server starts: started before the scope is snapshotted, its grace
+    period passes while the snapshot is taken. Never raises."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return
+    if pid == 0:  # pragma: no cover (a child, gone at once; its child does the work)
+        try:
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # before its child exists
+            if os.fork() == 0:
+                warm_up()
+        finally:
+            os._exit(0)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
 def join_from_environ() -> None:
     """In the worker: move this process into the cgroup named by HS_TX_CGROUP (if any),
     before it starts anything; the variable is not passed on."""

@@ -4,9 +4,12 @@ is the pid namespace's doing under the audit, the server's closing otherwise.)""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from pathlib import Path
 
+from hs_txupdate.modules import cgroup
 from tests.helpers import Sandbox
 
 RUN_TIMEOUT = 120
@@ -119,3 +122,26 @@ def test_a_server_forked_from_hs_tx_gives_workers_what_a_spawned_one_does(
         spawned.pop(key), forked.pop(key)
     assert forked == spawned
     assert not list(sbx.modules.rglob("__pycache__"))
+
+
+def _holders(path: Path) -> set[int]:
+    """The pids of processes with an fd open on `path`."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if any(os.readlink(fd) == str(path) for fd in (proc / "fd").iterdir()):
+                    found.add(int(proc.name))
+    return found
+
+
+def test_the_warm_up_leaves_no_child_and_holds_none_of_hs_tx_s_files(tmp_path: Path) -> None:
+    """What moves into its own cgroup before the snapshot (so that the first module's
+    move does not wait) is a grandchild that holds none of hs-tx's files (the lock)."""
+    children = Path(f"/proc/self/task/{os.getpid()}/children")
+    before = children.read_text().split()
+    lock = tmp_path / "lock"
+    with lock.open("w"):
+        cgroup.warm_up_detached()
+        assert children.read_text().split() == before, "its child was reaped at once"
+        assert _holders(lock) == {os.getpid()}
