@@ -15,7 +15,7 @@ from typing import Any
 
 from ..base.crashpoints import audit_events_lost
 from ..base.errors import HsTxError
-from ..base.proc import CommandError, spawn_detached
+from ..base.proc import CommandError, spawn_orphan
 from . import kernel
 from .fold import Change, classify
 from .link import ReaderError, ReaderLink
@@ -246,10 +246,11 @@ class Audit:
 
 def _close_detached(group: int) -> None:
     """Close the fanotify group `group`, its last reference going to a short process
-    nobody waits for: the last close of a group waits for the kernel to free its marks
-    (a grace period, about 15 ms here). Closes it here when that process cannot start."""
+    nobody waits for (`true`): the last close of a group waits for the kernel to free
+    its marks (a grace period, about 15 ms here). Closes it here when that process
+    cannot start."""
     with contextlib.suppress(CommandError):
-        spawn_detached(["true"], pass_fds=[group])
+        spawn_orphan(["true"], pass_fds=[group])
     os.close(group)
 
 

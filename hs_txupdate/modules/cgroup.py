@@ -6,7 +6,8 @@ that subtree over). The worker moves itself into it first thing, before it can
 start anything; when the module ends, however it ends, `cgroup.kill` kills
 every process left in it (a `Popen` left running, a double-forked daemon) and
 the cgroup is removed. Where no writable cgroup v2 exists the module's own
-session stands in (its process group is killed instead). Standard library only.
+session stands in (its process group is killed instead). Standard library only
+(the worker imports it), but for hs-tx's own `base.proc` in `warm_up_detached`.
 """
 
 from __future__ import annotations
@@ -84,23 +85,16 @@ def warm_up() -> None:
 
 
 def warm_up_detached() -> None:
-    """`warm_up` in a short process of its own that nobody waits for (it holds none of
-    this process's files), so that the kernel is in its slow path for migrations by the
-    time the fork server starts: started before the scope is snapshotted, its grace
-    period passes while the snapshot is taken. Never raises."""
-    try:
-        pid = os.fork()
-    except OSError:
-        return
-    if pid == 0:  # pragma: no cover (a child, gone at once; its child does the work)
-        try:
-            os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # before its child exists
-            if os.fork() == 0:
-                warm_up()
-        finally:
-            os._exit(0)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+    """What `warm_up` does, by a short process that nobody waits for and that holds
+    none of this process's files (`tee` writing 0), so that the kernel is in its slow
+    path for migrations by the time the fork server starts: started before the scope
+    is snapshotted, its grace period passes while the snapshot is taken. Never raises."""
+    from ..base.proc import CommandError, spawn_orphan  # here: workers import this module
+
+    own = own_cgroup()
+    if own is not None:
+        with contextlib.suppress(CommandError):
+            spawn_orphan(["tee", str(own / "cgroup.procs")], stdin=b"0")
 
 
 def join_from_environ() -> None:

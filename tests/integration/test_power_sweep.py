@@ -51,6 +51,7 @@ import pytest
 from hs_txupdate.audit.link import READER_NAME
 from hs_txupdate.core.snapshots import LAZY_PREFIX
 from hs_txupdate.journal import Journal, TxInfo
+from hs_txupdate.modules.forkserver import SERVER_NAME
 from tests.helpers import LoopFs, Sandbox, need, sh, tree_state, wait_gone
 from tests.sweep import SWEEP_ALL, points
 
@@ -369,8 +370,9 @@ def start_paused(sbx: Sandbox, n: int, log: Path) -> subprocess.Popen:
 
 
 def _is_helper(pid: int) -> bool:
-    """The write audit's reader or the fork server of module workers: each runs beside
-    hs-tx and writes no file (the server only forks when hs-tx asks it)."""
+    """The write audit's reader or the fork server of module workers (a new interpreter,
+    or hs-tx forked): each runs beside hs-tx and writes no file (the server only forks
+    when hs-tx asks it)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
@@ -378,7 +380,8 @@ def _is_helper(pid: int) -> bool:
             comm = f.read().strip()
     except OSError:
         return False
-    return comm == READER_NAME.encode() or b"hs_txupdate.modules.forkserver" in cmdline
+    forks = comm == SERVER_NAME.encode() or b"hs_txupdate.modules.forkserver" in cmdline
+    return comm == READER_NAME.encode() or forks
 
 
 def kill_all(proc: subprocess.Popen) -> list[int]:
