@@ -19,6 +19,7 @@ from ..journal import Journal, PathInfo, Phase, Status, Step, TxInfo
 from ..snapshot import Captured, SnapshotTarget, backend_by_name
 from ..snapshot.base import Base, tx_key
 from ..snapshot.btrfs import BtrfsBackend
+from ..snapshot.changelist import ChangeLists
 from ..snapshot.entries import STAGE_PREFIX, remove_entry
 from ..snapshot.manifest import (
     IN_SNAPSHOT,
@@ -208,21 +209,24 @@ def never_snapshotted(info: PathInfo) -> bool:
     return info.added_by is not None and info.existed and info.manifest is None
 
 
-def path_changes(journal: Journal, info: PathInfo) -> Changes:
-    """How the live path differs from what its snapshot holds.
+def path_changes(journal: Journal, info: PathInfo, lists: ChangeLists | None = None) -> Changes:
+    """How the live path differs from what its snapshot holds (btrfs: read through
+    `lists` when given, see snapshot.changelist.ChangeLists).
 
     Raises DamagedError when the manifest or (btrfs) the snapshot is not the one recorded.
     """
-    return _changes(journal, info, load_manifest(info))
+    return _changes(journal, info, load_manifest(info), lists)
 
 
-def _changes(journal: Journal, info: PathInfo, manifest: Manifest | None) -> Changes:
+def _changes(
+    journal: Journal, info: PathInfo, manifest: Manifest | None, lists: ChangeLists | None
+) -> Changes:
     """`path_changes` with the manifest loaded: from btrfs's change list when it is lazy."""
     live = Path(info.path)
     if manifest is None or not manifest.lazy:
         return diff(live, manifest)
     target = target_of(journal, 0, info.n, live)  # only the recorded ref is read
-    return BtrfsBackend().changes(target, captured_of(info))
+    return BtrfsBackend().changes(target, captured_of(info), lists)
 
 
 def snapshot_fingerprint(journal: Journal, info: PathInfo) -> str | None:
@@ -245,19 +249,21 @@ def restore_path(
     phase: Phase = Phase.ROLLBACK,
     only: Path | None = None,
     keep: Callable[[str], bool] | None = None,
+    lists: ChangeLists | None = None,
 ) -> int:
     """Put one scope path back exactly as snapshotted; return how many entries changed.
 
     `info` may belong to an earlier transaction (undo); the events go to `tx_id`
     under `phase`. `only` (a path at or below it) restores just that part; `keep`
-    (given a path relative to it) just the entries it accepts (a system scope's).
+    (given a path relative to it) just the entries it accepts (a system scope's);
+    `lists` shares btrfs change lists between the paths of one pass.
     Idempotent: an interrupted restore is finished by calling it again. Raises
     DamagedError when the snapshot needed is missing or corrupt.
     """
     manifest = load_manifest(info)
     live = Path(info.path)
     refuse_links_above(live)  # before the diff walks it
-    changes = _changes(journal, info, manifest)
+    changes = _changes(journal, info, manifest, lists)
     if only is not None:
         changes = changes.under("" if only == live else str(only.relative_to(live)))
     if keep is not None:

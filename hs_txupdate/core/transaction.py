@@ -33,6 +33,7 @@ from ..journal import (
     Step,
     TxInfo,
 )
+from ..snapshot.changelist import ChangeLists
 from ..snapshot.entries import remove_entry
 from .audit import describe
 from .context import Context
@@ -105,6 +106,7 @@ def commit(ctx: Context, tx_id: int) -> int:
     journal = ctx.journal
     info = _tx(ctx, tx_id)
     changes = {}
+    lists = ChangeLists()  # paths captured in one btrfs snapshot share its change list
     for path in info.paths:
         # the fingerprint lets a later undo notice changes made outside hs-tx
         if path.origin == Origin.SYSTEM:
@@ -112,7 +114,7 @@ def commit(ctx: Context, tx_id: int) -> int:
             changed = bool(rels)
             fingerprint = fingerprint_of(Path(path.path), rels) if changed else None
         else:
-            diff = path_changes(journal, path)
+            diff = path_changes(journal, path, lists)
             changed = bool(diff)
             fingerprint = left_fingerprint(tx_id, path, diff) if changed else None
         changes[path.n] = {"changed": changed, "fingerprint": fingerprint}
@@ -204,6 +206,7 @@ def roll_back(
     journal.event(tx_id, Phase.ROLLBACK, Step.DECISION, Status.DONE, decision)
     run_states = read_run_states(ctx, info)
     problems, changed = [], []
+    lists = ChangeLists()  # one probe per btrfs snapshot, before its first path is restored
     for path in sorted(info.paths, key=lambda p: p.n, reverse=True):
         if never_snapshotted(path):
             continue  # added mid-run, cut off before its snapshot: nothing to restore from
@@ -211,7 +214,7 @@ def roll_back(
             keep = None
             if path.origin == Origin.SYSTEM:
                 keep = restore_filter(ctx.config, info, path, listed=not incomplete)
-            if restore_path(ctx.config, journal, tx_id, path, keep=keep):
+            if restore_path(ctx.config, journal, tx_id, path, keep=keep, lists=lists):
                 changed += restored_paths(info, path)
         except (HsTxError, OSError) as exc:
             problems.append(f"{path.path}: {exc}")

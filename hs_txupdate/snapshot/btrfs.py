@@ -26,7 +26,7 @@ from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir
 from ..base.proc import run
 from .base import Captured, SnapshotTarget
-from .changelist import PROBE_SUFFIX, changes_between, changes_since, delete_probe
+from .changelist import PROBE_SUFFIX, ChangeLists, changes_between, delete_probe
 from .entries import SNAPSHOT_STORE, walk
 from .manifest import Changes
 from .subvol import (
@@ -138,16 +138,20 @@ class BtrfsBackend:
         """The path as the snapshot holds it (same inode numbers and ctimes as live)."""
         return self._tree(target, captured)[1]
 
-    def changes(self, target: SnapshotTarget, captured: Captured) -> Changes:
+    def changes(
+        self, target: SnapshotTarget, captured: Captured, lists: ChangeLists | None = None
+    ) -> Changes:
         """How the live `target.path` differs from the snapshot, from btrfs's own change
-        list (see snapshot.changelist), after checking the snapshot is the one recorded.
-        Raises DamagedError, CommandError, OSError."""
+        list (see snapshot.changelist; read through `lists` when given, which shares it
+        between the paths of one snapshot), after checking the snapshot is the one
+        recorded. Raises DamagedError, CommandError, OSError."""
         snapshot, tree, ref = self._tree(target, captured)
         self.check(target, captured)
         if not os.path.lexists(target.path):
             return Changes(missing=[rel for rel, _ in walk(tree)])
         rel = "" if ref["rel"] == "." else ref["rel"]
-        return changes_since(snapshot, rel, target.path, subvolume_root(target.path))
+        lists = lists or ChangeLists()
+        return lists.changes_since(snapshot, rel, target.path, subvolume_root(target.path))
 
     def changes_between(
         self, target: SnapshotTarget, earlier: Captured, later: Captured

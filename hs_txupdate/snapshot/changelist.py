@@ -34,14 +34,34 @@ def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Chan
     interrupted call first); the send stream goes through a pipe, never to disk.
     Raises CommandError when btrfs fails, OSError.
     """
-    probe = snapshot.with_name(snapshot.name + PROBE_SUFFIX)
-    delete_probe(probe)
-    snapshot_readonly(subvolume, probe.parent, probe.name)
-    try:
-        touched, moved = _touched(snapshot, probe)
-    finally:
-        delete_probe(probe)
-    return _classify(snapshot, rel, live, touched, moved, os.lstat(subvolume).st_dev)
+    return ChangeLists().changes_since(snapshot, rel, live, subvolume)
+
+
+class ChangeLists:
+    """The change lists of one pass over a transaction's paths (a commit's diffs, a
+    rollback's restores), read once per snapshot: paths captured in one snapshot share
+    one probe snapshot and one send stream. Each path is still sorted against its live
+    tree as it is when asked; in a rollback, where an earlier path's restore may have
+    put back a name a later path lists (they nest), that name is put back again from
+    the same snapshot, to the same state."""
+
+    def __init__(self) -> None:
+        self._read: dict[tuple[Path, Path], tuple[set[str], set[str]]] = {}
+
+    def changes_since(self, snapshot: Path, rel: str, live: Path, subvolume: Path) -> Changes:
+        """See the module's `changes_since`; the change list of `snapshot` is read at
+        the first call. Raises CommandError when btrfs fails, OSError."""
+        key = (snapshot, subvolume)
+        if key not in self._read:
+            probe = snapshot.with_name(snapshot.name + PROBE_SUFFIX)
+            delete_probe(probe)
+            snapshot_readonly(subvolume, probe.parent, probe.name)
+            try:
+                self._read[key] = _touched(snapshot, probe)
+            finally:
+                delete_probe(probe)
+        touched, moved = self._read[key]
+        return _classify(snapshot, rel, live, touched, moved, os.lstat(subvolume).st_dev)
 
 
 def changes_between(snapshot: Path, later: Path, rel: str) -> Changes:

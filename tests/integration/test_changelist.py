@@ -194,3 +194,44 @@ def test_snapshots_are_lazy_and_a_probe_left_by_a_crash_goes_with_its_snapshot(
     sh(*crash)
     assert sbx.hs_tx("update").returncode == 0  # keep = 1: transaction 1 is pruned
     assert not probe.exists() and not snapshot.exists()
+
+
+def _subvolumes_made(fs: LoopFs, action: Callable[[], object]) -> int:
+    """How many subvolumes (snapshots, probes) `action` made on `fs`: btrfs gives each
+    new one the next id, so two markers around it tell."""
+    ids = []
+    for marker in ("marker-before", "marker-after"):
+        if ids:
+            action()
+        sh("btrfs", "subvolume", "create", fs.mount / marker)
+        shown = sh("btrfs", "subvolume", "show", fs.mount / marker).stdout
+        ids.append(int(shown.split("Subvolume ID:")[1].split()[0]))
+        sh("btrfs", "subvolume", "delete", fs.mount / marker)
+    return ids[1] - ids[0] - 1
+
+
+def test_the_paths_of_one_snapshot_share_one_probe_at_commit_and_at_rollback(
+    make_loopfs: Callable[..., LoopFs],
+) -> None:
+    """The module dir and the data lie in one subvolume, so one snapshot holds both: a
+    commit's diffs and a rollback's restores read its change list once."""
+    fs, sbx = _btrfs_sandbox(make_loopfs)
+    sbx.writer_module()
+    assert sbx.hs_tx("update").returncode == 0  # the first makes the state dir's subvolume
+    runs = []
+
+    made = _subvolumes_made(fs, lambda: runs.append(sbx.hs_tx("update")))
+
+    assert runs[0].returncode == 0, runs[0].stderr
+    assert len(sbx.journal_json(2)["paths"]) == 2
+    assert made == 2, "the run's snapshot and one probe"
+    (sbx.data / "dir").mkdir()
+    os.mknod(sbx.data / "s.sock", stat.S_IFSOCK | 0o600)
+    sbx.module("m", FAIL_AFTER.format(data=str(sbx.data)), backup_paths=[sbx.data])
+    before = tree_state(sbx.data)
+
+    made = _subvolumes_made(fs, lambda: runs.append(sbx.hs_tx("update")))
+
+    assert runs[1].returncode == 1, runs[1].stderr
+    assert tree_state(sbx.data) == before
+    assert made == 2, "the run's snapshot and one probe for both paths"
