@@ -13,10 +13,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..base.proc import run, run_pipe
+from ..base.proc import run_pipe
 from .entries import entry_type, is_own_name, join, unescape, walk
 from .manifest import Changes
-from .subvol import inode_paths, snapshot_readonly
+from .subvol import delete_subvolume, inode_paths, snapshot_readonly
 
 PROBE_SUFFIX = "-probe"
 # the operations whose `dest=` names a path of the tree (a symlink's names its target)
@@ -81,9 +81,9 @@ def _touched(snapshot: Path, later: Path) -> tuple[set[str], set[str]]:
 
 
 def delete_probe(probe: Path) -> None:
-    """Delete the probe snapshot `probe` when there is one. Raises CommandError."""
+    """Delete the probe snapshot `probe` when there is one. Raises OSError."""
     if os.path.lexists(probe):
-        run(["btrfs", "subvolume", "delete", str(probe)])
+        delete_subvolume(probe)
 
 
 def _read_stream(parent: Path, probe: Path) -> tuple[set[str], set[str], set[str]]:

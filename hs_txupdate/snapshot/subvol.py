@@ -81,6 +81,7 @@ class _VolArgs(ctypes.Structure):
 
 _SNAP_CREATE_V2 = _btrfs_ioctl(_IOC_WRITE, 23, _VolArgsV2)
 _SUBVOL_CREATE = _btrfs_ioctl(_IOC_WRITE, 14, _VolArgs)
+_SNAP_DESTROY = _btrfs_ioctl(_IOC_WRITE, 15, _VolArgs)
 _SUBVOL_RDONLY = 1 << 1
 
 
@@ -100,6 +101,17 @@ def snapshot_readonly(source: Path, store: Path, name: str) -> Path:
     finally:
         os.close(src)
     return store / name
+
+
+def delete_subvolume(path: Path) -> None:
+    """Delete the subvolume (a snapshot, read-only or not) whose top directory is
+    `path` (what `btrfs subvolume delete` does, without a process, and without waiting
+    for a commit: btrfs frees its blocks in the background). Raises OSError."""
+    parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.ioctl(parent, _SNAP_DESTROY, _VolArgs(name=os.fsencode(path.name)))
+    finally:
+        os.close(parent)
 
 
 def create_subvolume(path: Path, mode: int) -> None:
