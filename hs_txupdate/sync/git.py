@@ -169,10 +169,7 @@ def fetch(clone_dir: Path, url: str, branch: str, timeout_s: float, max_bytes: i
         _drop_new_packs(packs, before)
         if not isinstance(exc, CommandError):
             raise
-        raise SourceError(
-            f"cannot fetch branch {branch!r} from {url}: {exc}",
-            "check [source] url and branch and that the source is reachable; nothing was changed",
-        ) from exc
+        raise _unreachable(url, branch, exc) from exc
     finally:
         run([*git_dir, "update-ref", "-d", INCOMING_REF], check=False)
     if len([n for n in _pack_sizes(packs) if n.endswith(".pack")]) > MAX_PACKS:
@@ -199,15 +196,20 @@ def _unchanged_tip(objects: ObjectReader, url: str, branch: str, timeout_s: floa
     try:
         run_watched(argv, timeout=timeout_s, env=QUIET_ENV, stdout_to=take)
     except CommandError as exc:
-        raise SourceError(
-            f"cannot fetch branch {branch!r} from {url}: {exc}",
-            "check [source] url and branch and that the source is reachable; nothing was changed",
-        ) from exc
+        raise _unreachable(url, branch, exc) from exc
     tips = {}
     for line in bytes(answer).splitlines():  # OID<TAB>NAME
         oid, _, name = line.partition(b"\t")
         tips[name] = oid
     return local if tips.get(ref) == local.encode() else None
+
+
+def _unreachable(url: str, branch: str, why: CommandError) -> SourceError:
+    """The error of a source that git could not fetch from or ask."""
+    return SourceError(
+        f"cannot fetch branch {branch!r} from {url}: {why}",
+        "check [source] url and branch and that the source is reachable; nothing was changed",
+    )
 
 
 def _pack_sizes(packs: Path) -> dict[str, int]:
