@@ -15,6 +15,7 @@ the chunks that hold them and hands tar only those checked bytes.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ PREFIX = "index:"  # the journal's checksum of an archive that has an index
 _MAGIC = "hs-tx tar index 1"
 _BASE = "base "
 _BLOCK = 512
+_MEMBER_LINE = re.compile(r"^block ([0-9]+): (.*)$", re.MULTILINE)
 
 
 def index_path(archive: Path) -> Path:
@@ -154,11 +156,14 @@ def _base_line(line: str) -> tuple[str, str] | None:
 def _members(listing: str) -> Iterator[tuple[str, int, bool]]:
     """(name without a trailing slash, byte offset, whether it is a directory) of each
     `block N: NAME` line (tar lists a directory with a trailing slash)."""
-    for line in listing.split("\n"):
-        block, sep, name = line.partition(": ")
-        if sep and block.startswith("block ") and block[6:].isdigit():
+    escaped = "\\" in listing  # most listings escape no name: none is unescaped then
+    for block, name in _MEMBER_LINE.findall(listing):
+        if escaped:
             name = unescape(name)
-            yield name.rstrip("/"), int(block[6:]) * _BLOCK, name.endswith("/")
+        if name.endswith("/"):
+            yield name.rstrip("/"), int(block) * _BLOCK, True
+        else:
+            yield name, int(block) * _BLOCK, False
 
 
 def whole_ok(archive: Path, index: Index) -> bool:
