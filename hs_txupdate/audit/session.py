@@ -15,7 +15,7 @@ from typing import Any
 
 from ..base.crashpoints import audit_events_lost
 from ..base.errors import HsTxError
-from ..base.proc import CommandError, spawn_orphan
+from ..base.proc import CommandError, spawn_detached
 from . import kernel
 from .fold import Change, classify
 from .link import ReaderError, ReaderLink
@@ -250,7 +250,7 @@ def _close_detached(group: int) -> None:
     its marks (a grace period, about 15 ms here). Closes it here when that process
     cannot start."""
     with contextlib.suppress(CommandError):
-        spawn_orphan(["true"], pass_fds=[group])
+        spawn_detached(["true"], pass_fds=[group])
     os.close(group)
 
 

@@ -119,28 +119,11 @@ def _stderr_is_fd2() -> bool:
         return False
 
 
-def spawn_detached(argv: Sequence[str]) -> None:
-    """Start `argv` in a session of its own, not waited for, its output discarded: work
-    that must not hold up the command that starts it. Raises CommandError when it cannot
-    be started."""
-    try:
-        subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=child_env(),
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise CommandError(f"{argv[0]} could not be started: {exc}", "") from exc
-
-
-def spawn_orphan(argv: Sequence[str], pass_fds: Sequence[int] = (), stdin: bytes = b"") -> None:
+def spawn_detached(argv: Sequence[str], pass_fds: Sequence[int] = (), stdin: bytes = b"") -> None:
     """Start `argv` through `setsid --fork`: an orphan (no child of hs-tx, so nothing
     waits for it or counts it among hs-tx's processes) in a session of its own, holding
     only `pass_fds`, reading `stdin`, its output discarded; return once `setsid` forked
-    it. For work whose only effect is the kernel time it waits out. Raises CommandError
+    it. For work that must not hold up the command that starts it. Raises CommandError
     when it cannot be started."""
     try:
         starter = subprocess.Popen(

@@ -89,12 +89,12 @@ def warm_up_detached() -> None:
     none of this process's files (`tee` writing 0), so that the kernel is in its slow
     path for migrations by the time the fork server starts: started before the scope
     is snapshotted, its grace period passes while the snapshot is taken. Never raises."""
-    from ..base.proc import CommandError, spawn_orphan  # here: workers import this module
+    from ..base.proc import CommandError, spawn_detached  # here: workers import this module
 
     own = own_cgroup()
     if own is not None:
         with contextlib.suppress(CommandError):
-            spawn_orphan(["tee", str(own / "cgroup.procs")], stdin=b"0")
+            spawn_detached(["tee", str(own / "cgroup.procs")], stdin=b"0")
 
 
 def join_from_environ() -> None:

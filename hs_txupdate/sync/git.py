@@ -71,15 +71,15 @@ def _reset_local_settings(clone_dir: Path, url: str) -> None:
     Writes nothing when all of that is already so."""
     config = clone_dir / "config"
     wanted = _CLONE_CONFIG + b'[remote "origin"]\n\turl = ' + _quoted(url) + b"\n"
-    changed = False
+    current = None
     with contextlib.suppress(FileNotFoundError):
-        changed = config.is_symlink() or config.read_bytes() != wanted
-    if changed or not config.exists():
+        current = None if config.is_symlink() else config.read_bytes()
+    changed = current != wanted
+    if changed:
         fresh = config.with_name("config.hs-tx-new")
         fresh.unlink(missing_ok=True)
         write_new(fresh, wanted, 0o600)
         os.replace(fresh, config)
-        changed = True
     hooks = clone_dir / "hooks"
     if hooks.is_symlink() or hooks.is_file():
         hooks.unlink()
