@@ -1,7 +1,8 @@
 """The one place hs-tx writes files durably: temp file, fsync, rename, fsync dir.
 
 Also the other kernel calls every layer needs to make changes durable or atomic:
-fsync of a directory, syncfs of a filesystem, and renameat2(RENAME_EXCHANGE).
+fsync of a directory, syncfs of a filesystem, starting a file's writeback, and
+renameat2(RENAME_EXCHANGE).
 """
 
 from __future__ import annotations
@@ -96,6 +97,23 @@ def syncfs(path: str | os.PathLike[str]) -> None:
             raise OSError(err, os.strerror(err), str(path))
     finally:
         os.close(fd)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Have the kernel start writing a range of the open file `fd` to disk without
+    waiting for it (sync_file_range WRITE), so a later fsync finds little left; the
+    pages stay cached, for a restore that reads them soon. Raises OSError."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    call = libc.sync_file_range
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    if call(fd, offset, length, _SYNC_FILE_RANGE_WRITE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 _RENAME_EXCHANGE = 2

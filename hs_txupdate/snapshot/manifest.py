@@ -138,25 +138,25 @@ def diff(live: Path, manifest: Manifest | None) -> Changes:
     if not os.path.lexists(live):
         changes.missing.extend(manifest.entries)  # the whole tree is gone
         return changes
-    seen = set()
+    recorded_at, found = manifest.entries.get, []
     for rel, st in walk(live):
-        seen.add(rel)
-        recorded = manifest.entries.get(rel)
+        recorded = recorded_at(rel)
         if recorded is None:
             changes.extra.append(rel)
-        elif not _unchanged(live, rel, st, recorded):
+            continue
+        found.append(rel)
+        kind, ino, ctime_ns, fp, _nlink = recorded
+        if entry_type(st) != kind:
             changes.changed.append(rel)
-    changes.missing.extend(rel for rel in manifest.entries if rel not in seen)
+        elif fp is not None:  # the path is built only here: for every entry it costs a third
+            if fingerprint(join(live, rel), st) != fp:
+                changes.changed.append(rel)
+        elif st.st_ino != ino or st.st_ctime_ns != ctime_ns:
+            changes.changed.append(rel)
+    if len(found) < len(manifest.entries):  # something is gone
+        seen = set(found)
+        changes.missing.extend(rel for rel in manifest.entries if rel not in seen)
     return changes
-
-
-def _unchanged(live: Path, rel: str, st: os.stat_result, recorded: Entry) -> bool:
-    kind, ino, ctime_ns, fp, _nlink = recorded
-    if entry_type(st) != kind:
-        return False
-    if fp is not None:  # the path is built only here: for every entry it costs a third
-        return fingerprint(join(live, rel), st) == fp
-    return st.st_ino == ino and st.st_ctime_ns == ctime_ns
 
 
 def needed_entries(changes: Changes, manifest: Manifest) -> list[str] | None:

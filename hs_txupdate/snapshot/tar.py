@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..base import activity
 from ..base.errors import DamagedError
-from ..base.fsio import fsync_dir, publish
+from ..base.fsio import fsync_dir, publish, start_writeback
 from ..base.proc import CommandError, run_watched
 from .base import Base, Captured, SnapshotTarget
 from .entries import STAGE_PREFIX, remove_entry
@@ -38,13 +38,6 @@ from .tarindex import (
 # Everything GNU tar can keep: xattrs of every namespace (capabilities, ACLs), sparse files.
 _TAR_META = ("--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner")
 _WRITEBACK = 8 << 20  # an archive's bytes go to disk while tar goes on, in steps of this
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing a range of the file `fd` to disk, without waiting
-    (so the fsync that publishes the archive finds little left): POSIX_FADV_DONTNEED
-    starts writeback of dirty pages and drops the pages already written."""
-    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def _tar(argv: list[str], what: str, stdout_to: Callable[[bytes], None] | None = None) -> None:
@@ -149,7 +142,7 @@ class TarBackend:
                     sums.update(data)
                     written[0] += len(data)
                     if written[0] - written[1] >= _WRITEBACK:
-                        _start_writeback(out.fileno(), written[1], written[0] - written[1])
+                        start_writeback(out.fileno(), written[1], written[0] - written[1])
                         written[1] = written[0]
 
                 _tar(

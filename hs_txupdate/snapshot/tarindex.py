@@ -1,9 +1,11 @@
 """A tar archive's index: what lets a restore verify and read only the members it needs.
 
 Beside each archive `<n>.tar` lies `<n>.tar.index`, a text file an operator can
-read: a first line `hs-tx tar index 1 CHUNK`; for an incremental archive (see
-snapshot.tardiff) a line `base CHECKSUM PATH` naming the full archive it completes and
-that archive's recorded checksum; then the SHA-256 of every CHUNK bytes of the archive
+read: a first line `hs-tx tar index 1 SIZE`, SIZE the bytes each digest covers (hs-tx
+writes 16 KiB, and reads the 64 KiB of its earlier indexes); for an incremental
+archive (see snapshot.tardiff) a line `base CHECKSUM PATH` naming the full archive it
+completes and that archive's recorded checksum; then the SHA-256 of every SIZE bytes
+of the archive
 in order (one hex digest a line), a line `members`, then GNU tar's own list of where
 each member starts (`block N: NAME`, as `tar --create --verbose --block-number
 --index-file` writes it). The journal records `index:` and the SHA-256 of that file
@@ -15,20 +17,20 @@ the chunks that hold them and hands tar only those checked bytes.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from ..base.fsio import durable_write
 from .entries import unescape
 
-CHUNK = 1 << 16
+CHUNK = 1 << 14  # of the indexes hs-tx writes; each index names its own (older ones: 64 KiB)
 PREFIX = "index:"  # the journal's checksum of an archive that has an index
 _MAGIC = "hs-tx tar index 1"
 _BASE = "base "
 _BLOCK = 512
+_LINE = 65  # a digest line: 64 hex digits and a newline
 _MEMBER_LINE = re.compile(r"^block ([0-9]+): (.*)$", re.MULTILINE)
 
 
@@ -84,11 +86,21 @@ class Index:
     """A checked index: the chunk digests and where each member starts (its first
     block, extended headers included), members in archive order."""
 
-    sums: list[str]
+    sums: bytes  # the digest lines as the file holds them: line n, bytes 65n to 65n+64
     starts: dict[str, int]
-    order: list[int]
     base: tuple[str, str] | None = None  # an incremental archive's: (checksum, path)
     dirs: frozenset[str] = frozenset()  # the members that are directories
+    chunk: int = CHUNK  # the bytes each digest covers
+
+    @property
+    def chunks(self) -> int:
+        """How many chunks the archive has."""
+        return len(self.sums) // _LINE
+
+    def holds(self, n: int, chunk: bytes) -> bool:
+        """True when `chunk` has the digest recorded for chunk `n`."""
+        recorded = self.sums[n * _LINE : n * _LINE + 64]
+        return len(recorded) == 64 and hashlib.sha256(chunk).hexdigest().encode() == recorded
 
     def spans(self, names: list[str], size: int) -> list[tuple[int, int]] | None:
         """The byte ranges [start, end) of the members `names` (dirs without their
@@ -97,7 +109,8 @@ class Index:
         starts = [self.starts.get(name) for name in names]
         if any(s is None for s in starts):
             return None
-        following = dict(zip(self.order, [*self.order[1:], size], strict=True))
+        order = sorted(self.starts.values())
+        following = dict(zip(order, [*order[1:], size], strict=True))
         return sorted({(s, following[s]) for s in starts if s is not None})
 
 
@@ -111,15 +124,33 @@ def read_index(archive: Path, checksum: str) -> Index | None:
         return None
     if PREFIX + hashlib.sha256(data).hexdigest() != checksum:
         return None
-    head, sep, listing = data.partition(b"\nmembers\n")
-    lines = head.decode("utf-8", "surrogateescape").split("\n")
-    if not sep or lines[0] != f"{_MAGIC} {CHUNK}":
+    first = data.find(b"\n") + 1
+    magic, _, chunk = data[:first].decode("utf-8", "surrogateescape").rstrip("\n").rpartition(" ")
+    if not first or magic != _MAGIC or not _chunk_size(chunk):
         return None
-    base = _base_line(lines[1]) if len(lines) > 1 else None
-    members = list(_members(listing.decode("utf-8", "surrogateescape")))
-    starts = {name: offset for name, offset, _is_dir in members}
-    dirs = frozenset(name for name, _offset, is_dir in members if is_dir)
-    return Index(lines[2 if base else 1 :], starts, sorted(starts.values()), base, dirs)
+    base, sums_at = None, first
+    if data.startswith(_BASE.encode(), first):
+        sums_at = data.find(b"\n", first) + 1
+        base = _base_line(data[first : sums_at - 1].decode("utf-8", "surrogateescape"))
+    end = data.find(b"members\n", sums_at)  # the digest lines are fixed-width: sliced, not split
+    sums = data[sums_at:end]
+    if end < 0 or len(sums) % _LINE or sums[64::_LINE] != b"\n" * (len(sums) // _LINE):
+        return None
+    text = data[end + len(b"members\n") :].decode("utf-8", "surrogateescape")
+    members = _MEMBER_LINE.findall(text)
+    if "\\" in text:  # most lists escape no name: none is unescaped then
+        members = [(block, unescape(name)) for block, name in members]
+    starts = {name: int(block) * _BLOCK for block, name in members}
+    listed = [name for name in starts if name.endswith("/")]  # tar's way to list a directory
+    for name in listed:
+        starts[name.rstrip("/")] = starts.pop(name)
+    dirs = frozenset(name.rstrip("/") for name in listed)
+    return Index(sums, starts, base, dirs, int(chunk))
+
+
+def _chunk_size(text: str) -> bool:
+    """True for a chunk size an index may name: whole tar blocks, 512 B to 16 MiB."""
+    return text.isdigit() and 0 < int(text) <= 1 << 24 and int(text) % _BLOCK == 0
 
 
 def index_matches(archive: Path, checksum: str) -> bool:
@@ -153,49 +184,34 @@ def _base_line(line: str) -> tuple[str, str] | None:
     return (checksum, path) if checksum and path else None
 
 
-def _members(listing: str) -> Iterator[tuple[str, int, bool]]:
-    """(name without a trailing slash, byte offset, whether it is a directory) of each
-    `block N: NAME` line (tar lists a directory with a trailing slash)."""
-    escaped = "\\" in listing  # most listings escape no name: none is unescaped then
-    for block, name in _MEMBER_LINE.findall(listing):
-        if escaped:
-            name = unescape(name)
-        if name.endswith("/"):
-            yield name.rstrip("/"), int(block) * _BLOCK, True
-        else:
-            yield name, int(block) * _BLOCK, False
-
-
 def whole_ok(archive: Path, index: Index) -> bool:
     """True when every chunk of `archive` has the digest the index holds."""
     with open(archive, "rb") as f:
-        return [hashlib.sha256(chunk).hexdigest() for chunk in _chunks(f, 0, None)] == index.sums
+        chunks = iter(lambda: f.read(index.chunk), b"")
+        count = 0
+        for n, chunk in enumerate(chunks):
+            if not index.holds(n, chunk):
+                return False
+            count = n + 1
+    return count == index.chunks
 
 
 def write_subset(archive: Path, index: Index, spans: list[tuple[int, int]], dest: Path) -> bool:
-    """Write to `dest` a tar archive of the bytes `spans` of `archive` (whole members)
-    and an end-of-archive marker, checking each chunk read against the index first.
-    Return False, leaving `dest` incomplete, when a chunk fails. Raises OSError."""
-    with open(archive, "rb") as src, open(dest, "wb") as out:
+    """Write to `dest` a tar archive of the bytes `spans` of `archive` (whole members,
+    in archive order) and an end-of-archive marker, checking each chunk read against
+    the index first (once: a chunk two members share is read once). Return False,
+    leaving `dest` incomplete, when a chunk fails. Raises OSError."""
+    size, held = index.chunk, -1
+    chunk = b""
+    with open(archive, "rb", buffering=0) as src, open(dest, "wb") as out:
         for start, end in spans:
-            first = start - start % CHUNK
-            for n, chunk in enumerate(_chunks(src, first, end), first // CHUNK):
-                if n >= len(index.sums) or hashlib.sha256(chunk).hexdigest() != index.sums[n]:
-                    return False
-                offset = n * CHUNK
+            for n in range(start // size, (end - 1) // size + 1):
+                if n != held:
+                    chunk = os.pread(src.fileno(), size, n * size)
+                    if not index.holds(n, chunk):
+                        return False
+                    held = n
+                offset = n * size
                 out.write(chunk[max(0, start - offset) : end - offset])
         out.write(bytes(2 * _BLOCK))
     return True
-
-
-def _chunks(f: IO[bytes], start: int, end: int | None) -> Iterator[bytes]:
-    """The CHUNK-sized pieces of the open file `f` from `start` (a multiple of CHUNK)
-    on, up to the one holding byte `end - 1` (None: to its end)."""
-    f.seek(start)
-    offset = start
-    while end is None or offset < end:
-        chunk = f.read(CHUNK)
-        if not chunk:
-            return
-        yield chunk
-        offset += len(chunk)

@@ -11,7 +11,7 @@ import pytest
 from hs_txupdate.base.errors import DamagedError, ScopeError
 from hs_txupdate.core.scope import fold
 from hs_txupdate.snapshot import restore as restore_module
-from hs_txupdate.snapshot.entries import TMP_PREFIX
+from hs_txupdate.snapshot.entries import TMP_PREFIX, walk
 from hs_txupdate.snapshot.manifest import (
     CTIME_MARGIN_NS,
     Manifest,
@@ -221,3 +221,22 @@ def test_a_restore_cut_off_before_its_renames_leaves_no_temp_files_once_finished
     assert not [p for p in live.rglob("*") if p.name.startswith(TMP_PREFIX)]
     for rel in ("same.txt", "other.txt", "sub/deep/f"):
         assert (live / rel).read_bytes() == (reference / rel).read_bytes()
+
+
+def test_the_walk_never_follows_a_directory_swapped_for_a_link_meanwhile(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "a" / "inner").mkdir(parents=True)
+    (root / "b").mkdir()
+    (root / "b" / "f").write_text("x")
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "secret").mkdir(parents=True)
+    seen = []
+    walking = walk(root)
+    with pytest.raises(OSError):
+        for rel, _st in walking:
+            seen.append(rel)
+            if rel == "a":  # listed as a directory, then replaced before it is entered
+                os.rename(root / "a", tmp_path / "old-a")
+                os.symlink(elsewhere, root / "a")
+    assert "a/secret" not in seen and seen == ["", "a"]
+    assert [rel for rel, _ in walk(root)] == ["", "a", "b", "b/f"]
