@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .crashpoints import ENV_NAMES as CRASH_ENV_NAMES
@@ -37,7 +37,7 @@ GIT_ENV_VARS = (
 )
 # Never reach a child: the crash points belong to this process alone.
 _SCRUBBED_ENV = frozenset((*CRASH_ENV_NAMES, *GIT_ENV_VARS))
-_PIPE_SIZE = 1 << 20  # of a pipe whose output hs-tx reads as it comes (run_watched)
+_PIPE_SIZE = 1 << 20  # of a pipe hs-tx reads or writes as the command runs (run_watched)
 
 
 @dataclass(frozen=True)
@@ -272,6 +272,7 @@ def run_watched(
     interval: float = 0.2,
     keep_stdout: bool = False,
     stdout_to: Callable[[bytes], None] | None = None,
+    stdin_from: Iterable[bytes] | None = None,
 ) -> Result:
     """Run a command like `run` (check=True) in a session of its own, calling `watch()`
     every `interval` while it runs: when `watch` returns a reason, or `timeout` passes,
@@ -280,8 +281,10 @@ def run_watched(
     Given `env`: variables added to the scrubbed environment; `keep_stdout`: the
     Result holds the command's output (else it is discarded); `stdout_to`: called with
     each piece of the output as it comes instead (what it raises kills the session and
-    goes on). Returns the Result. Raises CommandError when it cannot start, was stopped
-    (the message says why) or exits non-zero.
+    goes on); `stdin_from`: the pieces written to the command's input (else it has
+    none), and what the iteration raises likewise. Returns the Result. Raises
+    CommandError when it cannot start, was stopped (the message says why) or exits
+    non-zero.
     """
     args = tuple(str(a) for a in argv)
     # files, not pipes: a chatty command never blocks on one
@@ -291,6 +294,7 @@ def run_watched(
         try:
             proc = subprocess.Popen(
                 args,
+                stdin=None if stdin_from is None else subprocess.PIPE,
                 stdout=subprocess.PIPE if stdout_to else subprocess.DEVNULL if out is None else out,
                 stderr=err,
                 env=child_env(env),
@@ -298,11 +302,22 @@ def run_watched(
             )
         except FileNotFoundError as exc:
             raise _missing(args[0]) from exc
-        if proc.stdout is not None:
-            files.callback(proc.stdout.close)
-            with contextlib.suppress(OSError):  # fewer, larger reads; the default is 64 KiB
-                fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-        stopped = _watch(proc, timeout, watch, interval, stdout_to)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                files.callback(pipe.close)
+                with contextlib.suppress(OSError):  # fewer, larger reads; the default is 64 KiB
+                    fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        stopped = None
+        if stdin_from is not None:
+            deadline = time.monotonic() + timeout
+
+            def watch_feeding() -> str | None:
+                late = time.monotonic() > deadline
+                return watch() or (f"timed out after {timeout:g} s" if late else None)
+
+            stopped = _feed(proc, stdin_from, watch_feeding, interval)
+        if stopped is None:
+            stopped = _watch(proc, timeout, watch, interval, stdout_to)
         err.seek(0)
         stderr = err.read(64 << 10).decode(errors="replace")
         stdout = ""
@@ -315,6 +330,42 @@ def run_watched(
         detail = " ".join(stderr.split())[:500] or f"exit {proc.returncode}"
         raise CommandError(f"{args[0]} failed: {detail}", f"command was: {' '.join(args)}")
     return Result(args, proc.returncode, stdout, stderr)
+
+
+def _feed(
+    proc: subprocess.Popen[bytes],
+    pieces: Iterable[bytes],
+    watch: Callable[[], str | None],
+    interval: float,
+) -> str | None:
+    """Write `pieces` to the input of `proc` and close it, calling `watch()` every
+    `interval`; return the reason it gives, once it gives one (None when all was
+    written, or the command stopped reading: its exit status then says why). Kills the
+    command's whole session when that is returned or the iteration raises (which goes on)."""
+    assert proc.stdin is not None
+    fd, due = proc.stdin.fileno(), time.monotonic() + interval
+    stopped = None
+    try:
+        for piece in pieces:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+            if time.monotonic() >= due:
+                due += interval
+                if (stopped := watch()) is not None:
+                    break
+    except BrokenPipeError:
+        pass  # it ended before reading all: its exit status says why
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        proc.stdin.close()
+    if stopped is not None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return stopped
 
 
 def _watch(

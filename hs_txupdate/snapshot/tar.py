@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +24,16 @@ from .files import recorded_file, remove_file_snapshot, verified_file
 from .tardiff import MAX_SHARE, changed_since, member
 from .tarindex import (
     PREFIX,
+    BadChunk,
     ChunkSums,
     Index,
     base_of,
     index_matches,
     index_path,
     read_index,
+    subset,
     whole_ok,
     write_index,
-    write_subset,
 )
 
 # Everything GNU tar can keep: xattrs of every namespace (capabilities, ACLs), sparse files.
@@ -40,27 +41,37 @@ _TAR_META = ("--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner")
 _WRITEBACK = 8 << 20  # an archive's bytes go to disk while tar goes on, in steps of this
 
 
-def _tar(argv: list[str], what: str, stdout_to: Callable[[bytes], None] | None = None) -> None:
+def _tar(
+    argv: list[str],
+    what: str,
+    stdout_to: Callable[[bytes], None] | None = None,
+    stdin_from: Iterable[bytes] | None = None,
+) -> None:
     """Run tar with `argv`, showing `what` as the activity while it runs (base.activity),
-    handing `stdout_to` what it writes to its stdout. Raises CommandError when it fails,
-    and what `stdout_to` raises."""
+    handing `stdout_to` what it writes to its stdout and writing `stdin_from` to its
+    stdin. Raises CommandError when it fails, and what `stdout_to` or `stdin_from`
+    raise."""
 
     def still_going() -> None:
         activity.tick(what)
 
     try:
-        run_watched(argv, timeout=math.inf, watch=still_going, stdout_to=stdout_to)
+        run_watched(
+            argv, timeout=math.inf, watch=still_going, stdout_to=stdout_to, stdin_from=stdin_from
+        )
     finally:
         activity.end()
 
 
-def _extract(argv: list[str], target: SnapshotTarget) -> None:
-    """Run the tar extraction `argv` of a checksum-verified archive of `target`.
+def _extract(argv: list[str], target: SnapshotTarget, stdin_from: Iterable[bytes] | None) -> None:
+    """Run the tar extraction `argv` of a checksum-verified archive of `target` (given
+    `stdin_from`: what tar reads from its input).
 
-    Raises DamagedError when tar fails: the archive is not what hs-tx wrote.
+    Raises DamagedError when tar fails: the archive is not what hs-tx wrote; what
+    `stdin_from` raises.
     """
     try:
-        _tar(argv, f"extracting the snapshot of {target.path}")
+        _tar(argv, f"extracting the snapshot of {target.path}", stdin_from=stdin_from)
     except CommandError as exc:
         raise DamagedError(
             f"the snapshot archive of {target.path} cannot be extracted: {exc}",
@@ -117,11 +128,9 @@ class TarBackend:
         publish(partial, final)
         return Captured(str(final), size, checksum, base.captured.ref if base else None)
 
-    def _archive(
-        self, path: Path, partial: Path, listing: Path, names: list[str] | None
-    ) -> list[str]:
+    def _archive(self, path: Path, partial: Path, listing: Path, names: list[str] | None) -> bytes:
         """Write the archive of `path` (of only the members `names`, when given) to
-        `partial` and tar's list of it to `listing`; return its chunk digests."""
+        `partial` and tar's list of it to `listing`; return its chunk digest lines."""
         sums = ChunkSums()
         members = partial.with_name(partial.name + ".members")
         select = ["--", path.name]
@@ -239,31 +248,18 @@ class TarBackend:
         captured, names = part.captured, part.names
         archive, spans = self._wanted(target, captured, names)
         members = archive.with_name(f"{archive.name}.members")
-        subset = archive.with_name(f"{archive.name}.subset.tar")
+        source, select, pieces = f"--file={archive}", [], None
+        if spans is not None:  # the checked bytes of those members alone, through a pipe
+            source, pieces = "--file=-", subset(archive, *spans)
+        elif names is not None:
+            select = _only(names, members)
+        argv = ["tar", "--extract", source, *_TAR_META, "--same-owner", "--same-permissions"]
         try:
-            source, select = archive, []
-            if spans is not None:
-                if not write_subset(archive, *spans, subset):
-                    raise _failed(archive, target)
-                source = subset
-            elif names is not None:
-                select = _only(names, members)
-            _extract(
-                [
-                    "tar",
-                    "--extract",
-                    f"--file={source}",
-                    *_TAR_META,
-                    "--same-owner",
-                    "--same-permissions",
-                    f"--directory={stage}",
-                    *select,
-                ],
-                target,
-            )
+            _extract([*argv, f"--directory={stage}", *select], target, pieces)
+        except BadChunk as exc:
+            raise _failed(archive, target) from exc
         finally:
             members.unlink(missing_ok=True)
-            subset.unlink(missing_ok=True)
 
     def _wanted(
         self, target: SnapshotTarget, captured: Captured, names: list[str] | None

@@ -448,13 +448,15 @@ def _snapshots_left(rig: Rig, sbx: Sandbox) -> list[str]:
 
 def _archive_checksum(archive: Path, recorded: str | None) -> str:
     """The checksum of `archive` as hs-tx records it: the SHA-256 of its bytes, or, with
-    an index (`index:`), of the index, when every 64 KiB chunk has the digest it lists."""
+    an index (`index:`), of the index, when every chunk (of the size its first line
+    names) has the digest it lists."""
     if not (recorded or "").startswith("index:"):
         return hashlib.sha256(archive.read_bytes()).hexdigest()
     index = archive.with_name(archive.name + ".index").read_bytes()
-    sums = index.split(b"\nmembers\n")[0].decode().split("\n")[1:]
+    head, *sums = index.split(b"\nmembers\n")[0].decode().split("\n")
+    size = int(head.split()[-1])
     data = archive.read_bytes()
-    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
     assert [hashlib.sha256(c).hexdigest() for c in chunks] == sums, f"{archive}: a chunk differs"
     return "index:" + hashlib.sha256(index).hexdigest()
 

@@ -95,5 +95,5 @@ def test_the_archive_and_its_index_are_what_an_operator_can_read(tar_sandbox: Sa
         names = set(tar.getnames())
     assert "tree/f050" in names and "tree/new\nline" in names
     text = index.read_text(errors="surrogateescape")
-    assert text.startswith("hs-tx tar index 1 16384\n") and "block 0: tree/\n" in text
+    assert text.startswith("hs-tx tar index 1 32768\n") and "block 0: tree/\n" in text
     assert "tree/new\\nline" in text and "tree/back\\\\slash" in text

@@ -3,9 +3,11 @@ child forked to run a function."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -99,3 +101,31 @@ def test_a_consumer_that_raises_stops_the_command_and_its_helpers() -> None:
 
 def _pgrep(pattern: str) -> str:
     return subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout
+
+
+def test_a_watched_command_reads_its_input_whole_as_it_is_written() -> None:
+    pieces = [os.urandom(n) for n in (1, 70_000, 3 << 20, 0, 5)]  # past the pipe's size
+    result = run_watched(["sha256sum"], timeout=60, keep_stdout=True, stdin_from=iter(pieces))
+    assert result.stdout.split()[0] == hashlib.sha256(b"".join(pieces)).hexdigest()
+
+
+def test_a_command_that_stops_reading_its_input_ends_with_its_own_status() -> None:
+    endless = iter(lambda: bytes(1 << 16), b"")
+    result = run_watched(["head", "-c", "10"], timeout=60, keep_stdout=True, stdin_from=endless)
+    assert result.stdout == "\0" * 10
+    with pytest.raises(CommandError, match="sh failed"):
+        run_watched(["sh", "-c", "exit 4"], timeout=60, stdin_from=endless)
+
+
+def test_input_that_raises_stops_the_command_and_its_helpers() -> None:
+    def pieces() -> Iterator[bytes]:
+        yield b"some input"
+        time.sleep(0.3)
+        raise ValueError("a chunk fails its digest")
+
+    with pytest.raises(ValueError, match="digest"):
+        run_watched(["sh", "-c", "sleep 61 & cat >/dev/null"], timeout=60, stdin_from=pieces())
+    deadline = time.monotonic() + 10
+    while (sleepers := _pgrep("^sleep 61$")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sleepers == "", "the session was killed, its helpers too"
