@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -30,21 +31,25 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
     _fsync(path, os.O_NOFOLLOW)
 
 
-def write_new(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
-    """Create the file `path` (it must not exist yet) with `data` and `mode`, fsynced."""
+def write_new(path: str | os.PathLike[str], data: bytes | Iterable[bytes], mode: int) -> None:
+    """Create the file `path` (it must not exist yet) with `data` (bytes, or the pieces
+    of a file too big to hold at once) and `mode`, fsynced."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.fchmod(fd, mode)  # whatever the umask says
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        for piece in [data] if isinstance(data, bytes) else data:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
 
 
-def durable_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
-    """Replace `path` with `data` atomically and durably.
+def durable_write(
+    path: str | os.PathLike[str], data: bytes | Iterable[bytes], mode: int = 0o600
+) -> None:
+    """Replace `path` with `data` (bytes, or pieces: see write_new) atomically and durably.
 
     Writes a temp file beside it, fsyncs it, renames it over `path` and fsyncs
     the directory, so a crash leaves either the old or the new file, never a mix.

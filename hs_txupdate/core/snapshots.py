@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..base.errors import DamagedError
-from ..base.fsio import durable_write, fsync_dir
+from ..base.fsio import fsync_dir
 from ..journal import Journal, PathInfo, Phase, Status, Step, TxInfo
 from ..snapshot import Captured, SnapshotTarget, backend_by_name
 from ..snapshot.base import Base, tx_key
@@ -25,12 +25,13 @@ from ..snapshot.manifest import (
     IN_SNAPSHOT,
     Changes,
     Manifest,
-    build_manifest,
     check_reference,
     diff,
     manifest_fingerprint,
     needed_entries,
+    read_manifest,
     tree_fingerprint,
+    write_manifest,
 )
 from ..snapshot.restore import refuse_links_above
 from ..snapshot.restore import restore as restore_tree
@@ -119,27 +120,30 @@ def _capture_one(
         manifest = Manifest(taken_ns, lazy=True)
         data = manifest.to_bytes()
         where = LAZY_PREFIX + data.decode()  # nothing to keep beside the snapshot
+        sha256, fingerprint = hashlib.sha256(data).hexdigest(), manifest_fingerprint(manifest)
     else:
-        manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
+        place = tx_dir(config, journal, tx_id) / f"{n}.manifest"
+        place.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        manifest, sha256, fingerprint = write_manifest(
+            backend.manifest_root(target, captured), taken_ns, place
+        )
         if not _holds_changes(target, captured, manifest):
             # the tree changed while tar ran, beyond what the increment took: whole then
             backend.delete(target, captured.ref)
             target = replace(target, base=None)
             taken_ns = time.time_ns()
             captured = backend.capture(target)
-            manifest = build_manifest(backend.manifest_root(target, captured), taken_ns)
-        data = manifest.to_bytes()
-        place = tx_dir(config, journal, tx_id) / f"{n}.manifest"
-        place.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        durable_write(place, data)
+            manifest, sha256, fingerprint = write_manifest(
+                backend.manifest_root(target, captured), taken_ns, place
+            )
         where = str(place)
     columns: dict[str, str | int | None] = {
         "snapshot": captured.ref,
         "size": captured.size,
         "checksum": captured.checksum,
         "manifest": where,
-        "manifest_sha256": hashlib.sha256(data).hexdigest(),
-        "fingerprint_before": manifest_fingerprint(manifest),
+        "manifest_sha256": sha256,
+        "fingerprint_before": fingerprint,
     }
     return columns, captured.base
 
@@ -175,7 +179,8 @@ def _tar_base(journal: Journal, path: Path) -> Base | None:
 
 
 def load_manifest(info: PathInfo) -> Manifest | None:
-    """The verified manifest of a scope path (None when the path was absent).
+    """The manifest of a scope path (None when the path was absent), checked against
+    the checksum the journal recorded (a manifest file as it is read: Manifest.items).
 
     Raises DamagedError when it is missing or fails its checksum.
     """
@@ -186,10 +191,9 @@ def load_manifest(info: PathInfo) -> Manifest | None:
             f"no manifest was recorded for {info.path}", "the snapshot was never completed"
         )
     try:
-        if info.manifest.startswith(LAZY_PREFIX):
-            data = info.manifest[len(LAZY_PREFIX) :].encode()
-        else:
-            data = Path(info.manifest).read_bytes()
+        if not info.manifest.startswith(LAZY_PREFIX):
+            return read_manifest(Path(info.manifest), info.manifest_sha256)
+        data = info.manifest[len(LAZY_PREFIX) :].encode()
     except OSError as exc:
         raise DamagedError(
             f"manifest {info.manifest} of {info.path} is unreadable: {exc}",
@@ -289,7 +293,8 @@ def restore_path(
             captured = captured_of(info)
             # a lazy manifest's snapshot was checked to be the one recorded
             needed = None if manifest.lazy else needed_entries(changes, manifest)
-            with backend.reference(target, captured, needed) as ref:
+            wanted = None if needed is None else list(needed)
+            with backend.reference(target, captured, wanted) as ref:
                 if not manifest.lazy:
                     check_reference(ref, manifest, needed)
                 restore_tree(live, ref, changes, announce, disposable=backend.disposable)

@@ -11,6 +11,15 @@ metadata) and are compared by that instead.
 A *lazy* manifest records no entries: the read-only btrfs snapshot it stands for
 already holds every one, and btrfs itself lists what changed (snapshot.changelist),
 so taking it reads nothing of the tree.
+
+A manifest file (`write_manifest`) is a text file, one entry a line in the order
+the walk meets them (a directory before what it holds, siblings in name order):
+a first line `hs-tx manifest 2 TAKEN_NS`, then `TYPE INODE CTIME_NS LINKS
+FINGERPRINT NAME` (FINGERPRINT `-` for none; NAME last, with a backslash and a
+newline escaped as `\\` and `\n`). It is written and read a piece at a time and
+compared with the tree by walking both in that order, so no tree is ever held in
+memory whole; its SHA-256, recorded in the journal, is checked as it is read.
+Manifests of earlier versions (one JSON document) are still read.
 """
 
 from __future__ import annotations
@@ -19,29 +28,58 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ..base.errors import DamagedError, ScopeError
-from .entries import entry_type, fingerprint, join, walk, with_ancestors
+from ..base.fsio import durable_write
+from .entries import entry_type, fingerprint, join, unescape, walk, with_ancestors
 
 CTIME_MARGIN_NS = 200_000_000
 # the fingerprint of a lazy manifest: the tree as its snapshot holds it (see snapshot_fingerprint)
 IN_SNAPSHOT = "in-snapshot"
 Entry = tuple[str, int, int, str | None, int]  # type, inode, ctime_ns, fingerprint, links
+_MAGIC = b"hs-tx manifest 2 "
+_PIECE = 1 << 20  # a manifest file is read and written in pieces of about this
+T = TypeVar("T")
 
 
 @dataclass
 class Manifest:
-    """What a tree looked like when it was snapshotted (see module docstring)."""
+    """What a tree looked like when it was snapshotted (see module docstring): its
+    entries in memory, or in a manifest file read as they are needed."""
 
     taken_ns: int
     entries: dict[str, Entry] = field(default_factory=dict)  # by relative path
     lazy: bool = False  # no entries: the snapshot holds them (see module docstring)
+    file: tuple[Path, str] | None = None  # the entries' manifest file and its SHA-256
+
+    def items(self) -> Iterator[tuple[str, Entry]]:
+        """Every (relative path, entry), in walk order. From a file: read a piece at a
+        time, raising DamagedError, once read through, when the file fails its
+        checksum (a caller reads it through before it acts on what it read)."""
+        if self.file is None:
+            yield from self.entries.items()
+            return
+        path, sha256 = self.file
+        digest, rest = hashlib.sha256(), b""
+        try:
+            with open(path, "rb") as f:
+                while piece := f.read(_PIECE):
+                    digest.update(piece)
+                    lines = (rest + piece).split(b"\n")
+                    rest = lines.pop()
+                    yield from _parsed(lines, path)
+        except OSError as exc:
+            raise _damaged(path, f"is unreadable: {exc.strerror}") from exc
+        if rest or digest.hexdigest() != sha256:
+            raise _damaged(path, "fails its checksum")
 
     def to_bytes(self) -> bytes:
-        """Serialise to JSON bytes (names kept exact through surrogate escapes)."""
+        """Serialise to JSON bytes (names kept exact through surrogate escapes): the
+        format of a lazy manifest, kept in the journal, and of earlier versions."""
         doc: dict[str, object] = {"taken_ns": self.taken_ns}
         doc["entries"] = [[k, *v] for k, v in self.entries.items()]
         if self.lazy:
@@ -56,10 +94,93 @@ class Manifest:
         return cls(doc["taken_ns"], entries, bool(doc.get("lazy", False)))
 
 
+def read_manifest(path: Path, sha256: str) -> Manifest:
+    """The manifest in the file `path`, whose recorded SHA-256 is `sha256`: one of
+    this version is read as it is used (see Manifest.items), an earlier one whole.
+    Raises DamagedError when it is unreadable, not a manifest, or (an earlier one)
+    fails its checksum; OSError."""
+    with open(path, "rb") as f:
+        first = f.readline(256)
+        if not first.startswith(_MAGIC):
+            data = first + f.read()
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise _damaged(path, "fails its checksum")
+            return Manifest.from_bytes(data)
+    taken = first[len(_MAGIC) :].rstrip(b"\n")
+    if not taken.isdigit():
+        raise _damaged(path, "is not a manifest")
+    return Manifest(int(taken), file=(path, sha256))
+
+
+def _parsed(lines: list[bytes], path: Path) -> Iterator[tuple[str, Entry]]:
+    """The entries of manifest `lines` (the header skipped). Raises DamagedError."""
+    for line in lines:
+        if line.startswith(_MAGIC):
+            continue
+        try:
+            kind, ino, ctime, links, fp, name = line.split(b" ", 5)
+            rel = name.decode("utf-8", "surrogateescape")
+            if b"\\" in name:
+                rel = unescape(rel)
+            yield rel, (kind.decode(), int(ino), int(ctime), _fp(fp), int(links))
+        except ValueError as exc:
+            raise _damaged(path, "is not a manifest") from exc
+
+
+def _fp(field: bytes) -> str | None:
+    return None if field == b"-" else field.decode()
+
+
+def _damaged(path: Path, what: str) -> DamagedError:
+    return DamagedError(f"manifest {path} {what}", "restore the path by hand from its snapshot")
+
+
 def build_manifest(root: Path, taken_ns: int | None = None) -> Manifest:
-    """Walk `root` and record every entry; refuse sockets (tar cannot keep them)."""
+    """Walk `root` and record every entry in memory; refuse sockets (tar cannot keep
+    them). (A snapshot writes a manifest file instead: write_manifest.)"""
     taken = time.time_ns() if taken_ns is None else taken_ns
-    manifest = Manifest(taken)
+    return Manifest(taken, dict(_taken(root, taken)))
+
+
+def write_manifest(root: Path, taken_ns: int, dest: Path) -> tuple[Manifest, str, str]:
+    """Walk `root` and write the manifest file `dest` durably, a piece at a time;
+    refuse sockets. Return (the manifest, read from `dest` when used; its SHA-256;
+    what manifest_fingerprint says of it). Raises ScopeError, OSError."""
+    digest, tree = hashlib.sha256(), hashlib.sha256()
+
+    def pieces() -> Iterator[bytes]:
+        lines = [_MAGIC + b"%d\n" % taken_ns]
+        for rel, (kind, ino, ctime, fp, links) in _taken(root, taken_ns):
+            name = rel.replace("\\", "\\\\").replace("\n", "\\n") if _escapes(rel) else rel
+            lines.append(f"{kind} {ino} {ctime} {links} {fp or '-'} {name}\n".encode(_ENC, _ERR))
+            tree.update(_fingerprint_line(rel, kind, ino, ctime))
+            if len(lines) >= 4096:
+                yield _hashed(digest, lines)
+        yield _hashed(digest, lines)
+
+    durable_write(dest, pieces())
+    sha256 = digest.hexdigest()
+    return Manifest(taken_ns, file=(dest, sha256)), sha256, tree.hexdigest()
+
+
+_ENC, _ERR = "utf-8", "surrogateescape"
+
+
+def _escapes(rel: str) -> bool:
+    return "\\" in rel or "\n" in rel
+
+
+def _hashed(digest: hashlib._Hash, lines: list[bytes]) -> bytes:
+    """The lines joined (and emptied), hashed into `digest`."""
+    piece = b"".join(lines)
+    lines.clear()
+    digest.update(piece)
+    return piece
+
+
+def _taken(root: Path, taken: int) -> Iterator[tuple[str, Entry]]:
+    """The entries of the tree `root` as a manifest taken at `taken` records them.
+    Raises ScopeError at a socket."""
     for rel, st in walk(root):
         kind = entry_type(st)
         if kind == "s":
@@ -70,8 +191,7 @@ def build_manifest(root: Path, taken_ns: int | None = None) -> Manifest:
         fp = None
         if st.st_ctime_ns >= taken - CTIME_MARGIN_NS:
             fp = fingerprint(join(root, rel), st)
-        manifest.entries[rel] = (kind, st.st_ino, st.st_ctime_ns, fp, st.st_nlink)
-    return manifest
+        yield rel, (kind, st.st_ino, st.st_ctime_ns, fp, st.st_nlink)
 
 
 def tree_fingerprint(root: Path) -> str:
@@ -89,14 +209,18 @@ def manifest_fingerprint(manifest: Manifest | None) -> str:
         return "absent"
     if manifest.lazy:
         return IN_SNAPSHOT
-    return _fingerprint((rel, e[0], e[1], e[2]) for rel, e in manifest.entries.items())
+    return _fingerprint((rel, e[0], e[1], e[2]) for rel, e in manifest.items())
 
 
 def _fingerprint(entries: Iterable[tuple[str, str, int, int]]) -> str:
     h = hashlib.sha256()
-    for rel, kind, ino, ctime_ns in entries:
-        h.update(f"{rel}\0{kind}\0{ino}\0{ctime_ns}\n".encode("utf-8", "surrogateescape"))
+    for entry in entries:
+        h.update(_fingerprint_line(*entry))
     return h.hexdigest()
+
+
+def _fingerprint_line(rel: str, kind: str, ino: int, ctime_ns: int) -> bytes:
+    return f"{rel}\0{kind}\0{ino}\0{ctime_ns}\n".encode(_ENC, _ERR)
 
 
 @dataclass
@@ -129,65 +253,98 @@ class Changes:
 
 
 def diff(live: Path, manifest: Manifest | None) -> Changes:
-    """Compare the live tree at `live` with `manifest` (None: the path was absent)."""
+    """Compare the live tree at `live` with `manifest` (None: the path was absent),
+    walking both in order. Raises DamagedError (a manifest file failing its checksum),
+    OSError."""
     changes = Changes()
     if manifest is None:
         if os.path.lexists(live):
             changes.extra.append("")
         return changes
     if not os.path.lexists(live):
-        changes.missing.extend(manifest.entries)  # the whole tree is gone
+        changes.missing.extend(rel for rel, _ in manifest.items())  # the whole tree is gone
         return changes
-    recorded_at, found = manifest.entries.get, []
-    for rel, st in walk(live):
-        recorded = recorded_at(rel)
-        if recorded is None:
+    for rel, st, recorded in aligned(walk(live), manifest.items()):
+        if st is None:
+            changes.missing.append(rel)
+        elif recorded is None:
             changes.extra.append(rel)
-            continue
-        found.append(rel)
-        kind, ino, ctime_ns, fp, _nlink = recorded
-        if entry_type(st) != kind:
+        elif entry_type(st) != recorded[0]:
             changes.changed.append(rel)
-        elif fp is not None:  # the path is built only here: for every entry it costs a third
-            if fingerprint(join(live, rel), st) != fp:
+        elif (
+            recorded[3] is not None
+        ):  # the path is built only here: for every entry it costs a third
+            if fingerprint(join(live, rel), st) != recorded[3]:
                 changes.changed.append(rel)
-        elif st.st_ino != ino or st.st_ctime_ns != ctime_ns:
+        elif st.st_ino != recorded[1] or st.st_ctime_ns != recorded[2]:
             changes.changed.append(rel)
-    if len(found) < len(manifest.entries):  # something is gone
-        seen = set(found)
-        changes.missing.extend(rel for rel in manifest.entries if rel not in seen)
     return changes
 
 
-def needed_entries(changes: Changes, manifest: Manifest) -> list[str] | None:
-    """The entries a restore of `changes` reads from the reference, or None for all.
+def aligned(
+    live: Iterable[tuple[str, T]], recorded: Iterable[tuple[str, Entry]]
+) -> Iterator[tuple[str, T | None, Entry | None]]:
+    """(relative path, what `live` has of it, what `recorded` has) for every path of
+    either, both given in walk order (see module docstring); None where one has not
+    got it. Both are read through."""
+    theirs = iter(recorded)
+    other = next(theirs, None)
+    for rel, mine in live:
+        while other is not None and other[0] != rel and _walks_before(other[0], rel):
+            yield other[0], None, other[1]
+            other = next(theirs, None)
+        if other is not None and other[0] == rel:
+            yield rel, mine, other[1]
+            other = next(theirs, None)
+        else:
+            yield rel, mine, None
+    while other is not None:
+        yield other[0], None, other[1]
+        other = next(theirs, None)
+
+
+def _walks_before(a: str, b: str) -> bool:
+    """True when a walk meets entry `a` before `b`: names compared part by part."""
+    return a.split("/") < b.split("/")
+
+
+def needed_entries(changes: Changes, manifest: Manifest) -> dict[str, str] | None:
+    """The entries a restore of `changes` reads from the reference, with the type the
+    manifest recorded for each, parents first; or None for all.
 
     That is every changed or missing entry with its ancestors, and the parent
     (with ancestors) of every entry the restore touches, whose times it puts
     back. None when a file to restore had hard links: its peers are needed too.
+    Raises DamagedError (a manifest file failing its checksum).
     """
     wanted = {""}
-    for rel in (*changes.changed, *changes.missing):
-        recorded = manifest.entries.get(rel)
-        if recorded is not None and recorded[0] == "f" and recorded[4] > 1:
-            return None
+    touched = {*changes.changed, *changes.missing}
+    for rel in touched:
         wanted.update(with_ancestors(rel))
     for rel in (*changes.changed, *changes.missing, *changes.extra):
         wanted.update(with_ancestors(rel.rpartition("/")[0]))
     # a new directory's parents may be new as well: the snapshot has only the old ones
-    kept = (rel for rel in wanted if rel in manifest.entries)
-    return sorted(kept, key=lambda r: (r.count("/"), r))
+    kinds, linked = {}, False
+    for rel, entry in manifest.items():  # read through: its checksum is checked at the end
+        if rel in wanted:
+            kinds[rel] = entry[0]
+            linked = linked or (rel in touched and entry[0] == "f" and entry[4] > 1)
+    if linked:
+        return None
+    return {rel: kinds[rel] for rel in sorted(kinds, key=lambda r: (r.count("/"), r))}
 
 
-def check_reference(reference: Path, manifest: Manifest, rels: list[str] | None) -> None:
-    """Check that the snapshot tree `reference` holds, at every entry `rels` (None: all)
-    a restore reads, an entry of the type the manifest recorded, reached without a
-    link: a snapshot that is not what hs-tx took is never restored from.
+def check_reference(reference: Path, manifest: Manifest, kinds: dict[str, str] | None) -> None:
+    """Check that the snapshot tree `reference` holds, at every entry a restore reads
+    (`kinds`, from needed_entries; None: all the manifest records), an entry of the
+    type the manifest recorded, reached without a link: a snapshot that is not what
+    hs-tx took is never restored from.
 
-    Raises DamagedError naming the first entry that differs.
+    Raises DamagedError naming the first entry that differs (or a manifest file
+    failing its checksum).
     """
-    for rel in manifest.entries if rels is None else rels:
-        kind = manifest.entries[rel][0] if rel in manifest.entries else None
+    wanted = kinds.items() if kinds is not None else ((r, e[0]) for r, e in manifest.items())
+    for rel, kind in wanted:
         try:
             found = entry_type(os.lstat(join(reference, rel)))
             through_link = any(
@@ -195,7 +352,7 @@ def check_reference(reference: Path, manifest: Manifest, rels: list[str] | None)
             )
         except OSError:
             found, through_link = None, False
-        if kind is not None and (found != kind or through_link):
+        if found != kind or through_link:
             raise DamagedError(
                 f"the snapshot at {reference} does not hold what its manifest recorded at"
                 f" {rel or '.'!r} (a {kind!r} entry; found {found!r}"

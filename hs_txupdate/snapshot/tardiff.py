@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .entries import entry_type, walk
-from .manifest import Manifest
+from .manifest import Entry, Manifest, aligned
 
 # a difference bigger than this share of its base is captured whole instead
 MAX_SHARE = 0.5
@@ -32,13 +32,14 @@ def member(path: Path, rel: str) -> str:
 def changed_since(path: Path, base: Manifest) -> tuple[list[str], int]:
     """(the member names an incremental archive of `path` holds, parents first: every
     directory and every entry not as `base` recorded it; the bytes of those files).
-    Raises OSError when the tree cannot be read."""
+    Raises OSError when the tree cannot be read, DamagedError when the base's manifest
+    fails its checksum."""
     names, size = [], 0
-    for rel, st in _archived(path):
+    for rel, st, recorded in aligned(_archived(path), base.items()):
+        if st is None:
+            continue  # gone since the base
         kind = entry_type(st)
-        if kind == "d" or not as_recorded(
-            base, rel, (kind, st.st_ino, st.st_ctime_ns, st.st_nlink)
-        ):
+        if kind == "d" or not as_recorded(recorded, (kind, st.st_ino, st.st_ctime_ns, st.st_nlink)):
             names.append(member(path, rel))
             size += st.st_size if kind == "f" else 0
     return names, size
@@ -47,11 +48,13 @@ def changed_since(path: Path, base: Manifest) -> tuple[list[str], int]:
 def holds_changes(path: Path, base: Manifest, taken: Manifest, members: set[str]) -> bool:
     """True when an incremental archive of `path` whose members are `members` holds
     every entry that the manifest taken with it (`taken`, walked after tar ran) does
-    not show as `base` recorded it: nothing changed while tar ran that it missed."""
-    return all(
-        member(path, rel) in members or as_recorded(base, rel, (e[0], e[1], e[2], e[4]))
-        for rel, e in taken.entries.items()
-    )
+    not show as `base` recorded it: nothing changed while tar ran that it missed.
+    Raises DamagedError when a manifest fails its checksum."""
+    missed = False
+    for rel, now, recorded in aligned(taken.items(), base.items()):  # both read through
+        if now is not None and member(path, rel) not in members:
+            missed = missed or not as_recorded(recorded, (now[0], now[1], now[2], now[4]))
+    return not missed
 
 
 def _archived(path: Path) -> Iterator[tuple[str, os.stat_result]]:
@@ -68,10 +71,10 @@ def _archived(path: Path) -> Iterator[tuple[str, os.stat_result]]:
         yield rel, st
 
 
-def as_recorded(base: Manifest, rel: str, now: tuple[str, int, int, int]) -> bool:
-    """True when entry `rel`, now of (type, inode, ctime, links) `now`, was not touched
-    since well before `base` was taken, so the base archive holds it as it is."""
-    recorded = base.entries.get(rel)
+def as_recorded(recorded: Entry | None, now: tuple[str, int, int, int]) -> bool:
+    """True when an entry the base recorded as `recorded` (None: not at all), now of
+    (type, inode, ctime, links) `now`, was not touched since well before the base was
+    taken, so the base archive holds it as it is."""
     if recorded is None:
         return False
     kind, ino, ctime_ns, fingerprint, links = recorded

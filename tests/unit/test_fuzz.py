@@ -388,7 +388,8 @@ def test_any_archive_is_restored_only_inside_the_scope_or_refused(
     target = SnapshotTarget(f"{key}-2", 0, live)
     outside_before = tree_state(outside)
     try:
-        with TarBackend(snapshots).reference(target, captured, needed) as ref:
+        wanted = None if needed is None else list(needed)
+        with TarBackend(snapshots).reference(target, captured, wanted) as ref:
             check_reference(ref, manifest, needed)
             restore(live, ref, changes)
         event("restored")

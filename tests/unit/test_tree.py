@@ -18,6 +18,7 @@ from hs_txupdate.snapshot.manifest import (
     build_manifest,
     check_reference,
     diff,
+    write_manifest,
 )
 
 
@@ -60,9 +61,11 @@ def manifest_age(request: pytest.FixtureRequest) -> str:
 def take(root: Path, age: str) -> Manifest:
     if age == "settled":
         wait_past_margin(root)
-    manifest = build_manifest(root)
-    # what the journal keeps is the serialised form
-    return Manifest.from_bytes(manifest.to_bytes())
+    # what a snapshot keeps is a manifest file, read as it is compared
+    manifest, _sha256, _fingerprint = write_manifest(
+        root, time.time_ns(), root.parent / f"{root.name}.manifest"
+    )
+    return manifest
 
 
 def test_untouched_tree_has_no_changes(tmp_path: Path, manifest_age: str) -> None:
@@ -189,9 +192,9 @@ def test_a_snapshot_tree_unlike_its_manifest_is_never_read(tmp_path: Path) -> No
     snap.mkdir()
     (snap / "conf").symlink_to(outside)
     with pytest.raises(DamagedError, match=r"at 'conf' .* found 'l'"):
-        check_reference(snap, manifest, ["", "conf", "conf/app.conf"])
+        check_reference(snap, manifest, {"": "d", "conf": "d", "conf/app.conf": "f"})
     with pytest.raises(DamagedError, match="through a link"):
-        check_reference(snap, manifest, ["conf/app.conf"])
+        check_reference(snap, manifest, {"conf/app.conf": "f"})
     check_reference(live, manifest, None)
 
 
