@@ -6,7 +6,8 @@ reference doing the nearest equivalent job, both times, their ratio, and (for
 whole `hs-tx` processes) the peak memory. Whole processes are timed as the
 median of several runs.
 
-    .venv/bin/python scripts/bench.py [--files N] [--size-kib K] [--history N] [--json PATH]
+    .venv/bin/python scripts/bench.py [--files N] [--size-kib K] [--history N]
+        [--memory-files N] [--modules 0,10,50] [--orchestrator PATH] [--json PATH]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench_idle import Command, Row, bench_idle
+from bench_memory import bench_tar_memory
 from bench_rollback import bench_btrfs_rollback, bench_tar_rollback
 from tabulate import tabulate
 
@@ -325,6 +327,12 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--size-kib", type=int, default=64)
     parser.add_argument("--history", type=int, default=10000, help="transactions in the journal")
+    parser.add_argument(
+        "--memory-files",
+        type=int,
+        default=200_000,
+        help="small files of the tree whose peak memory is compared with a tenth of it",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     parser.add_argument(
         "--modules",
@@ -360,6 +368,7 @@ def main() -> int:
             bench_fs(fs, backend, args.files, args.size_kib << 10, rows)
             in_a_run = bench_tar_rollback if backend == "tar" else bench_btrfs_rollback
             rows += in_a_run(fs.mount, fs.mount / "tree", args.files, timed)
+        rows += bench_tar_memory(top, args.memory_files, Loop)
     finally:
         for fs in loops:
             fs.close()

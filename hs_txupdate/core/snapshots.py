@@ -154,7 +154,7 @@ def _holds_changes(target: SnapshotTarget, captured: Captured, manifest: Manifes
     if target.base is None or captured.base is None:
         return True
     index = read_index(Path(captured.ref), captured.checksum or "")
-    members = set(index.starts) if index is not None else set()
+    members = set(index.places) if index is not None else set()
     return holds_changes(target.path, target.base.manifest, manifest, members)
 
 

@@ -64,14 +64,19 @@ class Manifest:
             yield from self.entries.items()
             return
         path, sha256 = self.file
-        digest, rest = hashlib.sha256(), b""
+        digest, rest, head = hashlib.sha256(), b"", True
         try:
             with open(path, "rb") as f:
                 while piece := f.read(_PIECE):
                     digest.update(piece)
-                    lines = (rest + piece).split(b"\n")
-                    rest = lines.pop()
-                    yield from _parsed(lines, path)
+                    rest += piece
+                    cut = rest.rfind(b"\n") + 1  # whole lines, decoded at once
+                    if not cut:
+                        continue
+                    lines, rest = rest[:cut], rest[cut:]
+                    if head:  # the first line: read by read_manifest
+                        lines, head = lines[lines.index(b"\n") + 1 :], False
+                    yield from _parsed(lines.decode(_ENC, _ERR), path)
         except OSError as exc:
             raise _damaged(path, f"is unreadable: {exc.strerror}") from exc
         if rest or digest.hexdigest() != sha256:
@@ -112,23 +117,16 @@ def read_manifest(path: Path, sha256: str) -> Manifest:
     return Manifest(int(taken), file=(path, sha256))
 
 
-def _parsed(lines: list[bytes], path: Path) -> Iterator[tuple[str, Entry]]:
-    """The entries of manifest `lines` (the header skipped). Raises DamagedError."""
-    for line in lines:
-        if line.startswith(_MAGIC):
-            continue
-        try:
-            kind, ino, ctime, links, fp, name = line.split(b" ", 5)
-            rel = name.decode("utf-8", "surrogateescape")
-            if b"\\" in name:
-                rel = unescape(rel)
-            yield rel, (kind.decode(), int(ino), int(ctime), _fp(fp), int(links))
-        except ValueError as exc:
-            raise _damaged(path, "is not a manifest") from exc
-
-
-def _fp(field: bytes) -> str | None:
-    return None if field == b"-" else field.decode()
+def _parsed(text: str, path: Path) -> Iterator[tuple[str, Entry]]:
+    """The entries of the whole manifest lines `text`. Raises DamagedError."""
+    escaped = "\\" in text  # most manifests escape no name: none is unescaped then
+    try:
+        for line in text.split("\n")[:-1]:
+            kind, ino, ctime, links, fp, name = line.split(" ", 5)
+            entry = (kind, int(ino), int(ctime), None if fp == "-" else fp, int(links))
+            yield unescape(name) if escaped else name, entry
+    except ValueError as exc:
+        raise _damaged(path, "is not a manifest") from exc
 
 
 def _damaged(path: Path, what: str) -> DamagedError:

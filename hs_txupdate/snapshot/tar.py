@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -119,19 +120,21 @@ class TarBackend:
             if size > MAX_SHARE * (base.captured.size or 0):
                 base = names = None
         try:
-            sums = self._archive(target.path, partial, listing, names)
-            base_line = (base.captured.checksum or "", str(base.captured.ref)) if base else None
-            checksum = write_index(sums, listing, index_path(final), base_line)
+            with tempfile.TemporaryFile(dir=final.parent) as sums:
+                self._archive(target.path, partial, listing, names, ChunkSums(sums))
+                base_line = (base.captured.checksum or "", str(base.captured.ref)) if base else None
+                checksum = write_index(sums, listing, index_path(final), base_line)
         finally:
             listing.unlink(missing_ok=True)
         size = partial.stat().st_size
         publish(partial, final)
         return Captured(str(final), size, checksum, base.captured.ref if base else None)
 
-    def _archive(self, path: Path, partial: Path, listing: Path, names: list[str] | None) -> bytes:
+    def _archive(
+        self, path: Path, partial: Path, listing: Path, names: list[str] | None, sums: ChunkSums
+    ) -> None:
         """Write the archive of `path` (of only the members `names`, when given) to
-        `partial` and tar's list of it to `listing`; return its chunk digest lines."""
-        sums = ChunkSums()
+        `partial` and tar's list of it to `listing`, its chunk digests to `sums`."""
         members = partial.with_name(partial.name + ".members")
         select = ["--", path.name]
         if names is not None:
@@ -175,7 +178,7 @@ class TarBackend:
                 )
         finally:
             members.unlink(missing_ok=True)
-        return sums.digests()
+        sums.finish()
 
     def _usable_base(self, target: SnapshotTarget) -> Base | None:
         """`target.base` when its archive is there, in this journal's snapshots, with a
@@ -230,17 +233,19 @@ class TarBackend:
         setting every directory's times last. Raises DamagedError."""
         if not (captured.checksum or "").startswith(PREFIX):
             return [_Part(captured, wanted)]
-        index = self._index(target, self._recorded(target, captured), captured)
+        archive = self._recorded(target, captured)
+        index = self._index(target, archive, captured, [] if wanted is None else wanted)
         if index.base is None:
             return [_Part(captured, wanted)]
         base = Captured(ref=index.base[1], checksum=index.base[0])
-        base_index = self._index(target, self._recorded(target, base), base)
+        base_index = self._index(target, self._recorded(target, base), base, [])
         if base_index.base is not None:
             raise _failed(Path(base.ref), target)  # hs-tx never bases on an incremental one
         if wanted is None:  # the whole base, then what changed, over what it replaces
-            return [_Part(base, None), _Part(captured, None, index)]
-        rest = [n for n in wanted if n not in index.starts]
-        mine = [n for n in wanted if n in index.starts]
+            every = self._index(target, archive, captured, None)
+            return [_Part(base, None), _Part(captured, None, every)]
+        rest = [n for n in wanted if n not in index.places]
+        mine = [n for n in wanted if n in index.places]
         return [p for p in (_Part(base, rest), _Part(captured, mine)) if p.names]
 
     def _extract_into(self, stage: Path, target: SnapshotTarget, part: _Part) -> None:
@@ -265,16 +270,15 @@ class TarBackend:
         self, target: SnapshotTarget, captured: Captured, names: list[str] | None
     ) -> tuple[Path, tuple[Index, list[tuple[int, int]]] | None]:
         """(the archive, its index and the byte ranges of the members `names`, when the
-        index has them all and they are not most of it); else the whole archive is
-        checked.
+        index has them all and they do not lie in most of it); else the whole archive
+        is checked.
         Raises DamagedError."""
         if names is None or not (captured.checksum or "").startswith(PREFIX):
             return self._check_one(target, captured), None
         archive = self._recorded(target, captured)
-        index = self._index(target, archive, captured)
-        size = archive.stat().st_size
-        spans = index.spans(names, size)
-        if spans is None or sum(end - start for start, end in spans) > size // 2:
+        index = self._index(target, archive, captured, names)
+        spans = index.spans(names, archive.stat().st_size)
+        if spans is None or index.sums is None:
             return self._check_one(target, captured), None  # then tar picks them out
         return archive, (index, spans)
 
@@ -294,7 +298,7 @@ class TarBackend:
         archive = self._recorded(target, captured)
         if not (captured.checksum or "").startswith(PREFIX):
             return verified_file(archive, captured.checksum, "snapshot archive", target)
-        if not whole_ok(archive, self._index(target, archive, captured)):
+        if not whole_ok(archive, self._index(target, archive, captured, [])):
             raise _failed(archive, target)
         return archive
 
@@ -303,20 +307,24 @@ class TarBackend:
         archive = recorded_file(captured.ref, target, self.archive_path(target), self.snapshots_dir)
         return verified_file(archive, None, "snapshot archive", target)
 
-    def _index(self, target: SnapshotTarget, archive: Path, captured: Captured) -> Index:
-        """The archive's index, checked (once for this backend object: a restore asks
-        more than once). Raises DamagedError when it is missing or fails."""
+    def _index(
+        self, target: SnapshotTarget, archive: Path, captured: Captured, names: list[str] | None
+    ) -> Index:
+        """The archive's index, checked, read for the members `names` (see read_index;
+        once for this backend object while it serves them: a restore asks more than
+        once). Raises DamagedError when it is missing or fails."""
         key = (archive, captured.checksum or "")
-        if key not in self._indexes:
-            index = read_index(*key)
-            if index is None:
+        held = self._indexes.get(key)
+        if held is None or not held.answers(names):
+            held = read_index(*key, names)
+            if held is None:
                 raise DamagedError(
                     f"the index {index_path(archive)} of snapshot archive {archive} of"
                     f" {target.path} is missing or fails its checksum",
                     "do not use the archive; restore that path by hand from a backup",
                 )
-            self._indexes[key] = index
-        return self._indexes[key]
+            self._indexes[key] = held
+        return held
 
     def delete(self, target: SnapshotTarget, ref: str | None) -> None:
         """Remove the archive (and a partial one); the per-transaction dir when empty.
@@ -349,7 +357,7 @@ def _make_way(stage: Path, index: Index) -> None:
     """Before an increment goes over its whole base in `stage`: remove every entry of
     the base that the increment holds as another kind (a directory become a file, or
     the reverse), which tar would not replace."""
-    for name in index.starts:
+    for name in index.places:
         where = stage / name
         if os.path.lexists(where):
             is_dir = where.is_dir() and not where.is_symlink()

@@ -16,11 +16,13 @@ the chunks that hold them and hands tar only those checked bytes.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from ..base.fsio import durable_write
 from .entries import unescape
@@ -33,6 +35,7 @@ _MAGIC = "hs-tx tar index 1"
 _BASE = "base "
 _BLOCK = 512
 _LINE = 65  # a digest line: 64 hex digits and a newline
+_PIECE = 1 << 20  # an index is read and written in pieces of about this
 _MEMBER_LINE = re.compile(r"^block ([0-9]+): (.*)$", re.MULTILINE)
 
 
@@ -43,10 +46,11 @@ def index_path(archive: Path) -> Path:
 
 class ChunkSums:
     """The SHA-256 of every CHUNK bytes of an archive, as it is written in pieces of
-    any size (`update`), kept as the index's digest lines (65 bytes a chunk)."""
+    any size (`update`), written to `out` as the index's digest lines (65 bytes a
+    chunk) as they come."""
 
-    def __init__(self) -> None:
-        self.lines = bytearray()
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
         self._hash = hashlib.sha256()
         self._filled = 0
 
@@ -59,93 +63,226 @@ class ChunkSums:
             self._filled += take
             view = view[take:]
             if self._filled == CHUNK:
-                self.lines += self._hash.hexdigest().encode() + b"\n"
+                self.out.write(self._hash.hexdigest().encode() + b"\n")
                 self._hash, self._filled = hashlib.sha256(), 0
 
-    def digests(self) -> bytes:
-        """The digest line of every chunk so far, a last partial one included."""
-        last = self._hash.hexdigest().encode() + b"\n" if self._filled else b""
-        return bytes(self.lines) + last
+    def finish(self) -> None:
+        """Write the digest of a last partial chunk, if any."""
+        if self._filled:
+            self.out.write(self._hash.hexdigest().encode() + b"\n")
+            self._hash, self._filled = hashlib.sha256(), 0
 
 
-def write_index(sums: bytes, listing: Path, dest: Path, base: tuple[str, str] | None = None) -> str:
-    """Given the chunk digest lines of an archive (see ChunkSums), the list tar wrote of
-    it (`--index-file`) and, for an incremental archive, the (checksum, path) of its
-    base, write the index to `dest` durably and return the checksum to record for the
-    archive. Raises OSError."""
+def write_index(
+    sums: IO[bytes], listing: Path, dest: Path, base: tuple[str, str] | None = None
+) -> str:
+    """Given the chunk digest lines of an archive (the file ChunkSums wrote), the list
+    tar wrote of it (`--index-file`) and, for an incremental archive, the (checksum,
+    path) of its base, write the index to `dest` durably, a piece at a time, and
+    return the checksum to record for the archive. Raises OSError."""
     head = f"{_MAGIC} {CHUNK}\n"
     if base is not None:
         head += f"{_BASE}{base[0]} {base[1]}\n"
-    data = b"".join((head.encode(), sums, b"members\n", listing.read_bytes()))
-    durable_write(dest, data, 0o600)
-    return PREFIX + hashlib.sha256(data).hexdigest()
+    digest = hashlib.sha256()
+
+    def pieces() -> Iterator[bytes]:
+        sums.seek(0)
+        with open(listing, "rb") as names:
+            for part in (io.BytesIO(head.encode()), sums, io.BytesIO(b"members\n"), names):
+                while piece := part.read(_PIECE):
+                    digest.update(piece)
+                    yield piece
+
+    durable_write(dest, pieces(), 0o600)
+    return PREFIX + digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class Index:
-    """A checked index: the chunk digests and where each member starts (its first
-    block, extended headers included), members in archive order."""
+    """A checked index (see read_index): where the members asked for lie in the archive
+    (from the first block of each, extended headers included, to the next member's),
+    and the digests of the chunks that hold them; the rest stays in the file."""
 
-    sums: bytes  # the digest lines as the file holds them: line n, bytes 65n to 65n+64
-    starts: dict[str, int]
+    path: Path  # the index file
+    checksum: str  # what the journal recorded of it
+    chunk: int  # the bytes each digest covers
+    sums_at: int  # where its first digest line starts
+    chunks: int  # how many chunks the archive has
+    places: dict[str, tuple[int, int | None]]  # (start, end; None: the archive's end)
+    asked: frozenset[str] | None  # the members whose places and chunks were read (None: all)
     base: tuple[str, str] | None = None  # an incremental archive's: (checksum, path)
-    dirs: frozenset[str] = frozenset()  # the members that are directories
-    chunk: int = CHUNK  # the bytes each digest covers
+    dirs: frozenset[str] = frozenset()  # the members read that are directories
+    # chunk -> digest, of those holding the members asked for (None: they lie in most of
+    # the archive, which is checked whole then)
+    sums: dict[int, bytes] | None = None
 
-    @property
-    def chunks(self) -> int:
-        """How many chunks the archive has."""
-        return len(self.sums) // _LINE
+    def answers(self, names: Collection[str] | None) -> bool:
+        """True when this index was read for the members `names` (None: all of them;
+        none: any index serves, its head alone is used)."""
+        if names is not None and not names:
+            return True
+        if names is None or self.asked is None:
+            return names is None and self.asked is None
+        return self.asked.issuperset(names)
 
     def holds(self, n: int, chunk: bytes) -> bool:
-        """True when `chunk` has the digest recorded for chunk `n`."""
-        recorded = self.sums[n * _LINE : n * _LINE + 64]
-        return len(recorded) == 64 and hashlib.sha256(chunk).hexdigest().encode() == recorded
+        """True when `chunk` has the digest recorded for chunk `n` (one of those read)."""
+        recorded = None if self.sums is None else self.sums.get(n)
+        return recorded is not None and hashlib.sha256(chunk).hexdigest().encode() == recorded
 
     def spans(self, names: list[str], size: int) -> list[tuple[int, int]] | None:
         """The byte ranges [start, end) of the members `names` (dirs without their
         trailing slash) in an archive of `size` bytes, in archive order; None when one
         is not in the index."""
-        starts = [self.starts.get(name) for name in names]
-        if any(s is None for s in starts):
+        places = [self.places.get(name) for name in names]
+        if any(p is None for p in places):
             return None
-        order = sorted(self.starts.values())
-        following = dict(zip(order, [*order[1:], size], strict=True))
-        return sorted({(s, following[s]) for s in starts if s is not None})
+        return sorted({(p[0], size if p[1] is None else p[1]) for p in places if p is not None})
 
 
-def read_index(archive: Path, checksum: str) -> Index | None:
+def read_index(archive: Path, checksum: str, names: Collection[str] | None = None) -> Index | None:
     """The index of `archive`, when its file is there with the checksum the journal
     recorded (`index:...`) and well formed; else None (the caller then checks and
-    reads the whole archive, and reports what fails). Raises OSError."""
+    reads the whole archive, and reports what fails). Only the places of the members
+    `names` (None: all) are kept, and the digests of the chunks holding them, read
+    from the file and checked with it once more (unless they lie in most of the
+    archive). Read a piece at a time: no index is held whole. Raises OSError."""
+    path = index_path(archive)
     try:
-        data = index_path(archive).read_bytes()
+        scan = _scan(path, None if names is None else set(names))
     except FileNotFoundError:
         return None
-    if PREFIX + hashlib.sha256(data).hexdigest() != checksum:
+    if scan is None or PREFIX + scan.digest != checksum:
         return None
+    sums: dict[int, bytes] | None = None
+    if names:
+        ranges = [
+            range(start // scan.chunk, _last_chunk(end, scan))
+            for start, end in scan.places.values()
+        ]
+        if sum(map(len, ranges)) <= scan.chunks // 2:  # else the archive is checked whole
+            wanted = sorted({n for chunks in ranges for n in chunks})
+            sums = _read_sums(path, scan.sums_at, wanted, checksum)
+            if sums is None:
+                return None
+    asked = None if names is None else frozenset(names)
+    return Index(
+        path, checksum, scan.chunk, scan.sums_at, scan.chunks, scan.places, asked,
+        scan.base, frozenset(scan.dirs), sums,
+    )  # fmt: skip
+
+
+def _last_chunk(end: int | None, scan: _Scan) -> int:
+    """One past the last chunk holding bytes before `end` (None: the archive's end)."""
+    return scan.chunks if end is None else min(scan.chunks, (end - 1) // scan.chunk + 1)
+
+
+@dataclass
+class _Scan:
+    """What one reading of an index file found (see _scan)."""
+
+    digest: str = ""
+    chunk: int = 0
+    base: tuple[str, str] | None = None
+    sums_at: int = 0
+    chunks: int = 0
+    places: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    dirs: set[str] = field(default_factory=set)
+
+
+def _scan(path: Path, names: set[str] | None) -> _Scan | None:
+    """Read the index file `path` through, a piece at a time: its SHA-256, its head,
+    where its digest lines lie, and the places of the members `names` (None: all).
+    None when it is not well formed. Raises OSError."""
+    scan, digest = _Scan(), hashlib.sha256()
+    held, at = b"", 0  # bytes not yet taken, and where in the file they start
+    stage, last = "head", None  # the member whose end is the next one's start
+    with open(path, "rb") as f:
+        while piece := f.read(_PIECE):
+            digest.update(piece)
+            held += piece
+            if stage == "head":
+                taken = _head(held, scan)
+                if taken is None:
+                    if len(held) > 1 << 16:
+                        return None
+                    continue
+                held, at, stage = held[taken:], at + taken, "sums"
+            if stage == "sums":
+                found = held.find(b"members\n")
+                if found < 0:  # digest lines: nothing to keep but where they end
+                    keep = min(len(held), len("members\n"))
+                    held, at = held[len(held) - keep :], at + len(held) - keep
+                    continue
+                length = at + found - scan.sums_at
+                if length % _LINE:
+                    return None
+                scan.chunks = length // _LINE
+                held, stage = held[found + len("members\n") :], "members"
+            cut = held.rfind(b"\n") + 1
+            last = _members(held[:cut], names, scan, last)
+            held = held[cut:]
+    if stage != "members":
+        return None
+    _members(held, names, scan, last)
+    scan.digest = digest.hexdigest()
+    return scan
+
+
+def _head(data: bytes, scan: _Scan) -> int | None:
+    """Parse the head (first line, a base line) at the start of `data` into `scan`;
+    return its length, or None when `data` does not hold two lines yet or its first
+    is not an index's (the caller gives up once it has read more than a head holds)."""
     first = data.find(b"\n") + 1
-    magic, _, chunk = data[:first].decode("utf-8", "surrogateescape").rstrip("\n").rpartition(" ")
-    if not first or magic != _MAGIC or not _chunk_size(chunk):
+    second = data.find(b"\n", first) + 1
+    if not first or not second:
         return None
-    base, sums_at = None, first
+    magic, _, chunk = data[: first - 1].decode("utf-8", "surrogateescape").rpartition(" ")
+    if magic != _MAGIC or not _chunk_size(chunk):
+        return None
+    scan.chunk, taken = int(chunk), first
     if data.startswith(_BASE.encode(), first):
-        sums_at = data.find(b"\n", first) + 1
-        base = _base_line(data[first : sums_at - 1].decode("utf-8", "surrogateescape"))
-    end = data.find(b"members\n", sums_at)  # the digest lines are fixed-width: sliced, not split
-    sums = data[sums_at:end]
-    if end < 0 or len(sums) % _LINE or sums[64::_LINE] != b"\n" * (len(sums) // _LINE):
+        scan.base = _base_line(data[first : second - 1].decode("utf-8", "surrogateescape"))
+        taken = second
+    scan.sums_at = taken
+    return taken
+
+
+def _members(data: bytes, names: set[str] | None, scan: _Scan, last: str | None) -> str | None:
+    """Take tar's member lines in `data` into `scan` (the places of `names`, None: all);
+    `last`: the member read before them whose end is still open. Return the one
+    open now."""
+    text = data.decode("utf-8", "surrogateescape")
+    escaped = "\\" in text  # most lists escape no name: none is unescaped then
+    for block, listed in _MEMBER_LINE.findall(text):
+        start = int(block) * _BLOCK
+        if last is not None:
+            scan.places[last] = (scan.places[last][0], start)
+            last = None
+        name = unescape(listed) if escaped else listed
+        is_dir = name.endswith("/")  # tar's way to list a directory
+        name = name.rstrip("/") if is_dir else name
+        if names is None or name in names:
+            scan.places[name], last = (start, None), name
+            if is_dir:
+                scan.dirs.add(name)
+    return last
+
+
+def _read_sums(
+    path: Path, sums_at: int, chunks: list[int], checksum: str
+) -> dict[int, bytes] | None:
+    """The digest lines of `chunks` of the index file `path`, read and then the whole
+    file checked against `checksum` once more (what was read is what was checked);
+    None when it fails. Raises OSError."""
+    with open(path, "rb") as f:
+        sums = {n: os.pread(f.fileno(), _LINE, sums_at + n * _LINE) for n in chunks}
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if PREFIX + digest != checksum or any(
+        len(s) != _LINE or s[-1:] != b"\n" for s in sums.values()
+    ):
         return None
-    text = data[end + len(b"members\n") :].decode("utf-8", "surrogateescape")
-    members = _MEMBER_LINE.findall(text)
-    if "\\" in text:  # most lists escape no name: none is unescaped then
-        members = [(block, unescape(name)) for block, name in members]
-    starts = {name: int(block) * _BLOCK for block, name in members}
-    listed = [name for name in starts if name.endswith("/")]  # tar's way to list a directory
-    for name in listed:
-        starts[name.rstrip("/")] = starts.pop(name)
-    dirs = frozenset(name.rstrip("/") for name in listed)
-    return Index(sums, starts, base, dirs, int(chunk))
+    return {n: s[:-1] for n, s in sums.items()}
 
 
 def _chunk_size(text: str) -> bool:
@@ -157,10 +294,10 @@ def index_matches(archive: Path, checksum: str) -> bool:
     """True when the index of `archive` is there with the checksum the journal recorded
     (`index:...`), read no further. Raises OSError when it cannot be read."""
     try:
-        data = index_path(archive).read_bytes()
+        with open(index_path(archive), "rb") as f:
+            return PREFIX + hashlib.file_digest(f, "sha256").hexdigest() == checksum
     except FileNotFoundError:
         return False
-    return PREFIX + hashlib.sha256(data).hexdigest() == checksum
 
 
 def base_of(archive: Path) -> str | None:
@@ -185,15 +322,18 @@ def _base_line(line: str) -> tuple[str, str] | None:
 
 
 def whole_ok(archive: Path, index: Index) -> bool:
-    """True when every chunk of `archive` has the digest the index holds."""
-    with open(archive, "rb") as f:
-        chunks = iter(lambda: f.read(index.chunk), b"")
-        count = 0
-        for n, chunk in enumerate(chunks):
-            if not index.holds(n, chunk):
+    """True when every chunk of `archive` has the digest the index file holds, read
+    beside it, and the index file still has its recorded checksum."""
+    with open(index.path, "rb") as sums, open(archive, "rb") as f:
+        sums.seek(index.sums_at)
+        for _ in range(index.chunks):
+            line = sums.read(_LINE)
+            if hashlib.sha256(f.read(index.chunk)).hexdigest().encode() + b"\n" != line:
                 return False
-            count = n + 1
-    return count == index.chunks
+        if f.read(1):
+            return False
+        sums.seek(0)
+        return PREFIX + hashlib.file_digest(sums, "sha256").hexdigest() == index.checksum
 
 
 class BadChunk(Exception):

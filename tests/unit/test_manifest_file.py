@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hs_txupdate.base.errors import DamagedError
+from hs_txupdate.snapshot import manifest as manifest_module
 from hs_txupdate.snapshot.manifest import (
     Manifest,
     aligned,
@@ -135,3 +136,14 @@ def test_aligned_pairs_two_walk_ordered_lists_in_order() -> None:
         assert all(
             (a is not None) == (r in mine) and (b is not None) == (r in theirs) for r, a, b in got
         )
+
+
+def test_a_manifest_file_read_in_small_pieces_reads_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "t"
+    _tree(root)
+    manifest, _, _ = _file(root)
+    whole = list(manifest.items())
+    monkeypatch.setattr(manifest_module, "_PIECE", 7)  # every line spans pieces
+    assert list(manifest.items()) == whole and len(whole) > 30

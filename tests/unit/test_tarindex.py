@@ -4,9 +4,11 @@ those of the whole file read back: a restore checks what was written."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import subprocess
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hs_txupdate.snapshot import tarindex
 from hs_txupdate.snapshot.tarindex import (
     CHUNK,
     PREFIX,
@@ -23,6 +26,7 @@ from hs_txupdate.snapshot.tarindex import (
     read_index,
     subset,
     whole_ok,
+    write_index,
 )
 
 
@@ -34,13 +38,15 @@ def _whole(data: bytes) -> bytes:
 @given(size=st.integers(0, 5 * CHUNK + 7), cuts=st.lists(st.integers(1, 3 * CHUNK), max_size=30))
 def test_chunk_sums_of_pieces_are_those_of_the_whole(size: int, cuts: list[int]) -> None:
     data = os.urandom(size)
-    sums = ChunkSums()
+    out = io.BytesIO()
+    sums = ChunkSums(out)
     at = 0
     for cut in cuts:
         sums.update(data[at : at + cut])
         at += cut
     sums.update(data[at:])
-    assert sums.digests() == _whole(data)
+    sums.finish()
+    assert out.getvalue() == _whole(data)
 
 
 def _archive(tmp_path: Path) -> tuple[Path, bytes]:
@@ -48,8 +54,9 @@ def _archive(tmp_path: Path) -> tuple[Path, bytes]:
     tar wrote of it, as hs-tx takes them."""
     tree = tmp_path / "tree"
     tree.mkdir()
-    for i, size in enumerate((3000, 300_000, 70_000, 10)):
+    for i, size in enumerate((3000, 300_000, 70_000, 10, *[100_000] * 20)):
         (tree / f"f{i}").write_bytes(os.urandom(size))
+    (tree / "new\nline").mkdir()  # a name tar's list escapes
     archive, listing = tmp_path / "a.tar", tmp_path / "a.list"
     subprocess.run(
         ["tar", "--create", f"--file={archive}", "--format=posix", "--verbose",
@@ -76,28 +83,71 @@ def _digests(data: bytes, chunk: int) -> list[str]:
     ]
 
 
+@pytest.fixture(params=[1 << 20, 100], ids=["whole", "in-pieces"])
+def piece(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """An index read and written in pieces of its usual size, or of 100 bytes: every
+    line of it then spans two pieces somewhere."""
+    monkeypatch.setattr(tarindex, "_PIECE", request.param)
+    return int(request.param)
+
+
 @pytest.mark.parametrize("chunk", [1 << 16, CHUNK, 512])
 def test_an_index_of_any_chunk_size_checks_and_extracts_its_members(
-    tmp_path: Path, chunk: int
+    tmp_path: Path, chunk: int, piece: int
 ) -> None:
     archive, listing = _archive(tmp_path)
-    index = read_index(archive, _index_by_hand(archive, listing, chunk))
-    assert index is not None and index.chunk == chunk
-    assert whole_ok(archive, index)
-    wanted = ["tree/f1", "tree/f3"]
+    checksum = _index_by_hand(archive, listing, chunk)
+    whole = read_index(archive, checksum)
+    assert whole is not None and whole.chunk == chunk and whole.sums is None
+    assert whole_ok(archive, whole)
+    assert set(whole.places) == {"tree", "tree/new\nline", *(f"tree/f{i}" for i in range(24))}
+    assert whole.dirs == {"tree", "tree/new\nline"}
+    wanted = ["tree/f1", "tree/f3", "tree/new\nline"]
+    index = read_index(archive, checksum, wanted)
+    assert index is not None and set(index.places) == set(wanted) and index.answers(wanted[:1])
     subset_file = tmp_path / "subset.tar"
     spans = index.spans(wanted, archive.stat().st_size)
-    assert spans is not None
+    assert spans is not None and index.sums is not None
+    assert len(index.sums) < whole.chunks // 4, "only the chunks holding them are read"
     subset_file.write_bytes(b"".join(subset(archive, index, spans)))
-    with tarfile.open(subset_file) as got, tarfile.open(archive) as whole:
-        assert got.getnames() == wanted
-        for name in wanted:
-            assert got.extractfile(name).read() == whole.extractfile(name).read()  # type: ignore[union-attr]
+    with tarfile.open(subset_file) as got, tarfile.open(archive) as all_of_it:
+        assert got.getnames() == ["tree/f1", "tree/f3", "tree/new\nline"]
+        for name in wanted[:2]:
+            assert got.extractfile(name).read() == all_of_it.extractfile(name).read()  # type: ignore[union-attr]
+
+
+def test_an_index_hs_tx_writes_reads_back(tmp_path: Path, piece: int) -> None:
+    archive, listing = _archive(tmp_path)
+    with tempfile.TemporaryFile() as out:
+        sums = ChunkSums(out)
+        data = archive.read_bytes()
+        for at in range(0, len(data), 7777):
+            sums.update(data[at : at + 7777])
+        sums.finish()
+        listing_file = tmp_path / "listing"
+        listing_file.write_bytes(listing)
+        checksum = write_index(out, listing_file, index_path(archive), ("sum", "/base.tar"))
+    assert (
+        index_path(archive)
+        .read_bytes()
+        .startswith(b"hs-tx tar index 1 32768\nbase sum /base.tar\n")
+    )
+    index = read_index(archive, checksum, ["tree/f2"])
+    assert index is not None and index.base == ("sum", "/base.tar") and whole_ok(archive, index)
+    assert read_index(archive, checksum[:-1] + "0") is None
+
+
+def test_members_that_lie_in_most_of_the_archive_are_checked_whole(tmp_path: Path) -> None:
+    archive, listing = _archive(tmp_path)
+    names = [f"tree/f{i}" for i in range(4, 24)]
+    index = read_index(archive, _index_by_hand(archive, listing, CHUNK), names)
+    assert index is not None and index.sums is None and not index.holds(0, b"")
 
 
 def test_a_damaged_chunk_fails_the_check_and_the_subset(tmp_path: Path) -> None:
     archive, listing = _archive(tmp_path)
-    index = read_index(archive, _index_by_hand(archive, listing, 1 << 16))
+    checksum = _index_by_hand(archive, listing, 1 << 16)
+    index = read_index(archive, checksum, ["tree/f1", "tree/f0"])
     assert index is not None
     spans = index.spans(["tree/f1"], archive.stat().st_size)
     assert spans is not None
@@ -122,9 +172,13 @@ def test_a_damaged_chunk_fails_the_check_and_the_subset(tmp_path: Path) -> None:
         lambda t: t.replace(b"hs-tx tar index 1", b"hs-tx tar index 2"),
     ],
 )
-def test_a_malformed_index_is_not_used(tmp_path: Path, damage: Callable[[bytes], bytes]) -> None:
+def test_a_malformed_index_is_not_used(
+    tmp_path: Path, damage: Callable[[bytes], bytes], piece: int
+) -> None:
     archive, listing = _archive(tmp_path)
     _index_by_hand(archive, listing, 1 << 16)
     text = damage(index_path(archive).read_bytes())
     index_path(archive).write_bytes(text)
-    assert read_index(archive, PREFIX + hashlib.sha256(text).hexdigest()) is None
+    checksum = PREFIX + hashlib.sha256(text).hexdigest()
+    assert read_index(archive, checksum) is None
+    assert read_index(archive, checksum, ["tree/f1"]) is None
