@@ -281,7 +281,9 @@ def restore_path(
     def announce(status: str, rels: list[str]) -> None:
         number = batches.setdefault(rels[0], len(batches) + 1)
         detail = {"n": info.n, "batch": number, "entries": len(rels), "first": rels[0]}
-        journal.event(tx_id, phase, Step.RESTORE_BATCH, Status(status), detail)
+        # a batch done goes with the next write: a restore cut off before it redoes the batch
+        write = journal.event_later if status == Status.DONE else journal.event
+        write(tx_id, phase, Step.RESTORE_BATCH, Status(status), detail)
 
     detail = {"n": info.n, "path": info.path, "entries": changes.count}
     with journal.step(tx_id, phase, Step.RESTORE, detail):

@@ -303,6 +303,22 @@ class Journal(JournalReads):
         """Append an event, durably; return its seq."""
         return self._event(tx_id, phase, step, status, detail)
 
+    def event_later(
+        self,
+        tx_id: int,
+        phase: Phase,
+        step: Step,
+        status: Status,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append an event with the next write of this journal (or read, `flush` or
+        `close`) instead of in a commit of its own (see `step`'s `defer`): for an event
+        that only saves work after a crash, such as a restore batch being done."""
+        self._deferred.append(
+            lambda: self._event(tx_id, phase, step, status, detail, announce=False)
+        )
+        self._announce(tx_id, phase, step, status, detail)
+
     def _announce(
         self, tx_id: int, phase: Phase, step: Step, status: Status, detail: Mapping[str, Any] | None
     ) -> None:

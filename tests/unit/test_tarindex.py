@@ -134,7 +134,8 @@ def test_an_index_hs_tx_writes_reads_back(tmp_path: Path, piece: int) -> None:
     )
     index = read_index(archive, checksum, ["tree/f2"])
     assert index is not None and index.base == ("sum", "/base.tar") and whole_ok(archive, index)
-    assert read_index(archive, checksum[:-1] + "0") is None
+    other = checksum[:-1] + ("1" if checksum.endswith("0") else "0")
+    assert read_index(archive, other) is None
 
 
 def test_members_that_lie_in_most_of_the_archive_are_checked_whole(tmp_path: Path) -> None:
