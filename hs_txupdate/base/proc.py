@@ -155,66 +155,6 @@ def start_coprocess(argv: Sequence[str]) -> subprocess.Popen[bytes]:
         raise CommandError(f"{argv[0]} could not be started: {exc}", "") from exc
 
 
-def run_pipe(first: Sequence[str], second: Sequence[str], *, timeout: float = 300) -> Result:
-    """Run `first | second` (argument lists, no shell, nothing written to disk) and return
-    the Result of `second`, its stdout as text.
-
-    Raises CommandError when either cannot start, the pair outlasts `timeout`, or either
-    exits non-zero; the message names the one that failed and the first line it wrote.
-    """
-    one, two = tuple(str(a) for a in first), tuple(str(a) for a in second)
-    shown = f"command was: {' '.join(one)} | {' '.join(two)}"
-    with tempfile.TemporaryFile() as err:  # a file: a chatty first never blocks on it
-        try:
-            left = subprocess.Popen(one, stdout=subprocess.PIPE, stderr=err, env=child_env())
-        except FileNotFoundError as exc:
-            raise _missing(one[0]) from exc
-        try:
-            right = _second(two, left, timeout)
-        finally:
-            if left.poll() is None:
-                left.kill()
-            left.wait()
-        err.seek(0)
-        left_err = err.read(64 << 10).decode(errors="replace")
-    # a first command the pipe broke on (SIGPIPE) stopped because the second ended: the
-    # second's own exit tells whether it had all it needed
-    broken = left.returncode == -signal.SIGPIPE
-    ends = [(two, right.returncode, right.stderr)]
-    if not broken:
-        ends.insert(0, (one, left.returncode, left_err))
-    for args, code, stderr in ends:
-        if code != 0:
-            detail = stderr.strip().splitlines()
-            raise CommandError(
-                f"{args[0]} failed: {detail[0] if detail else f'exit {code}'}", shown
-            )
-    return right
-
-
-def _second(argv: tuple[str, ...], left: subprocess.Popen[bytes], timeout: float) -> Result:
-    """Run `argv` reading what `left` writes; return its Result once both ended.
-    Raises CommandError when it cannot start or the pair outlasts `timeout`."""
-    assert left.stdout is not None
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=left.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=child_env(),
-        )  # fmt: skip
-    except FileNotFoundError as exc:
-        raise _missing(argv[0]) from exc
-    finally:
-        left.stdout.close()  # the reader holds it now; `left` gets SIGPIPE if it goes
-    try:
-        out, err = proc.communicate(timeout=timeout)
-        left.wait(timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        proc.kill()
-        proc.communicate()
-        raise CommandError(f"{argv[0]} timed out after {timeout} s", "") from exc
-    return Result(argv, proc.returncode, out, err)
-
-
 def _exits_within(pid: int, timeout: float) -> bool:
     """True when process `pid` (a child not yet reaped) exits within `timeout` s:
     woken by the kernel the moment it does (a pidfd)."""

@@ -144,7 +144,7 @@ class BtrfsBackend:
         """How the live `target.path` differs from the snapshot, from btrfs's own change
         list (see snapshot.changelist; read through `lists` when given, which shares it
         between the paths of one snapshot), after checking the snapshot is the one
-        recorded. Raises DamagedError, CommandError, OSError."""
+        recorded. Raises DamagedError, OSError."""
         snapshot, tree, ref = self._tree(target, captured)
         self.check(target, captured)
         if not os.path.lexists(target.path):
@@ -159,7 +159,7 @@ class BtrfsBackend:
         """How `target.path` as the snapshot `later` holds it differs from it as the
         snapshot `earlier` holds it (two snapshots of its subvolume, holding it at the
         same place), after checking both are the ones recorded. Raises DamagedError,
-        CommandError, OSError."""
+        OSError."""
         snapshot, _, ref = self._tree(target, earlier)
         other = self._tree(target, later)[0]
         self.check(target, earlier)

@@ -1,27 +1,24 @@
 """Change lists from btrfs itself: how a live tree differs from a read-only snapshot
-of its subvolume, read from `btrfs send --no-data -p` between that snapshot and a
-probe snapshot of the live subvolume. It costs what changed, never a walk of the
-whole tree: only the subtrees of renamed or deleted directories are walked (btrfs
-reports such a directory once, without its contents), and the other links of a
-changed file with several are looked up by inode.
+of its subvolume, read from the send stream without file data between that
+snapshot and a probe snapshot of the live subvolume (see snapshot.sendstream). It
+costs what changed, never a walk of the whole tree: only the subtrees of renamed or
+deleted directories are walked (btrfs reports such a directory once, without its
+contents), and the other links of a changed file with several are looked up by
+inode.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..base.proc import run_pipe
-from .entries import entry_type, is_own_name, join, unescape, walk
+from .entries import entry_type, is_own_name, join, walk
 from .manifest import Changes
+from .sendstream import LINK, RENAME, SNAPSHOT, UTIMES, operations
 from .subvol import delete_subvolume, inode_paths, snapshot_readonly
 
 PROBE_SUFFIX = "-probe"
-# the operations whose `dest=` names a path of the tree (a symlink's names its target)
-_DEST_IS_PATH = ("rename", "link")
-_FIELD = re.compile(r"(?:\\.|[^\s\\])+")  # a field: an escaped space does not end it
 
 
 def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Changes:
@@ -31,8 +28,8 @@ def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Chan
     hs-tx's own names left out.
 
     Takes a probe snapshot beside `snapshot` and deletes it again (a stale one from an
-    interrupted call first); the send stream goes through a pipe, never to disk.
-    Raises CommandError when btrfs fails, OSError.
+    interrupted call first); the send stream is kept in memory, never on disk.
+    Raises OSError.
     """
     return ChangeLists().changes_since(snapshot, rel, live, subvolume)
 
@@ -50,7 +47,7 @@ class ChangeLists:
 
     def changes_since(self, snapshot: Path, rel: str, live: Path, subvolume: Path) -> Changes:
         """See the module's `changes_since`; the change list of `snapshot` is read at
-        the first call. Raises CommandError when btrfs fails, OSError."""
+        the first call. Raises OSError."""
         key = (snapshot, subvolume)
         if key not in self._read:
             probe = snapshot.with_name(snapshot.name + PROBE_SUFFIX)
@@ -67,7 +64,7 @@ class ChangeLists:
 def changes_between(snapshot: Path, later: Path, rel: str) -> Changes:
     """Given two read-only snapshots of one btrfs subvolume (their top directories) and
     an entry `rel` of it, return how `later/rel` differs from `snapshot/rel`, hs-tx's
-    own names left out. Raises CommandError when btrfs fails, OSError."""
+    own names left out. Raises OSError."""
     touched, moved = _touched(snapshot, later)
     return _classify(snapshot, rel, join(later, rel), touched, moved, os.lstat(later).st_dev)
 
@@ -90,23 +87,17 @@ def _read_stream(parent: Path, probe: Path) -> tuple[set[str], set[str], set[str
     """Return (every path the send stream from `parent` to `probe` names, those of them
     a rename moved to or from, those named only by `utimes`), relative to the
     subvolume's top ('' for the top)."""
-    send = ["btrfs", "send", "-q", "--no-data", "-p", str(parent), str(probe)]
-    dump = run_pipe(send, ["btrfs", "receive", "--dump"], timeout=3600).stdout
     touched: set[str] = set()
     moved: set[str] = set()
     timed: set[str] = set()
     other: set[str] = set()
-    prefix = f"./{probe.name}"
-    for op, path, dest in _operations(dump):
-        if op == "snapshot":
+    for op, path, dest in operations(parent, probe):
+        if op == SNAPSHOT:
             continue
-        names = [_rel(path, prefix)]
-        if op in _DEST_IS_PATH and dest is not None:
-            names.append(_rel(dest, prefix) if dest.startswith(prefix) else dest)
-        found = {n for n in names if n is not None}
+        found = {path} if dest is None or op not in (RENAME, LINK) else {path, dest}
         touched |= found
-        (timed if op == "utimes" else other).update(found)
-        if op == "rename":
+        (timed if op == UTIMES else other).update(found)
+        if op == RENAME:
             moved |= found
     return touched, moved, timed - other
 
@@ -127,26 +118,6 @@ def _read_only(timed: set[str], snapshot: Path, probe: Path) -> set[str]:
         for rel in timed
         if (before := identity(snapshot, rel)) and before == identity(probe, rel)
     }
-
-
-def _operations(dump: str) -> Iterator[tuple[str, str, str | None]]:
-    """(operation, path, dest or None) of each line of `btrfs receive --dump`, paths
-    unescaped."""
-    for line in dump.splitlines():
-        fields = _FIELD.findall(line)
-        if len(fields) < 2:
-            continue
-        dest = next((f[5:] for f in fields[2:] if f.startswith("dest=")), None)
-        yield fields[0], unescape(fields[1]), None if dest is None else unescape(dest)
-
-
-def _rel(path: str, prefix: str) -> str | None:
-    """The path relative to the subvolume's top, or None when it is not in the tree."""
-    if path in (prefix, prefix + "/"):
-        return ""
-    if path.startswith(prefix + "/"):
-        return path[len(prefix) + 1 :].rstrip("/")
-    return None
 
 
 def _links_of(touched: set[str], snapshot: Path, probe: Path) -> set[str]:

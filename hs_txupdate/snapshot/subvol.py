@@ -155,6 +155,18 @@ def subvolume_identity(path: Path) -> SubvolumeIdentity | None:
     return SubvolumeIdentity(_uuid_text(bytes(info.uuid)), info.ctransid, readonly)
 
 
+def tree_id(path: Path) -> int:
+    """The id of the btrfs subvolume whose top directory is `path` (its tree's
+    objectid, what `btrfs subvolume show` calls its ID). Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        info = _SubvolInfo()
+        fcntl.ioctl(fd, _GET_SUBVOL_INFO, info)
+    finally:
+        os.close(fd)
+    return int(info.treeid)
+
+
 class _InoPathArgs(ctypes.Structure):
     """struct btrfs_ioctl_ino_path_args (linux/btrfs.h)."""
 

@@ -24,6 +24,7 @@ from tests.helpers import Sandbox, sh, tree_state
 
 EXAMPLES = int(os.environ.get("HS_TX_FUZZ_EXAMPLES", "40"))
 NAMES = ["a", "b", "sp ace", "new\nline", "é€", "d", "d/x", "d/e", "d/e/y", "f/g", "back\\slash"]
+NAMES += ["not utf-8 \udcff"]  # the byte 0xff, as Python names it
 OPS = st.sampled_from(
     ["write", "append", "delete", "mkdir", "rename", "chmod", "xattr", "link", "symlink",
      "touch", "read", "fifo", "socket"]
@@ -41,8 +42,8 @@ def _apply(root: Path, op: str, name: str, other: str) -> None:
             if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
                 return  # a fifo (or a link to one) would wait for a reader
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "a" if op == "append" else "w") as f:
-                f.write(f"{op} {name}\n")
+            with open(path, "ab" if op == "append" else "wb") as f:
+                f.write(os.fsencode(f"{op} {name}\n"))
         elif op == "delete":
             sh("rm", "-rf", path)
         elif op == "mkdir":
@@ -54,7 +55,7 @@ def _apply(root: Path, op: str, name: str, other: str) -> None:
             if not path.is_symlink():
                 os.chmod(path, 0o700)
         elif op == "xattr":
-            os.setxattr(path, "user.t", name.encode(), follow_symlinks=False)
+            os.setxattr(path, "user.t", os.fsencode(name), follow_symlinks=False)
         elif op == "link":
             os.link(path, dest, follow_symlinks=False)
         elif op == "symlink":
