@@ -32,6 +32,9 @@ CHANGED = 230
 TAR_FLAGS = ["--format=posix", "--sparse", "--xattrs", "--acls", "--numeric-owner"]
 TAR_FLAGS += ["--one-file-system"]
 HS_TX = str(Path(sys.executable).with_name("hs-tx"))
+# rounds of each rollback row (medians shown): a rollback takes a few tenths of a
+# second, and one slow flush of the loop image's host disk moves a median of three
+ROLLBACK_ROUNDS = 7
 
 
 def changed_files(tree: Path, files: int) -> list[str]:
@@ -110,7 +113,7 @@ def bench_tar_rollback(
     def tar_x() -> None:
         _sh("tar", "-x", "-f", archive, "-C", base, *members)
 
-    for _ in range(3):
+    for _ in range(ROLLBACK_ROUNDS):
         rollback.append(rollback_seconds(failing))
         _rewrite(base, members)
         reference.append(timed(tar_x))
@@ -196,7 +199,7 @@ def bench_btrfs_rollback(
     rollback, reference, synced = [], [], []
     snapper = _Snapper(base)
     try:
-        for _ in range(3):
+        for _ in range(ROLLBACK_ROUNDS):
             rollback.append(rollback_seconds(failing))
             undo = partial(snapper.undochange, *_changed(snapper, base, members))
             reference.append(timed(undo))

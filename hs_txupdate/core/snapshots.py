@@ -294,7 +294,7 @@ def restore_path(
             backend = backend_by_name(info.backend, config.snapshots_dir)
             captured = captured_of(info)
             # a lazy manifest's snapshot was checked to be the one recorded
-            needed = None if manifest.lazy else needed_entries(changes, manifest)
+            needed = None if manifest.lazy else needed_entries(changes)
             wanted = None if needed is None else list(needed)
             with backend.reference(target, captured, wanted) as ref:
                 if not manifest.lazy:

@@ -228,6 +228,9 @@ class Changes:
     changed: list[str] = field(default_factory=list)  # in both, but touched
     extra: list[str] = field(default_factory=list)  # only live
     missing: list[str] = field(default_factory=list)  # only in the manifest
+    # what `diff` read of each entry it found differing: the manifest's type and link
+    # count, None for an extra one (see needed_entries); kept whole by `where`
+    recorded: dict[str, tuple[str, int] | None] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.changed or self.extra or self.missing)
@@ -247,7 +250,7 @@ class Changes:
         def kept(rels: list[str]) -> list[str]:
             return [r for r in rels if keep(r)]
 
-        return Changes(kept(self.changed), kept(self.extra), kept(self.missing))
+        return Changes(kept(self.changed), kept(self.extra), kept(self.missing), self.recorded)
 
 
 def diff(live: Path, manifest: Manifest | None) -> Changes:
@@ -259,24 +262,28 @@ def diff(live: Path, manifest: Manifest | None) -> Changes:
         if os.path.lexists(live):
             changes.extra.append("")
         return changes
-    if not os.path.lexists(live):
-        changes.missing.extend(rel for rel, _ in manifest.items())  # the whole tree is gone
+    if not os.path.lexists(live):  # the whole tree is gone
+        for rel, entry in manifest.items():
+            changes.missing.append(rel)
+            changes.recorded[rel] = entry[0], entry[4]
         return changes
     for rel, st, recorded in aligned(walk(live), manifest.items()):
-        if st is None:
-            changes.missing.append(rel)
-        elif recorded is None:
+        if recorded is None:
             changes.extra.append(rel)
-        elif entry_type(st) != recorded[0]:
-            changes.changed.append(rel)
-        elif (
-            recorded[3] is not None
-        ):  # the path is built only here: for every entry it costs a third
-            if fingerprint(join(live, rel), st) != recorded[3]:
-                changes.changed.append(rel)
-        elif st.st_ino != recorded[1] or st.st_ctime_ns != recorded[2]:
-            changes.changed.append(rel)
+            changes.recorded[rel] = None
+        elif st is None or _differs(live, rel, st, recorded):
+            (changes.missing if st is None else changes.changed).append(rel)
+            changes.recorded[rel] = recorded[0], recorded[4]
     return changes
+
+
+def _differs(live: Path, rel: str, st: os.stat_result, recorded: Entry) -> bool:
+    """True when the live entry `rel` (lstat `st`) is not the one `recorded`."""
+    if entry_type(st) != recorded[0]:
+        return True
+    if recorded[3] is not None:  # the path is built only here: for every entry it costs a third
+        return fingerprint(join(live, rel), st) != recorded[3]
+    return st.st_ino != recorded[1] or st.st_ctime_ns != recorded[2]
 
 
 def aligned(
@@ -306,30 +313,32 @@ def _walks_before(a: str, b: str) -> bool:
     return a.split("/") < b.split("/")
 
 
-def needed_entries(changes: Changes, manifest: Manifest) -> dict[str, str] | None:
-    """The entries a restore of `changes` reads from the reference, with the type the
+def needed_entries(changes: Changes) -> dict[str, str] | None:
+    """Given `changes` as `diff` found them (perhaps narrowed by `under` or `where`),
+    return the entries a restore of them reads from the reference, with the type the
     manifest recorded for each, parents first; or None for all.
 
     That is every changed or missing entry with its ancestors, and the parent
     (with ancestors) of every entry the restore touches, whose times it puts
     back. None when a file to restore had hard links: its peers are needed too.
-    Raises DamagedError (a manifest file failing its checksum).
+    An entry the diff did not find differing is in both trees with one type: a
+    directory, as it holds another entry.
     """
-    wanted = {""}
     touched = {*changes.changed, *changes.missing}
+    wanted = {""}
     for rel in touched:
         wanted.update(with_ancestors(rel))
     for rel in (*changes.changed, *changes.missing, *changes.extra):
         wanted.update(with_ancestors(rel.rpartition("/")[0]))
-    # a new directory's parents may be new as well: the snapshot has only the old ones
-    kinds, linked = {}, False
-    for rel, entry in manifest.items():  # read through: its checksum is checked at the end
-        if rel in wanted:
-            kinds[rel] = entry[0]
-            linked = linked or (rel in touched and entry[0] == "f" and entry[4] > 1)
-    if linked:
-        return None
-    return {rel: kinds[rel] for rel in sorted(kinds, key=lambda r: (r.count("/"), r))}
+    kinds = {}
+    for rel in sorted(wanted, key=lambda r: (r.count("/"), r)):
+        recorded = changes.recorded.get(rel, ("d", 1))
+        if recorded is None:
+            continue  # a new directory: the snapshot has only the old ones
+        if rel in touched and recorded[0] == "f" and recorded[1] > 1:
+            return None
+        kinds[rel] = recorded[0]
+    return kinds
 
 
 def check_reference(reference: Path, manifest: Manifest, kinds: dict[str, str] | None) -> None:

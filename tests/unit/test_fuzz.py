@@ -383,7 +383,7 @@ def test_any_archive_is_restored_only_inside_the_scope_or_refused(
     (live / "conf/app.conf").write_text("v2")  # what the run changed
     (live / "new").write_text("made by the run")
     changes = diff(live, manifest)
-    needed = needed_entries(changes, manifest)
+    needed = needed_entries(changes)
     captured = Captured(str(archive), archive.stat().st_size, sha256_file(archive))
     target = SnapshotTarget(f"{key}-2", 0, live)
     outside_before = tree_state(outside)
