@@ -1,8 +1,8 @@
 """btrfs's own list of what changed between two read-only snapshots of a subvolume,
-read in process: the BTRFS_IOC_SEND ioctl (what `btrfs send --no-data -p` does)
-writes its stream of operations into a memory file (never to disk, which may be
-full when a rollback needs this), read back a command at a time. No `btrfs`
-process, no text dump to parse, no thread (the write audit allows none).
+read in process: the send ioctl (snapshot.subvol.send_without_data) writes its
+stream of operations into a memory file (never to disk, which may be full when a
+rollback needs this), read back a command at a time. No `btrfs` process, no text
+dump to parse, no thread (the write audit allows none).
 
 The stream (version 1, which the kernel writes when no version is asked for): a
 header (b"btrfs-stream\\0", le32 version), then commands, each a le32 length of its
@@ -12,15 +12,13 @@ a le16 type, a le16 length and the value (linux/fs/btrfs/send.h).
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from .subvol import tree_id
+from .subvol import send_without_data
 
 # command numbers (enum btrfs_send_cmd) hs-tx tells apart; any other names one path
 SNAPSHOT, RENAME, LINK, UTIMES = 2, 9, 10, 20
@@ -28,24 +26,7 @@ _PATH, _PATH_TO, _PATH_LINK = 15, 16, 17  # attribute types (enum btrfs_send_att
 _MAGIC = b"btrfs-stream\0"
 _HEAD = len(_MAGIC) + 4
 _COMMAND_HEAD = 10
-_NO_FILE_DATA = 1  # BTRFS_SEND_FLAG_NO_FILE_DATA
 
-
-class _SendArgs(ctypes.Structure):
-    """struct btrfs_ioctl_send_args (linux/btrfs.h)."""
-
-    _fields_ = (
-        ("send_fd", ctypes.c_int64),
-        ("clone_sources_count", ctypes.c_uint64),
-        ("clone_sources", ctypes.c_void_p),
-        ("parent_root", ctypes.c_uint64),
-        ("flags", ctypes.c_uint64),
-        ("version", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint8 * 28),
-    )
-
-
-_SEND = (1 << 30) | (ctypes.sizeof(_SendArgs) << 16) | (0x94 << 8) | 38  # _IOW(0x94, 38)
 
 Operation = tuple[int, str, "str | None"]
 
@@ -58,27 +39,9 @@ def operations(parent: Path, later: Path) -> Iterator[Operation]:
     link's existing name or a symlink's target. Raises OSError (the ioctl's, or EIO
     for a stream that does not read as one)."""
     with open(os.memfd_create("hs-tx-send", os.MFD_CLOEXEC), "rb") as out:
-        _send(parent, later, out.fileno())  # the whole stream, before it is read
+        send_without_data(parent, later, out.fileno())  # all of it, before it is read
         out.seek(0)
         yield from _read(out)
-
-
-def _send(parent: Path, later: Path, out: int) -> None:
-    """Write the stream from `parent` to `later` into the file `out`. Raises OSError."""
-    source = os.open(later, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        root = tree_id(parent)
-        clones = (ctypes.c_uint64 * 1)(root)  # as btrfs send -p: the parent is a source
-        args = _SendArgs(
-            send_fd=out,
-            clone_sources_count=1,
-            clone_sources=ctypes.addressof(clones),
-            parent_root=root,
-            flags=_NO_FILE_DATA,
-        )
-        fcntl.ioctl(source, _SEND, args)
-    finally:
-        os.close(source)
 
 
 def _read(stream: BinaryIO) -> Iterator[Operation]:

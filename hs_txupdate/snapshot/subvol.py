@@ -155,16 +155,53 @@ def subvolume_identity(path: Path) -> SubvolumeIdentity | None:
     return SubvolumeIdentity(_uuid_text(bytes(info.uuid)), info.ctransid, readonly)
 
 
-def tree_id(path: Path) -> int:
-    """The id of the btrfs subvolume whose top directory is `path` (its tree's
+def _tree_id(fd: int) -> int:
+    """The id of the btrfs subvolume whose top directory `fd` is open on (its tree's
     objectid, what `btrfs subvolume show` calls its ID). Raises OSError."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        info = _SubvolInfo()
-        fcntl.ioctl(fd, _GET_SUBVOL_INFO, info)
-    finally:
-        os.close(fd)
+    info = _SubvolInfo()
+    fcntl.ioctl(fd, _GET_SUBVOL_INFO, info)
     return int(info.treeid)
+
+
+class _SendArgs(ctypes.Structure):
+    """struct btrfs_ioctl_send_args (linux/btrfs.h)."""
+
+    _fields_ = (
+        ("send_fd", ctypes.c_int64),
+        ("clone_sources_count", ctypes.c_uint64),
+        ("clone_sources", ctypes.c_void_p),
+        ("parent_root", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+        ("version", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint8 * 28),
+    )
+
+
+_SEND = _btrfs_ioctl(_IOC_WRITE, 38, _SendArgs)
+_SEND_NO_FILE_DATA = 1
+
+
+def send_without_data(parent: Path, later: Path, out: int) -> None:
+    """Write into the file `out` the send stream (version 1, no file data) that turns
+    the read-only snapshot `parent` into the read-only snapshot `later` of the same
+    subvolume (their top directories): what `btrfs send --no-data -p` writes, without
+    a process. Returns when all of it is written. Raises OSError."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    source, base = os.open(later, flags), os.open(parent, flags)
+    try:
+        root = _tree_id(base)
+        clones = (ctypes.c_uint64 * 1)(root)  # as btrfs send -p: the parent is a source
+        args = _SendArgs(
+            send_fd=out,
+            clone_sources_count=1,
+            clone_sources=ctypes.addressof(clones),
+            parent_root=root,
+            flags=_SEND_NO_FILE_DATA,
+        )
+        fcntl.ioctl(source, _SEND, args)
+    finally:
+        os.close(base)
+        os.close(source)
 
 
 class _InoPathArgs(ctypes.Structure):
