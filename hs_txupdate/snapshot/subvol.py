@@ -145,8 +145,7 @@ def subvolume_identity(path: Path) -> SubvolumeIdentity | None:
     try:
         if os.fstat(fd).st_ino != SUBVOLUME_ROOT_INO:
             return None  # a directory inside a subvolume: the ioctl would describe that one
-        info = _SubvolInfo()
-        fcntl.ioctl(fd, _GET_SUBVOL_INFO, info)
+        info = _subvol_info(fd)
     except OSError:
         return None
     finally:
@@ -155,12 +154,12 @@ def subvolume_identity(path: Path) -> SubvolumeIdentity | None:
     return SubvolumeIdentity(_uuid_text(bytes(info.uuid)), info.ctransid, readonly)
 
 
-def _tree_id(fd: int) -> int:
-    """The id of the btrfs subvolume whose top directory `fd` is open on (its tree's
-    objectid, what `btrfs subvolume show` calls its ID). Raises OSError."""
+def _subvol_info(fd: int) -> _SubvolInfo:
+    """What btrfs says of the subvolume holding the directory `fd` is open on (of the
+    subvolume itself when that is its top). Raises OSError."""
     info = _SubvolInfo()
     fcntl.ioctl(fd, _GET_SUBVOL_INFO, info)
-    return int(info.treeid)
+    return info
 
 
 class _SendArgs(ctypes.Structure):
@@ -189,7 +188,7 @@ def send_without_data(parent: Path, later: Path, out: int) -> None:
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
     source, base = os.open(later, flags), os.open(parent, flags)
     try:
-        root = _tree_id(base)
+        root = int(_subvol_info(base).treeid)  # the parent's id, as `btrfs subvolume show`
         clones = (ctypes.c_uint64 * 1)(root)  # as btrfs send -p: the parent is a source
         args = _SendArgs(
             send_fd=out,
