@@ -13,14 +13,19 @@ import os
 from pathlib import Path
 
 
-def copy_database(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+def copy_database(
+    source: str | os.PathLike[str], target: str | os.PathLike[str], immutable: bool = False
+) -> None:
     """Copy the existing SQLite database `source` into `target` (created when missing)
-    through the backup API. Raises FileNotFoundError, OSError or sqlite3.Error."""
+    through the backup API. `immutable`: `source` is a copy nobody writes (a snapshot),
+    read without locks, so no `-wal` or `-shm` is left beside it. Raises
+    FileNotFoundError, OSError or sqlite3.Error."""
     import sqlite3  # only what copies databases pays for it
 
     if not os.path.isfile(source):
         raise FileNotFoundError(f"no database file {source}")
-    src = sqlite3.connect(f"{Path(source).absolute().as_uri()}?mode=ro", uri=True)
+    mode = "mode=ro&immutable=1" if immutable else "mode=ro"
+    src = sqlite3.connect(f"{Path(source).absolute().as_uri()}?{mode}", uri=True)
     try:
         dst = sqlite3.connect(os.fspath(target))
         try:

@@ -255,14 +255,16 @@ def restore_path(
     keep: Callable[[str], bool] | None = None,
     lists: ChangeLists | None = None,
 ) -> int:
-    """Put one scope path back exactly as snapshotted; return how many entries changed.
+    """Put one scope path back exactly as snapshotted; return how many entries it put
+    back or removed, each read again afterwards and found to be the snapshot's.
 
     `info` may belong to an earlier transaction (undo); the events go to `tx_id`
     under `phase`. `only` (a path at or below it) restores just that part; `keep`
     (given a path relative to it) just the entries it accepts (a system scope's);
     `lists` shares btrfs change lists between the paths of one pass.
     Idempotent: an interrupted restore is finished by calling it again. Raises
-    DamagedError when the snapshot needed is missing or corrupt.
+    DamagedError when the snapshot needed is missing or corrupt, or an entry is not
+    the snapshot's once put back.
     """
     manifest = load_manifest(info)
     live = Path(info.path)
@@ -286,9 +288,9 @@ def restore_path(
         write(tx_id, phase, Step.RESTORE_BATCH, Status(status), detail)
 
     detail = {"n": info.n, "path": info.path, "entries": changes.count}
-    with journal.step(tx_id, phase, Step.RESTORE, detail):
+    with journal.step(tx_id, phase, Step.RESTORE, detail) as record:
         if manifest is None:
-            restore_tree(live, None, changes, announce)
+            checked = restore_tree(live, None, changes, announce)
         else:
             target = target_of(journal, tx_id, info.n, live)
             backend = backend_by_name(info.backend, config.snapshots_dir)
@@ -299,8 +301,9 @@ def restore_path(
             with backend.reference(target, captured, wanted) as ref:
                 if not manifest.lazy:
                     check_reference(ref, manifest, needed)
-                restore_tree(live, ref, changes, announce, disposable=backend.disposable)
-    return changes.count
+                checked = restore_tree(live, ref, changes, announce, disposable=backend.disposable)
+        record.detail["checked"] = checked  # each entry read back: see snapshot.restored
+    return checked
 
 
 def _restore_database(
@@ -309,8 +312,11 @@ def _restore_database(
     """Put a database captured by the sqlite backend back through the backup API."""
     target = target_of(journal, tx_id, info.n, Path(info.path))
     captured = captured_of(info)
-    with journal.step(tx_id, phase, Step.RESTORE, {"n": info.n, "path": info.path, "entries": 1}):
+    with journal.step(
+        tx_id, phase, Step.RESTORE, {"n": info.n, "path": info.path, "entries": 1}
+    ) as record:
         SqliteBackend(config.snapshots_dir).restore(target, captured)
+        record.detail["checked"] = 1  # read back and compared with the copy
     return 1
 
 

@@ -205,7 +205,7 @@ def roll_back(
         )
     journal.event(tx_id, Phase.ROLLBACK, Step.DECISION, Status.DONE, decision)
     run_states = read_run_states(ctx, info)
-    problems, changed = [], []
+    problems, changed, put_back = [], [], 0
     lists = ChangeLists()  # one probe per btrfs snapshot, before its first path is restored
     for path in sorted(info.paths, key=lambda p: p.n, reverse=True):
         if never_snapshotted(path):
@@ -214,8 +214,10 @@ def roll_back(
             keep = None
             if path.origin == Origin.SYSTEM:
                 keep = restore_filter(ctx.config, info, path, listed=not incomplete)
-            if restore_path(ctx.config, journal, tx_id, path, keep=keep, lists=lists):
+            entries = restore_path(ctx.config, journal, tx_id, path, keep=keep, lists=lists)
+            if entries:
                 changed += restored_paths(info, path)
+                put_back += entries
         except (HsTxError, OSError) as exc:
             problems.append(f"{path.path}: {exc}")
             failure = {"n": path.n, "error": str(exc)}
@@ -241,12 +243,13 @@ def roll_back(
         )
         _discard_snapshots(ctx, tx_id, info)
         return EXIT_DAMAGED
-    return _finish_rollback(ctx, tx_id, info, exit_code)
+    return _finish_rollback(ctx, tx_id, info, exit_code, put_back)
 
 
-def _finish_rollback(ctx: Context, tx_id: int, info: TxInfo, exit_code: int) -> int:
+def _finish_rollback(ctx: Context, tx_id: int, info: TxInfo, exit_code: int, put_back: int) -> int:
     """State rolled_back; "as before" only when the run changed nothing outside the
-    scope and every path was snapshotted, else exit 3 naming what is not restored."""
+    scope and every path was snapshotted, else exit 3 naming what is not restored.
+    `put_back` entries were restored, each read back and found to be its snapshot's."""
     lost = [p.path for p in info.paths if never_snapshotted(p)]
     outside = [*info.outside, *(OutsideInfo(p, "unknown", None, 1, False) for p in lost)]
     if info.outside:
@@ -260,9 +263,19 @@ def _finish_rollback(ctx: Context, tx_id: int, info: TxInfo, exit_code: int) -> 
             f" {describe(outside)}; see them all: hs-tx show {tx_id}"
         )
     else:
-        ctx.log(f"hs-tx: transaction {tx_id} rolled back; every path in scope is as before")
+        ctx.log(
+            f"hs-tx: transaction {tx_id} rolled back; every path in scope is as before"
+            f" ({_checked(put_back)})"
+        )
     _discard_snapshots(ctx, tx_id, info)
     return code
+
+
+def _checked(put_back: int) -> str:
+    """What backs "as before": the entries a rollback put back were each read back."""
+    if not put_back:
+        return "nothing in it had changed"
+    return f"{put_back} entr{'y' if put_back == 1 else 'ies'} restored, each read back and checked"
 
 
 def _record_restored_state(ctx: Context, info: TxInfo) -> None:

@@ -1,7 +1,9 @@
 """Restoring a tree: making the live tree exactly like a reference, touching only what changed.
 
 Every entry is built under a temp name beside its final one and renamed into
-place, so at every moment it is either the old entry or the restored one.
+place, so at every moment it is either the old entry or the restored one. Each
+entry put back is then read again and compared with the reference's
+(snapshot.restored), so a restore that returns has been seen to be exact.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ..base.errors import DamagedError, ScopeError
 from ..base.fsio import fsync_dir, fsync_path, syncfs
 from .entries import TMP_PREFIX, entry_type, join, read_xattrs, remove_entry, with_ancestors
 from .manifest import Changes
+from .restored import Put, Seen, check_dir, check_gone, check_put, expect
 
 FICLONE = 0x40049409
 
@@ -31,6 +34,7 @@ class _RestoreState:
     linked: dict[tuple[int, int], Path] = field(default_factory=dict)
     dirs_to_fix: set[str] = field(default_factory=set)
     renames: list[tuple[Path, Path]] = field(default_factory=list)  # built, not yet in place
+    put: list[Put] = field(default_factory=list)  # the batch's entries, checked once in place
     disposable: bool = False  # the reference's entries may be moved into place
     data_written: bool = False  # a built entry's data may not be on disk yet
     # a disposable reference's dirs as they were before an entry was moved out of them
@@ -47,7 +51,7 @@ def restore(
     announce: Announce | None = None,
     batch_size: int = 256,
     disposable: bool = False,
-) -> None:
+) -> int:
     """Make `live` exactly like `reference` (None: make it absent), touching only `changes`.
 
     Each file is built under a temp name beside its final one and renamed into
@@ -56,18 +60,25 @@ def restore(
     journal it) and `announce("done", entries)` once it is durable. Running
     restore again after an interruption finishes the job, since a new diff
     finds what is left. `disposable`: `reference` is a copy made for this restore, whose
-    entries are moved into place instead of copied.
+    entries are moved into place instead of copied. Returns how many entries it put
+    back or removed, each seen afterwards to be the reference's (or gone).
+
+    Raises DamagedError when an entry is not the reference's once in place (see
+    snapshot.restored) or a link was planted in the way; OSError.
     """
     refuse_links_above(live)
     if reference is None or not os.path.lexists(reference):
-        if os.path.lexists(live):
-            _announce(announce, "intent", [""])
-            remove_entry(live)
-            fsync_dir(live.parent)
-            _announce(announce, "done", [""])
-        return
+        if not os.path.lexists(live):
+            return 0
+        _announce(announce, "intent", [""])
+        remove_entry(live)
+        fsync_dir(live.parent)
+        check_gone(live, "")
+        _announce(announce, "done", [""])
+        return 1
     state = _RestoreState(disposable=disposable)
     work = _plan(live, reference, changes)
+    put = {rel for action, rel in work if action == "put"}
     what = f"restoring {live}"
     unsynced: list[str] = []  # the last batch of entries: in place, made durable below
     for start in range(0, len(work), batch_size):
@@ -78,6 +89,9 @@ def restore(
             activity.tick(what, n, len(work))
             _apply(action, rel, live, reference, state)
         _put_in_place(live, state)
+        for entry in state.put:
+            check_put(live, entry)
+        state.put.clear()
         if start + batch_size < len(work):
             _sync(live)
             _announce(announce, "done", rels)
@@ -94,7 +108,9 @@ def restore(
         for rel in dirs:
             target = join(live, rel)
             if os.path.isdir(target) and not os.path.islink(target):
-                apply_metadata(join(reference, rel), target, state.dir_stats.get(rel))
+                source, st = join(reference, rel), state.dir_stats.get(rel)
+                apply_metadata(source, target, st)
+                check_dir(live, rel, Seen.of(source, st))
         _sync(live)
         if unsynced:
             _announce(announce, "done", unsynced)
@@ -103,6 +119,10 @@ def restore(
     if unsynced:
         _sync(live)
         _announce(announce, "done", unsynced)
+    for action, rel in work:
+        if action == "remove" and rel not in put:
+            check_gone(live, rel)
+    return len({rel for _, rel in work})
 
 
 def refuse_links_above(live: Path) -> None:
@@ -187,6 +207,7 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
         state.dirs_to_fix.add(rel)
         return
     tmp = _temp_name(target)
+    state.put.append(expect(rel, source, st))
     key = (st.st_dev, st.st_ino)
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in state.linked:
         os.link(state.linked[key], tmp)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..base.dbcopy import copy_database
+from ..base.errors import DamagedError
 from ..base.fsio import publish
 from .base import Captured, SnapshotTarget
 from .files import recorded_file, remove_file_snapshot, sha256_file, verified_file
@@ -83,7 +84,22 @@ class SqliteBackend:
 
     def restore(self, target: SnapshotTarget, captured: Captured) -> None:
         """Put the database back as copied, through the backup API into the live file
-        (created if it was deleted). Raises DamagedError for a bad copy."""
+        (created if it was deleted), then read it back the same way: a copy of the
+        restored database must have the copy's checksum (the backup API writes the
+        same bytes from the same database). Raises DamagedError for a bad copy or a
+        database that is not the copy's once restored."""
         copy = self.check(target, captured)
         target.path.parent.mkdir(parents=True, exist_ok=True)
-        copy_database(copy, target.path)
+        copy_database(copy, target.path, immutable=True)
+        again = copy.with_name(copy.name + ".check")
+        try:
+            copy_database(target.path, again)
+            same = sha256_file(again) == captured.checksum
+        finally:
+            again.unlink(missing_ok=True)
+        if not same:
+            raise DamagedError(
+                f"after the restore, the database {target.path} is not its copy {copy}",
+                "something wrote to it while hs-tx restored it: find what did, then run"
+                " `hs-tx recover` to put it back again",
+            )

@@ -186,6 +186,9 @@ def test_rollback_of_a_few_changes_in_a_larger_tree(fs_sandbox: Sandbox) -> None
     events = sbx.journal_json(1)["events"]
     restored = [e for e in events if e["step"] == "restore" and e["status"] == "done"]
     assert restored and restored[0]["detail"]["entries"] >= 6
+    put_back = sum(e["detail"]["checked"] for e in restored)  # each read back afterwards
+    assert put_back >= 6
+    assert f"as before ({put_back} entries restored, each read back and checked)" in result.stderr
 
 
 def test_rollback_brings_back_a_whole_deleted_tree(fs_sandbox: Sandbox) -> None:
