@@ -22,7 +22,7 @@ from ..base.errors import DamagedError, ScopeError
 from ..base.fsio import fsync_dir, fsync_path, syncfs
 from .entries import TMP_PREFIX, entry_type, join, read_xattrs, remove_entry, with_ancestors
 from .manifest import Changes
-from .restored import Put, Seen, check_dir, check_gone, check_put, expect
+from .restored import Put, Seen, check_entry, check_gone, check_put, expect
 
 FICLONE = 0x40049409
 
@@ -110,7 +110,7 @@ def restore(
             if os.path.isdir(target) and not os.path.islink(target):
                 source, st = join(reference, rel), state.dir_stats.get(rel)
                 apply_metadata(source, target, st)
-                check_dir(live, rel, Seen.of(source, st))
+                check_entry(live, rel, Seen.of(source, st))
         _sync(live)
         if unsynced:
             _announce(announce, "done", unsynced)

@@ -91,27 +91,24 @@ def check_put(live: Path, put: Put) -> None:
     into place or linked to it, is its bytes).
 
     Raises DamagedError naming the entry and what differs."""
-    path = join(live, put.rel)
+    st = check_entry(live, put.rel, put.want)
+    moved = (st.st_dev, st.st_ino) == put.inode
+    if stat.S_ISREG(st.st_mode) and not moved and not _same_bytes(join(live, put.rel), put.source):
+        raise _differs(live, put.rel, "its bytes are not the snapshot's")
+
+
+def check_entry(live: Path, rel: str, want: Seen) -> os.stat_result:
+    """Check the entry `rel` under `live` (a directory whose times were put back, or
+    the entry of check_put) is as `want` (the snapshot's); return its lstat.
+    Raises DamagedError naming it and what differs."""
+    path = join(live, rel)
     try:
         st = os.lstat(path)
         seen = Seen.of(path, st)
     except FileNotFoundError:
-        raise _differs(live, put.rel, "it is missing") from None
-    _compare(live, put.rel, seen, put.want)
-    moved = (st.st_dev, st.st_ino) == put.inode
-    if seen.kind == "f" and not moved and not _same_bytes(path, put.source):
-        raise _differs(live, put.rel, "its bytes are not the snapshot's")
-
-
-def check_dir(live: Path, rel: str, want: Seen) -> None:
-    """Check the directory `rel` under `live` is as `want` (the snapshot's).
-    Raises DamagedError naming it and what differs."""
-    path = join(live, rel)
-    try:
-        seen = Seen.of(path)
-    except FileNotFoundError:
         raise _differs(live, rel, "it is missing") from None
     _compare(live, rel, seen, want)
+    return st
 
 
 def check_gone(live: Path, rel: str) -> None:
@@ -194,9 +191,13 @@ def _open(path: Path) -> int:
         return os.open(path, flags)
 
 
+# the hint of every check after a restore that failed (a database's too)
+DISTURBED = (
+    "something wrote there while hs-tx restored it: find what did, then run"
+    " `hs-tx recover` to put it back again"
+)
+
+
 def _differs(live: Path, rel: str, what: str) -> DamagedError:
-    return DamagedError(
-        f"after the restore, {join(live, rel)} is not what its snapshot holds: {what}",
-        "something wrote there while hs-tx restored it: find what did, then run"
-        " `hs-tx recover` to put it back again",
-    )
+    message = f"after the restore, {join(live, rel)} is not what its snapshot holds: {what}"
+    return DamagedError(message, DISTURBED)

@@ -19,6 +19,7 @@ from ..base.errors import DamagedError
 from ..base.fsio import publish
 from .base import Captured, SnapshotTarget
 from .files import recorded_file, remove_file_snapshot, sha256_file, verified_file
+from .restored import DISTURBED
 
 
 class SqliteBackend:
@@ -98,8 +99,5 @@ class SqliteBackend:
         finally:
             again.unlink(missing_ok=True)
         if not same:
-            raise DamagedError(
-                f"after the restore, the database {target.path} is not its copy {copy}",
-                "something wrote to it while hs-tx restored it: find what did, then run"
-                " `hs-tx recover` to put it back again",
-            )
+            what = f"after the restore, the database {target.path} is not its copy {copy}"
+            raise DamagedError(what, DISTURBED)
