@@ -22,7 +22,7 @@ from ..base.errors import DamagedError, ScopeError
 from ..base.fsio import fsync_dir, fsync_path, syncfs
 from .entries import TMP_PREFIX, entry_type, join, read_xattrs, remove_entry, with_ancestors
 from .manifest import Changes
-from .restored import Put, Seen, check_entry, check_gone, check_put, expect
+from .restored import Put, Seen, Xattrs, check_entry, check_gone, check_put, expect
 
 FICLONE = 0x40049409
 
@@ -39,6 +39,8 @@ class _RestoreState:
     data_written: bool = False  # a built entry's data may not be on disk yet
     # a disposable reference's dirs as they were before an entry was moved out of them
     dir_stats: dict[str, os.stat_result] = field(default_factory=dict)
+    ref_stats: dict[str, os.stat_result] = field(default_factory=dict)  # lstat when planned
+    no_links: set[str] = field(default_factory=set)  # dirs of the batch seen not to be links
 
 
 Announce = Callable[[str, list[str]], None]
@@ -77,7 +79,7 @@ def restore(
         _announce(announce, "done", [""])
         return 1
     state = _RestoreState(disposable=disposable)
-    work = _plan(live, reference, changes)
+    work = _plan(live, reference, changes, state.ref_stats)
     put = {rel for action, rel in work if action == "put"}
     what = f"restoring {live}"
     unsynced: list[str] = []  # the last batch of entries: in place, made durable below
@@ -92,6 +94,7 @@ def restore(
         for entry in state.put:
             check_put(live, entry)
         state.put.clear()
+        state.no_links.clear()
         if start + batch_size < len(work):
             _sync(live)
             _announce(announce, "done", rels)
@@ -107,10 +110,12 @@ def restore(
         _announce(announce, "intent", rels)
         for rel in dirs:
             target = join(live, rel)
-            if os.path.isdir(target) and not os.path.islink(target):
-                source, st = join(reference, rel), state.dir_stats.get(rel)
-                apply_metadata(source, target, st)
-                check_entry(live, rel, Seen.of(source, st))
+            if _is_dir(target):
+                source = join(reference, rel)
+                st = state.dir_stats.get(rel) or os.lstat(source)
+                want = Seen.of(source, st)
+                apply_metadata(source, target, st, want.xattrs)
+                check_entry(live, rel, want)
         _sync(live)
         if unsynced:
             _announce(announce, "done", unsynced)
@@ -150,14 +155,19 @@ def _refuse_link(link: Path, live: Path) -> None:
     )
 
 
-def _refuse_links_within(live: Path, rel: str) -> None:
+def _refuse_links_within(live: Path, rel: str, seen: set[str]) -> None:
     """Raise DamagedError when a directory between `live` and entry `rel` is a link
-    (the plan removes changed entries first, so one there now was planted)."""
+    (the plan removes changed entries first, so one there now was planted); `seen`:
+    those already found not to be one in this batch, added to."""
+    parent = rel.rpartition("/")[0]
+    if not parent or parent in seen:
+        return
     here = live
-    for part in rel.split("/")[:-1]:
+    for part in parent.split("/"):
         here = here / part
         if os.path.islink(here):
             _refuse_link(here, live)
+    seen.update(with_ancestors(parent)[1:])
 
 
 def _announce(announce: Announce | None, status: str, rels: list[str]) -> None:
@@ -165,9 +175,12 @@ def _announce(announce: Announce | None, status: str, rels: list[str]) -> None:
         announce(status, rels)
 
 
-def _plan(live: Path, reference: Path, changes: Changes) -> list[tuple[str, str]]:
-    """Order the work: removals first (deepest first), then creations top-down."""
-    ref_types = {rel: _lexists_type(join(reference, rel)) for rel in changes.changed}
+def _plan(
+    live: Path, reference: Path, changes: Changes, ref_stats: dict[str, os.stat_result]
+) -> list[tuple[str, str]]:
+    """Order the work: removals first (deepest first), then creations top-down; the
+    reference's entries lstat-ed on the way are left in `ref_stats`."""
+    ref_types = {r: _lexists_type(join(reference, r), ref_stats, r) for r in changes.changed}
     removals = set(changes.extra)
     for rel in changes.changed:
         live_type = _lexists_type(join(live, rel))
@@ -181,15 +194,30 @@ def _plan(live: Path, reference: Path, changes: Changes) -> list[tuple[str, str]
     return work
 
 
-def _lexists_type(path: Path) -> str | None:
+def _lexists_type(
+    path: Path, stats: dict[str, os.stat_result] | None = None, rel: str = ""
+) -> str | None:
+    """The type of the entry at `path`, None when there is none; its lstat is kept in
+    `stats` under `rel` when given."""
     try:
-        return entry_type(os.lstat(path))
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
+    if stats is not None:
+        stats[rel] = st
+    return entry_type(st)
+
+
+def _is_dir(path: Path) -> bool:
+    """True when `path` is a directory (not a link to one)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreState) -> None:
-    _refuse_links_within(live, rel)
+    _refuse_links_within(live, rel, state.no_links)
     target = join(live, rel)
     if action == "remove":
         if os.path.lexists(target):
@@ -197,9 +225,9 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
         _parent_touched(rel, state)
         return
     source = join(reference, rel)
-    st = os.lstat(source)
+    st = state.ref_stats.pop(rel, None) or os.lstat(source)
     if stat.S_ISDIR(st.st_mode):
-        if not (os.path.isdir(target) and not os.path.islink(target)):
+        if not _is_dir(target):
             if os.path.lexists(target):
                 remove_entry(target)
             os.mkdir(target, 0o700)
@@ -207,7 +235,8 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
         state.dirs_to_fix.add(rel)
         return
     tmp = _temp_name(target)
-    state.put.append(expect(rel, source, st))
+    want = expect(rel, source, st)
+    state.put.append(want)
     key = (st.st_dev, st.st_ino)
     if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in state.linked:
         os.link(state.linked[key], tmp)
@@ -215,7 +244,7 @@ def _apply(action: str, rel: str, live: Path, reference: Path, state: _RestoreSt
         if state.disposable:
             parent = rel.rpartition("/")[0]
             state.dir_stats.setdefault(parent, os.lstat(join(reference, parent)))
-        state.data_written |= _build(source, tmp, st, state.disposable)
+        state.data_written |= _build(source, tmp, st, state.disposable, want.want.xattrs)
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
             state.linked[key] = tmp
     state.renames.append((tmp, target))
@@ -232,10 +261,11 @@ def _temp_name(target: Path) -> Path:
     return tmp
 
 
-def _build(source: Path, tmp: Path, st: os.stat_result, disposable: bool) -> bool:
-    """Make `tmp` an exact copy of the non-directory `source` (stat `st`), not yet
-    durable: moved there from a disposable reference on the same filesystem. Return
-    True when file data may not be on disk yet (a copy, or a move of extracted data)."""
+def _build(source: Path, tmp: Path, st: os.stat_result, disposable: bool, xattrs: Xattrs) -> bool:
+    """Make `tmp` an exact copy of the non-directory `source` (stat `st`, extended
+    attributes `xattrs`), not yet durable: moved there from a disposable reference on
+    the same filesystem. Return True when file data may not be on disk yet (a copy, or
+    a move of extracted data)."""
     if disposable:
         try:
             os.rename(source, tmp)
@@ -243,7 +273,7 @@ def _build(source: Path, tmp: Path, st: os.stat_result, disposable: bool) -> boo
         except OSError as exc:
             if exc.errno != errno.EXDEV:
                 raise
-    return materialize(source, tmp, st, durable=False)
+    return materialize(source, tmp, st, durable=False, xattrs=xattrs)
 
 
 def _parent_touched(rel: str, state: _RestoreState) -> None:
@@ -264,7 +294,7 @@ def _put_in_place(live: Path, state: _RestoreState) -> None:
         state.data_written = False
     placed = {}
     for tmp, target in state.renames:
-        if os.path.isdir(target) and not os.path.islink(target):
+        if _is_dir(target):
             remove_entry(target)
         os.rename(tmp, target)
         placed[tmp] = target
@@ -278,15 +308,20 @@ def _sync(live: Path) -> None:
 
 
 def materialize(
-    source: Path, dest: Path, st: os.stat_result | None = None, durable: bool = True
+    source: Path,
+    dest: Path,
+    st: os.stat_result | None = None,
+    durable: bool = True,
+    xattrs: Xattrs | None = None,
 ) -> bool:
     """Create `dest` as an exact copy of the non-directory entry `source`; return True
     when that wrote file data (a copy), False when it wrote only metadata (a reflink, a
     symlink, ...), which the filesystem's journal keeps in order with what follows.
 
     Regular files are reflinked where the filesystem can, else copied keeping
-    holes; then owner, mode, xattrs (ACLs, capabilities) and times are set and,
-    `durable`, the file is fsynced (else its caller syncs).
+    holes; then owner, mode, xattrs (ACLs, capabilities; `xattrs` when the caller
+    has read them) and times are set and, `durable`, the file is fsynced (else its
+    caller syncs).
     """
     st = st or os.lstat(source)
     mode = st.st_mode
@@ -303,7 +338,7 @@ def materialize(
         os.mknod(dest, stat.S_IFSOCK | 0o600)
     else:
         raise ScopeError(f"cannot restore {source}: unsupported file type", "")
-    apply_metadata(source, dest, st)
+    apply_metadata(source, dest, st, xattrs)
     if durable and stat.S_ISREG(mode):
         fsync_path(dest)
     return copied
@@ -348,8 +383,11 @@ def _sparse_copy(src: int, dst: int) -> None:
     os.ftruncate(dst, size)
 
 
-def apply_metadata(source: Path, dest: Path, st: os.stat_result | None = None) -> None:
-    """Give `dest` the owner, mode, xattrs and times of `source` (no symlink following).
+def apply_metadata(
+    source: Path, dest: Path, st: os.stat_result | None = None, xattrs: Xattrs | None = None
+) -> None:
+    """Give `dest` the owner, mode, xattrs and times of `source` (no symlink following);
+    `st` and `xattrs` are its lstat and extended attributes when the caller has them.
 
     Order matters: chown clears set-id bits and file capabilities, so mode and
     xattrs come after it, and times come last.
@@ -358,7 +396,7 @@ def apply_metadata(source: Path, dest: Path, st: os.stat_result | None = None) -
     os.chown(dest, st.st_uid, st.st_gid, follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(dest, stat.S_IMODE(st.st_mode))
-    wanted = read_xattrs(source)
+    wanted = read_xattrs(source) if xattrs is None else dict(xattrs)
     present = read_xattrs(dest)
     for name in present.keys() - wanted.keys():
         os.removexattr(dest, name, follow_symlinks=False)

@@ -35,6 +35,9 @@ _UNSURE = 0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400
 _PLACE = 0x800  # unwritten (reads as zeros): all else of the flags says nothing of bytes
 
 
+Xattrs = tuple[tuple[str, bytes], ...]  # an entry's extended attributes, sorted by name
+
+
 @dataclass(frozen=True)
 class Seen:
     """What the check compares of one entry (see module docstring)."""
@@ -47,7 +50,7 @@ class Seen:
     size: int | None  # None for a directory
     rdev: int
     target: str | None  # a symlink's
-    xattrs: tuple[tuple[str, bytes], ...]
+    xattrs: Xattrs
 
     @classmethod
     def of(cls, path: Path, st: os.stat_result | None = None) -> Seen:

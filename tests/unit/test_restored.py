@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,9 +162,9 @@ def test_a_directory_whose_times_were_not_put_back_is_refused(
     os.utime(reference, ns=(1, 1_500_000_000_000_000_000))
     apply_metadata = restore_module.apply_metadata
 
-    def files_only(source: Path, dest: Path, st: os.stat_result | None = None) -> None:
+    def files_only(source: Path, dest: Path, *given: Any) -> None:
         if dest != live:
-            apply_metadata(source, dest, st)
+            apply_metadata(source, dest, *given)
 
     monkeypatch.setattr(restore_module, "apply_metadata", files_only)
     with pytest.raises(DamagedError, match=rf"{live} is not .*: its mtime \(ns\) is"):
