@@ -209,10 +209,11 @@ def _lexists_type(
 
 
 def _is_dir(path: Path) -> bool:
-    """True when `path` is a directory (not a link to one)."""
+    """True when `path` is a directory (not a link to one); False when it cannot be
+    seen (as os.path.isdir)."""
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
+    except OSError:
         return False
 
 
