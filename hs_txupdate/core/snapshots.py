@@ -26,7 +26,6 @@ from ..snapshot.manifest import (
     Changes,
     Manifest,
     check_reference,
-    diff,
     manifest_fingerprint,
     needed_entries,
     read_manifest,
@@ -38,6 +37,7 @@ from ..snapshot.restore import restore as restore_tree
 from ..snapshot.sqlite import SqliteBackend
 from ..snapshot.tardiff import holds_changes
 from ..snapshot.tarindex import base_of, index_path, read_index
+from ..snapshot.treediff import diff
 from .config import Config
 from .orphans import claim_store
 from .scope import ScopeEntry

@@ -56,15 +56,17 @@ class Manifest:
     lazy: bool = False  # no entries: the snapshot holds them (see module docstring)
     file: tuple[Path, str] | None = None  # the entries' manifest file and its SHA-256
 
-    def items(self) -> Iterator[tuple[str, Entry]]:
+    def items(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[str, Entry]]:
         """Every (relative path, entry), in walk order. From a file: read a piece at a
         time, raising DamagedError, once read through, when the file fails its
-        checksum (a caller reads it through before it acts on what it read)."""
+        checksum (a caller reads it through before it acts on what it read); only
+        the lines from byte `start` to byte `stop` (None: the end; both where a line
+        starts) are parsed, the whole file read and checked all the same."""
         if self.file is None:
             yield from self.entries.items()
             return
         path, sha256 = self.file
-        digest, rest, head = hashlib.sha256(), b"", True
+        digest, rest, at, head = hashlib.sha256(), b"", 0, True  # at: where `rest` starts
         try:
             with open(path, "rb") as f:
                 while piece := f.read(_PIECE):
@@ -73,10 +75,13 @@ class Manifest:
                     cut = rest.rfind(b"\n") + 1  # whole lines, decoded at once
                     if not cut:
                         continue
-                    lines, rest = rest[:cut], rest[cut:]
+                    lines, rest, at = rest[:cut], rest[cut:], at + cut
                     if head:  # the first line: read by read_manifest
                         lines, head = lines[lines.index(b"\n") + 1 :], False
-                    yield from _parsed(lines.decode(_ENC, _ERR), path)
+                    lo = max(0, start - (at - len(lines)))
+                    hi = len(lines) if stop is None else min(len(lines), stop - (at - len(lines)))
+                    if lo < hi:
+                        yield from _parsed(lines[lo:hi].decode(_ENC, _ERR), path)
         except OSError as exc:
             raise _damaged(path, f"is unreadable: {exc.strerror}") from exc
         if rest or digest.hexdigest() != sha256:
@@ -251,39 +256,6 @@ class Changes:
             return [r for r in rels if keep(r)]
 
         return Changes(kept(self.changed), kept(self.extra), kept(self.missing), self.recorded)
-
-
-def diff(live: Path, manifest: Manifest | None) -> Changes:
-    """Compare the live tree at `live` with `manifest` (None: the path was absent),
-    walking both in order. Raises DamagedError (a manifest file failing its checksum),
-    OSError."""
-    changes = Changes()
-    if manifest is None:
-        if os.path.lexists(live):
-            changes.extra.append("")
-        return changes
-    if not os.path.lexists(live):  # the whole tree is gone
-        for rel, entry in manifest.items():
-            changes.missing.append(rel)
-            changes.recorded[rel] = entry[0], entry[4]
-        return changes
-    for rel, st, recorded in aligned(walk(live), manifest.items()):
-        if recorded is None:
-            changes.extra.append(rel)
-            changes.recorded[rel] = None
-        elif st is None or _differs(live, rel, st, recorded):
-            (changes.missing if st is None else changes.changed).append(rel)
-            changes.recorded[rel] = recorded[0], recorded[4]
-    return changes
-
-
-def _differs(live: Path, rel: str, st: os.stat_result, recorded: Entry) -> bool:
-    """True when the live entry `rel` (lstat `st`) is not the one `recorded`."""
-    if entry_type(st) != recorded[0]:
-        return True
-    if recorded[3] is not None:  # the path is built only here: for every entry it costs a third
-        return fingerprint(join(live, rel), st) != recorded[3]
-    return st.st_ino != recorded[1] or st.st_ctime_ns != recorded[2]
 
 
 def aligned(

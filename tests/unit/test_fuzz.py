@@ -34,9 +34,10 @@ from hs_txupdate.modules.discovery import load_module
 from hs_txupdate.snapshot import Captured, SnapshotTarget
 from hs_txupdate.snapshot.entries import entry_type
 from hs_txupdate.snapshot.files import sha256_file
-from hs_txupdate.snapshot.manifest import build_manifest, check_reference, diff, needed_entries
+from hs_txupdate.snapshot.manifest import build_manifest, check_reference, needed_entries
 from hs_txupdate.snapshot.restore import restore
 from hs_txupdate.snapshot.tar import TarBackend
+from hs_txupdate.snapshot.treediff import diff
 from hs_txupdate.sync.git import BadTreeEntry, check_entry_name
 from hs_txupdate.sync.versions import Version, VersionError
 from tests.helpers import need, tree_state

@@ -18,13 +18,13 @@ from hs_txupdate.snapshot.manifest import (
     Manifest,
     aligned,
     build_manifest,
-    diff,
     manifest_fingerprint,
     needed_entries,
     read_manifest,
     tree_fingerprint,
     write_manifest,
 )
+from hs_txupdate.snapshot.treediff import diff
 
 # names a line-based file must keep exact, and names that sort differently part by
 # part than as whole paths ("a" < "a b" < "a.c" < "a/b" by parts, not as strings)

@@ -19,9 +19,10 @@ from hs_txupdate.base.errors import DamagedError
 from hs_txupdate.snapshot import restore as restore_module
 from hs_txupdate.snapshot import sqlite as sqlite_module
 from hs_txupdate.snapshot.base import SnapshotTarget
-from hs_txupdate.snapshot.manifest import Manifest, build_manifest, diff
+from hs_txupdate.snapshot.manifest import Manifest, build_manifest
 from hs_txupdate.snapshot.restored import Seen
 from hs_txupdate.snapshot.sqlite import SqliteBackend
+from hs_txupdate.snapshot.treediff import diff
 from tests.helpers import LoopFs
 
 

@@ -17,9 +17,9 @@ from hs_txupdate.snapshot.manifest import (
     Manifest,
     build_manifest,
     check_reference,
-    diff,
     write_manifest,
 )
+from hs_txupdate.snapshot.treediff import diff
 
 
 def populate(root: Path) -> None:
