@@ -64,7 +64,13 @@ def fork_child(
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe() if stderr_to is None else (None, stderr_to)
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in (stdin_r, stdin_w, stdout_r, stdout_w, stderr_r, stderr_w):
+            if fd is not None and fd != stderr_to:
+                os.close(fd)
+        raise
     if pid == 0:  # pragma: no cover (the child; its behaviour is tested through its user)
         status = 1
         try:

@@ -124,7 +124,8 @@ def _walk_stack(stack: list[_Level], skip_own: bool) -> Iterator[tuple[str, os.s
                 yield prefix + name, st
                 if is_dir(st.st_mode):
                     below = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                    stack.append((f"{prefix}{name}/", below, iter(_names(below, skip_own))))
+                    stack.append((f"{prefix}{name}/", below, iter(())))  # closed if listing fails
+                    stack[-1] = (stack[-1][0], below, iter(_names(below, skip_own)))
                     break
             else:
                 stack.pop()
