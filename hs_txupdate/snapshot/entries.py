@@ -65,18 +65,16 @@ def walk_from(root: Path, start: str) -> Iterator[tuple[str, os.stat_result]]:
     Raises OSError (an entry gone or replaced meanwhile)."""
     parts = start.split("/")
     stack: list[_Level] = []
-    fd, prefix = os.open(root, _DIR_FLAGS), ""  # the directory of the level being read
     try:
+        (fd, names), prefix = _listed(root, None, True), ""
         for depth, part in enumerate(parts):
-            names = _names(fd, True)
             deepest = depth == len(parts) - 1  # there `start` itself, above it what follows
             cut = (bisect.bisect_left if deepest else bisect.bisect_right)(names, part)
             stack.append((prefix, fd, iter(names[cut:])))
-            fd = -1
             if deepest:
                 break
             try:
-                fd = os.open(part, _DIR_FLAGS, dir_fd=stack[-1][1])
+                fd, names = _listed(part, fd, True)
             except OSError as exc:
                 if exc.errno not in _NOT_A_DIR:
                     raise
@@ -85,31 +83,33 @@ def walk_from(root: Path, start: str) -> Iterator[tuple[str, os.stat_result]]:
     except BaseException:
         for _, held, _ in stack:
             os.close(held)
-        if fd >= 0:
-            os.close(fd)
         raise
     yield from _walk_stack(stack, True)
 
 
-def _names(fd: int, skip_own: bool) -> list[str]:
-    """The names in the open directory `fd`, sorted (hs-tx's own left out, `skip_own`)."""
-    names = os.listdir(fd)
-    if skip_own:
-        names = [n for n in names if not is_own_name(n)]
-    names.sort()
-    return names
+def _listed(
+    name: str | os.PathLike[str], dir_fd: int | None, skip_own: bool
+) -> tuple[int, list[str]]:
+    """Open the directory `name` (relative to `dir_fd` when given) without following a
+    link; return its fd and its names, sorted (hs-tx's own left out, `skip_own`). The
+    fd is closed again when listing fails. Raises OSError."""
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        names = os.listdir(fd)
+        if skip_own:
+            names = [n for n in names if not is_own_name(n)]
+        names.sort()
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, names
 
 
 def _walk_below(root: str, skip_own: bool) -> Iterator[tuple[str, os.stat_result]]:
     """`walk` below the directory `root`, iteratively: a tree of 20,000 entries is
     walked about a fifth faster than by nested generators over full paths."""
-    fd = os.open(root, _DIR_FLAGS)
-    try:
-        level = ("", fd, iter(_names(fd, skip_own)))
-    except BaseException:
-        os.close(fd)
-        raise
-    yield from _walk_stack([level], skip_own)
+    fd, names = _listed(root, None, skip_own)
+    yield from _walk_stack([("", fd, iter(names))], skip_own)
 
 
 def _walk_stack(stack: list[_Level], skip_own: bool) -> Iterator[tuple[str, os.stat_result]]:
@@ -123,9 +123,8 @@ def _walk_stack(stack: list[_Level], skip_own: bool) -> Iterator[tuple[str, os.s
                 st = lstat(name, dir_fd=fd)
                 yield prefix + name, st
                 if is_dir(st.st_mode):
-                    below = os.open(name, _DIR_FLAGS, dir_fd=fd)
-                    stack.append((f"{prefix}{name}/", below, iter(())))  # closed if listing fails
-                    stack[-1] = (stack[-1][0], below, iter(_names(below, skip_own)))
+                    below, inside = _listed(name, fd, skip_own)
+                    stack.append((f"{prefix}{name}/", below, iter(inside)))
                     break
             else:
                 stack.pop()

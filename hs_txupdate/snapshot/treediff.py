@@ -81,10 +81,11 @@ def _middle(live: Path, manifest: Manifest) -> tuple[str, int] | None:
     if not (live.is_absolute() and path.is_absolute()):  # the child works in /
         return None
     try:
-        if not stat.S_ISDIR(os.lstat(live).st_mode) or os.path.getsize(path) < SPLIT_FROM:
+        size = os.path.getsize(path)
+        if not stat.S_ISDIR(os.lstat(live).st_mode) or size < SPLIT_FROM:
             return None
         with open(path, "rb") as f:
-            f.seek(os.path.getsize(path) // 2)
+            f.seek(size // 2)
             f.readline()  # the rest of the line the middle falls in
             at, line = f.tell(), f.readline()
     except OSError:
@@ -121,7 +122,7 @@ def _in_two(live: Path, manifest: Manifest, middle: str, at: int) -> Changes:
                 if pipe is not None:
                     pipe.close()
     if theirs is None:  # the child failed: its half here, raising what it met
-        theirs = _compare(live, walk_from(live, middle), manifest.items(start=at))
+        theirs = _from_middle(live, manifest, middle, at)
     changes.changed += theirs.changed
     changes.extra += theirs.extra
     changes.missing += theirs.missing
@@ -129,12 +130,15 @@ def _in_two(live: Path, manifest: Manifest, middle: str, at: int) -> Changes:
     return changes
 
 
+def _from_middle(live: Path, manifest: Manifest, middle: str, at: int) -> Changes:
+    """The differences from the entry `middle` (its manifest line at byte `at`) on."""
+    return _compare(live, walk_from(live, middle), manifest.items(start=at))
+
+
 def _second_half(live: Path, manifest: Manifest, middle: str, at: int) -> int:
-    """The child's work: the differences from `middle` on, pickled to its stdout."""
-    data = pickle.dumps(_compare(live, walk_from(live, middle), manifest.items(start=at)))
-    view = memoryview(data)
-    while view:
-        view = view[os.write(1, view) :]
+    """The child's work: `_from_middle`, pickled to its stdout."""
+    with open(1, "wb", closefd=False) as out:
+        pickle.dump(_from_middle(live, manifest, middle, at), out)
     return 0
 
 
