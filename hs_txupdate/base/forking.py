@@ -9,8 +9,24 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO
+
+# the signals hs-tx turns into an exception (see core.signals)
+INTERRUPTS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back SIGINT, SIGTERM and SIGHUP inside the block; one that came meanwhile
+    is delivered as it ends. For code an interruption (which hs-tx turns into an
+    exception) must not cut in two: a commit, or a fork and the noting of its child."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, INTERRUPTS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class Forked:
@@ -61,6 +77,14 @@ def fork_child(
     stderr, when it raises). Return it. Cheaper than a new interpreter: no start-up, no
     imports. Raises OSError when it cannot fork.
     """
+    with signals_deferred():  # an interruption never leaves pipes or a child unowned
+        return _fork(body, name, keep_fds, stderr_to)
+
+
+def _fork(
+    body: Callable[[], int], name: str, keep_fds: Sequence[int], stderr_to: int | None
+) -> Forked:
+    """`fork_child`, with interruptions held back."""
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe() if stderr_to is None else (None, stderr_to)
@@ -75,6 +99,7 @@ def fork_child(
         status = 1
         try:
             gc.freeze()  # the parent's garbage stays: its finalizers would close its fds
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, INTERRUPTS)  # forked while deferred
             for fd, target in ((stdin_r, 0), (stdout_w, 1), (stderr_w, 2)):
                 os.dup2(fd, target)
             _close_all_but(keep_fds)

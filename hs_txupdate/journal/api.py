@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -20,24 +19,12 @@ from typing import Any
 
 from ..base.crashpoints import CrashPoints
 from ..base.errors import DamagedError
+from ..base.forking import signals_deferred
 from ..base.fsio import ensure_private_dir, publish
 from .reads import NET_COLUMNS, JournalReads, marks
 from .records import RunChangeInfo, now_iso
 from .schema import open_journal
 from .vocab import Kind, Phase, RunStatus, State, Status, Step
-
-_DEFERRED_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-
-
-@contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Hold back SIGINT/SIGTERM/SIGHUP while a write commits, so an interruption
-    (which hs-tx turns into an exception) never lands inside SQLite's commit."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @dataclass
@@ -142,7 +129,7 @@ class Journal(JournalReads):
         db = self._db
         deferred, self._deferred = self._deferred, []
         try:
-            with _signals_deferred():
+            with signals_deferred():  # never an interruption inside SQLite's commit
                 try:
                     db.execute("BEGIN IMMEDIATE")
                     for write in deferred:

@@ -19,7 +19,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..base.forking import Forked, fork_child
+from ..base.forking import Forked, fork_child, signals_deferred
 from .entries import entry_type, fingerprint, join, walk, walk_from
 from .manifest import Changes, Entry, Manifest, _parsed, _walks_before, aligned
 
@@ -100,14 +100,15 @@ def _middle(live: Path, manifest: Manifest) -> tuple[str, int] | None:
 def _in_two(live: Path, manifest: Manifest, middle: str, at: int) -> Changes:
     """`diff` of a large tree: entries before `middle` (whose manifest line starts at
     byte `at`) compared here, the rest by a child at the same time."""
+    child: Forked | None = None
     try:
-        with open(os.devnull, "wb") as null:
-            child = fork_child(
-                lambda: _second_half(live, manifest, middle, at), _CHILD, [], null.fileno()
-            )
-    except OSError:
-        child = None
-    try:
+        try:
+            with open(os.devnull, "wb") as null, signals_deferred():  # never a child unnoted
+                child = fork_child(
+                    lambda: _second_half(live, manifest, middle, at), _CHILD, [], null.fileno()
+                )
+        except OSError:
+            pass  # then this process compares both halves
         before = itertools.takewhile(lambda e: _walks_before(e[0], middle), walk(live))
         changes = _compare(live, before, manifest.items(stop=at))
         theirs = _answer(child)

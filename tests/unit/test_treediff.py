@@ -7,11 +7,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
+from hs_txupdate.base.forking import INTERRUPTS, fork_child, signals_deferred
 from hs_txupdate.snapshot import treediff
 from hs_txupdate.snapshot.entries import walk, walk_from
 from hs_txupdate.snapshot.manifest import Changes, Manifest, _walks_before, write_manifest
@@ -119,6 +121,64 @@ def test_a_child_that_fails_changes_nothing_of_the_answer(
     assert treediff.diff(root, manifest) == expected
     monkeypatch.setattr(treediff, "_second_half", lambda *_: os._exit(9))
     assert treediff.diff(root, manifest) == expected
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_an_interruption_as_the_child_forks_leaves_no_child_and_no_fd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM arriving right after the fork (as hs-tx's guard raises on it): the diff
+    raises, the child is killed and reaped, and every fd it opened is closed."""
+    monkeypatch.setattr(treediff, "SPLIT_FROM", 1)
+    root = tmp_path / "t"
+    root.mkdir()
+    _tree(root, random.Random(7))
+    manifest = _manifest(root)
+    forked: list[int] = []
+
+    def fork_then_signal(*args: object) -> object:
+        child = real_fork(*args)
+        forked.append(child.pid)
+        os.kill(os.getpid(), signal.SIGTERM)  # pending until the fork is noted
+        return child
+
+    def interrupt(*_: object) -> None:
+        raise _Interrupted()
+
+    real_fork = treediff.fork_child
+    monkeypatch.setattr(treediff, "fork_child", fork_then_signal)
+    monkeypatch.setattr(treediff, "_second_half", lambda *_: time.sleep(30) or 0)
+    fds = set(os.listdir("/proc/self/fd"))
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        with pytest.raises(_Interrupted):
+            treediff.diff(root, manifest)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert forked
+    with pytest.raises(ChildProcessError):  # reaped: no child left running or a zombie
+        os.waitpid(forked[0], os.WNOHANG)
+    assert set(os.listdir("/proc/self/fd")) <= fds
+
+
+def test_a_forked_child_is_interruptible_though_forked_while_signals_wait(tmp_path: Path) -> None:
+    out = tmp_path / "mask"
+
+    def body() -> int:
+        out.write_text(Path("/proc/self/status").read_text())
+        return 0
+
+    with signals_deferred():
+        child = fork_child(body, "hs-tx-test", [])
+    assert child.wait() == 0
+    blocked = int(
+        next(line for line in out.read_text().splitlines() if line.startswith("SigBlk")).split()[1],
+        16,
+    )
+    assert not any(blocked & (1 << (sig - 1)) for sig in INTERRUPTS)
 
 
 def test_a_large_tree_is_cut_and_a_small_one_is_not(tmp_path: Path) -> None:
