@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..base.fsio import durable_write, fsync_dir
-from ..base.proc import run
 from ..journal import Journal, MalformedRowError, identity_of
 from ..snapshot.btrfs import is_btrfs, subvolume_root
 from ..snapshot.entries import SNAPSHOT_STORE, remove_entry
+from ..snapshot.subvol import delete_subvolume
 from ..snapshot.tarindex import base_of
 from .config import Config
 
@@ -70,7 +70,7 @@ def remove_orphan(orphan: Orphan) -> None:
     snapshots goes with it."""
     if orphan.kind == "btrfs":
         if os.path.lexists(orphan.path):
-            run(["btrfs", "subvolume", "delete", "--commit-after", str(orphan.path)])
+            delete_subvolume(orphan.path, commit=True)
         match = _NAME.match(orphan.path.name)
         uuid = match["uuid"] if match else None
         store = orphan.path.parent

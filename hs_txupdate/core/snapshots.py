@@ -348,7 +348,7 @@ def delete_snapshots(
     needed = _needed_by_others(journal, mine)
     bases = {b for s in mine if (b := base_of(Path(s))) is not None}
     keep = {Path(s) for s in needed}
-    with journal.step(on, Phase.RETENTION, Step.DELETE_SNAPSHOTS, {"of": tx_id}):
+    with journal.step(on, Phase.RETENTION, Step.DELETE_SNAPSHOTS, {"of": tx_id}) as record:
         # first the bases only this transaction still needed: its indexes name them
         for base in sorted(bases - needed):
             target = target_of(journal, tx_id, 0, Path(base))
@@ -361,7 +361,7 @@ def delete_snapshots(
                 backend_by_name(path.backend, config.snapshots_dir).delete(target, path.snapshot)
         for place in _tx_dirs(config, journal, tx_id, paths):
             _clear(place, keep)
-        journal.mark_pruned(tx_id)
+        record.join(lambda: journal.mark_pruned(tx_id))  # one durable write with the outcome
 
 
 def _needed_by_others(journal: Journal, mine: set[str]) -> set[str]:

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from ..base.errors import DamagedError
 from ..base.fsio import fsync_dir
-from ..base.proc import run
 from .base import Captured, SnapshotTarget
 from .changelist import PROBE_SUFFIX, ChangeLists, changes_between, delete_probe
 from .entries import SNAPSHOT_STORE, walk
@@ -32,6 +31,7 @@ from .manifest import Changes
 from .subvol import (
     SUBVOLUME_ROOT_INO,
     create_subvolume,
+    delete_subvolume,
     snapshot_readonly,
     subvolume_identity,
 )
@@ -203,7 +203,7 @@ class BtrfsBackend:
             snapshot = subvolume_root(existing) / SNAPSHOT_STORE / target.name
         delete_probe(snapshot.with_name(snapshot.name + PROBE_SUFFIX))  # left by a crash
         if os.path.lexists(snapshot):
-            run(["btrfs", "subvolume", "delete", "--commit-after", str(snapshot)])
+            delete_subvolume(snapshot, commit=True)
 
 
 def _parse_ref(text: str, owner: str) -> dict[str, str]:

@@ -9,22 +9,22 @@ entry put back is then read again and compared with the reference's
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import os
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from ..base import activity
-from ..base.errors import DamagedError, ScopeError
-from ..base.fsio import fsync_dir, fsync_path, syncfs
-from .entries import TMP_PREFIX, entry_type, join, read_xattrs, remove_entry, with_ancestors
+from ..base.errors import DamagedError
+from ..base.fsio import fsync_dir, syncfs
+from .entries import TMP_PREFIX, entry_type, join, remove_entry, with_ancestors
 from .manifest import Changes
+from .replica import apply_metadata, materialize
 from .restored import Put, Seen, Xattrs, check_entry, check_gone, check_put, expect
-
-FICLONE = 0x40049409
 
 
 @dataclass
@@ -44,6 +44,7 @@ class _RestoreState:
 
 
 Announce = Callable[[str, list[str]], None]
+Check = Callable[[], object]  # reads back an entry put in place; raises DamagedError
 
 
 def restore(
@@ -83,6 +84,7 @@ def restore(
     put = {rel for action, rel in work if action == "put"}
     what = f"restoring {live}"
     unsynced: list[str] = []  # the last batch of entries: in place, made durable below
+    checks: list[Check] = []  # and their checks, made while it syncs
     for start in range(0, len(work), batch_size):
         chunk = work[start : start + batch_size]
         rels = [rel for _, rel in chunk]
@@ -91,12 +93,11 @@ def restore(
             activity.tick(what, n, len(work))
             _apply(action, rel, live, reference, state)
         _put_in_place(live, state)
-        for entry in state.put:
-            check_put(live, entry)
+        checks = [partial(check_put, live, entry) for entry in state.put]
         state.put.clear()
         state.no_links.clear()
         if start + batch_size < len(work):
-            _sync(live)
+            _sync_checking(live, checks)
             _announce(announce, "done", rels)
         else:
             unsynced = rels
@@ -115,14 +116,15 @@ def restore(
                 st = state.dir_stats.get(rel) or os.lstat(source)
                 want = Seen.of(source, st)
                 apply_metadata(source, target, st, want.xattrs)
-                check_entry(live, rel, want)
-        _sync(live)
+                checks.append(partial(check_entry, live, rel, want))
+        _sync_checking(live, checks)
+        checks = []
         if unsynced:
             _announce(announce, "done", unsynced)
             unsynced = []
         _announce(announce, "done", rels)
     if unsynced:
-        _sync(live)
+        _sync_checking(live, checks)
         _announce(announce, "done", unsynced)
     for action, rel in work:
         if action == "remove" and rel not in put:
@@ -308,100 +310,25 @@ def _sync(live: Path) -> None:
     syncfs(live if os.path.lexists(live) else live.parent)
 
 
-def materialize(
-    source: Path,
-    dest: Path,
-    st: os.stat_result | None = None,
-    durable: bool = True,
-    xattrs: Xattrs | None = None,
-) -> bool:
-    """Create `dest` as an exact copy of the non-directory entry `source`; return True
-    when that wrote file data (a copy), False when it wrote only metadata (a reflink, a
-    symlink, ...), which the filesystem's journal keeps in order with what follows.
+def _sync_checking(live: Path, checks: list[Check]) -> None:
+    """`_sync(live)`, running `checks` (of entries already in place, which the sync
+    does not change) meanwhile: the sync waits on the disk, the checks mostly on the
+    CPU. Returns once both are done; raises what a check raised, else what the sync
+    raised."""
+    failed: list[OSError] = []
 
-    Regular files are reflinked where the filesystem can, else copied keeping
-    holes; then owner, mode, xattrs (ACLs, capabilities; `xattrs` when the caller
-    has read them) and times are set and, `durable`, the file is fsynced (else its
-    caller syncs).
-    """
-    st = st or os.lstat(source)
-    mode = st.st_mode
-    copied = False
-    if stat.S_ISREG(mode):
-        copied = _copy_file(source, dest)
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(source), dest)
-    elif stat.S_ISFIFO(mode):
-        os.mkfifo(dest, 0o600)
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        os.mknod(dest, stat.S_IFMT(mode) | 0o600, st.st_rdev)
-    elif stat.S_ISSOCK(mode):  # kept by btrfs snapshots: the inode, not a listener
-        os.mknod(dest, stat.S_IFSOCK | 0o600)
-    else:
-        raise ScopeError(f"cannot restore {source}: unsupported file type", "")
-    apply_metadata(source, dest, st, xattrs)
-    if durable and stat.S_ISREG(mode):
-        fsync_path(dest)
-    return copied
-
-
-def _copy_file(source: Path, dest: Path) -> bool:
-    """Reflink, else copy, `source` to the new file `dest`; True when it copied."""
-    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        dst = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    def sync() -> None:
         try:
-            try:
-                fcntl.ioctl(dst, FICLONE, src)
-                return False
-            except OSError:
-                _sparse_copy(src, dst)
-                return True
-        finally:
-            os.close(dst)
-    finally:
-        os.close(src)
-
-
-def _sparse_copy(src: int, dst: int) -> None:
-    """Copy only the data regions of `src`, so holes stay holes."""
-    size = os.fstat(src).st_size
-    offset = 0
-    while offset < size:
-        try:
-            start = os.lseek(src, offset, os.SEEK_DATA)
+            _sync(live)
         except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole is left
-                break
-            raise
-        end = os.lseek(src, start, os.SEEK_HOLE)
-        while start < end:
-            copied = os.copy_file_range(src, dst, end - start, start, start)
-            if copied == 0:
-                break
-            start += copied
-        offset = end
-    os.ftruncate(dst, size)
+            failed.append(exc)
 
-
-def apply_metadata(
-    source: Path, dest: Path, st: os.stat_result | None = None, xattrs: Xattrs | None = None
-) -> None:
-    """Give `dest` the owner, mode, xattrs and times of `source` (no symlink following);
-    `st` and `xattrs` are its lstat and extended attributes when the caller has them.
-
-    Order matters: chown clears set-id bits and file capabilities, so mode and
-    xattrs come after it, and times come last.
-    """
-    st = st or os.lstat(source)
-    os.chown(dest, st.st_uid, st.st_gid, follow_symlinks=False)
-    if not stat.S_ISLNK(st.st_mode):
-        os.chmod(dest, stat.S_IMODE(st.st_mode))
-    wanted = read_xattrs(source) if xattrs is None else dict(xattrs)
-    present = read_xattrs(dest)
-    for name in present.keys() - wanted.keys():
-        os.removexattr(dest, name, follow_symlinks=False)
-    for name, value in wanted.items():
-        if present.get(name) != value:
-            os.setxattr(dest, name, value, follow_symlinks=False)
-    os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    syncing = threading.Thread(target=sync, name="hs-tx-syncfs")
+    syncing.start()
+    try:
+        for check in checks:
+            check()
+    finally:
+        syncing.join()
+    if failed:
+        raise failed[0]

@@ -16,6 +16,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..base.fsio import syncfs
+
 SUBVOLUME_ROOT_INO = 256
 _ROOT_SUBVOL_RDONLY = 1 << 0
 
@@ -103,15 +105,18 @@ def snapshot_readonly(source: Path, store: Path, name: str) -> Path:
     return store / name
 
 
-def delete_subvolume(path: Path) -> None:
+def delete_subvolume(path: Path, commit: bool = False) -> None:
     """Delete the subvolume (a snapshot, read-only or not) whose top directory is
-    `path` (what `btrfs subvolume delete` does, without a process, and without waiting
-    for a commit: btrfs frees its blocks in the background). Raises OSError."""
+    `path` (what `btrfs subvolume delete` does, without a process); with `commit`, the
+    deletion is on disk when this returns (`--commit-after`), else it is in btrfs's
+    next commit. Either way btrfs frees its blocks in the background. Raises OSError."""
     parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         fcntl.ioctl(parent, _SNAP_DESTROY, _VolArgs(name=os.fsencode(path.name)))
     finally:
         os.close(parent)
+    if commit:
+        syncfs(path.parent)
 
 
 def create_subvolume(path: Path, mode: int) -> None:

@@ -9,6 +9,7 @@ import re
 import shutil
 import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -256,3 +257,55 @@ def test_on_btrfs_a_reflinked_file_is_checked_by_where_its_blocks_lie(
     with pytest.raises(DamagedError, match=r"f1 is not .*: its bytes are not the snapshot's"):
         restore_module.restore(live, base / "snap", changes)
     assert reads, "the rewritten file was read"
+
+
+def test_a_restore_in_small_batches_is_exact_and_says_each_batch_done_once_synced(
+    tmp_path: Path, disposable: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reference, live, manifest = trees(tmp_path)
+    expected = {rel: Seen.of(reference / rel) for rel in ("app.conf", "current", "ctl", "conf.d")}
+    said: list[tuple[str, list[str]]] = []
+    syncs = []
+    sync = restore_module._sync
+    monkeypatch.setattr(restore_module, "_sync", lambda live: (syncs.append(len(said)), sync(live)))
+
+    restore_module.restore(
+        live,
+        reference,
+        diff(live, manifest),
+        lambda status, rels: said.append((status, rels)),
+        batch_size=2,
+        disposable=disposable,
+    )
+
+    for rel, seen in expected.items():
+        assert Seen.of(live / rel) == seen
+    intents = [rels for status, rels in said if status == "intent"]
+    assert sorted(rels for status, rels in said if status == "done") == sorted(intents)
+    assert len(intents) > 3
+    for n, (status, rels) in enumerate(said):  # done only after a sync that follows its intent
+        if status == "done":
+            began = said.index(("intent", rels))
+            assert any(began < at <= n for at in syncs), (rels, said, syncs)
+
+
+def test_a_failed_check_waits_for_the_sync_it_ran_beside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced = []
+    monkeypatch.setattr(restore_module, "_sync", lambda live: (time.sleep(0.2), synced.append(1)))
+
+    def damaged() -> None:
+        raise DamagedError("after the restore, x is not what its snapshot holds", "")
+
+    with pytest.raises(DamagedError):
+        restore_module._sync_checking(tmp_path, [lambda: None, damaged])
+    assert synced == [1]  # the sync had ended when the check's failure came out
+
+
+def test_a_failed_sync_is_raised_once_the_checks_pass(tmp_path: Path) -> None:
+    checked = []
+    gone = tmp_path / "no" / "such" / "dir"  # nothing to open: syncfs fails
+    with pytest.raises(FileNotFoundError):
+        restore_module._sync_checking(gone, [lambda: checked.append(1)])
+    assert checked == [1]
