@@ -6,7 +6,8 @@ back. The rollback's time is read from the run's journal (from the first event o
 its rollback phase to its last), so it is the rollback alone, measured inside a
 real run; the reference restores the same 230 files: `tar -x` of those members of a
 GNU tar archive of the tree (tar backend), `snapper undochange` between a snapshot
-before and one after the change (btrfs; skipped, saying why, without snapper).
+before and one after the change, the one after taken untimed or timed, and against
+the live tree (btrfs; skipped, saying why, without snapper).
 The tar capture rows time whole runs of a module that changes nothing, the first
 and a second one, against `tar -c` of the tree with the flags hs-tx uses followed by
 a sync of the archive (hs-tx's archive is on disk before the run changes anything;
@@ -188,15 +189,19 @@ def _sh(*argv: object) -> None:
 def bench_btrfs_rollback(
     base: Path, tree: Path, files: int, timed: Callable[[Callable[[], object]], float]
 ) -> list[Row]:
-    """The btrfs row: rollback of CHANGED files against `snapper undochange` of the
-    same change, snapper run against a config in a private dir (never /etc)."""
+    """The btrfs rows: rollback of CHANGED files against `snapper undochange` of the
+    same change, snapper run against a config in a private dir (never /etc): given a
+    snapshot after the change, taken untimed (so the change is on disk and listed
+    before the clock starts); from hs-tx's own start (that snapshot timed too: hs-tx
+    takes one to list the change); and against the live tree (`N..0`, no snapshot
+    after, snapper compares the trees)."""
     why = _why_no_snapper()
     if why is not None:
         print(f"bench: btrfs rollback row skipped: {why}", file=sys.stderr)
         return []
     members = changed_files(tree, files)
     failing = sandbox(base, tree, "btrfs", files, fail=True)
-    rollback, reference, synced = [], [], []
+    rollback, reference, synced, whole, live = [], [], [], [], []
     snapper = _Snapper(base)
     try:
         for _ in range(ROLLBACK_ROUNDS):
@@ -205,6 +210,10 @@ def bench_btrfs_rollback(
             reference.append(timed(undo))
             undo = partial(snapper.undochange, *_changed(snapper, base, members))
             synced.append(timed(partial(_then_sync, undo, base)))
+            whole.append(timed(partial(_then_sync, _after_snapshot(snapper, base, members), base)))
+            before = snapper.create()
+            _rewrite(base, members)
+            live.append(timed(partial(_then_sync, partial(snapper.undochange, before, 0), base)))
     finally:
         snapper.close()
     what = f"btrfs: roll back {len(members)} changed files of {files} (in a run)"
@@ -213,7 +222,19 @@ def bench_btrfs_rollback(
         [what, median(rollback), "snapper undochange of those, then sync -f", median(synced)],
         [what, median(rollback), "snapper undochange of those, left in the page cache",
          median(reference)],
+        [what, median(rollback), "snapper create, undochange of those, then sync -f",
+         median(whole)],
+        [what, median(rollback), "snapper undochange against the live tree, then sync -f",
+         median(live)],
     ]  # fmt: skip
+
+
+def _after_snapshot(snapper: _Snapper, base: Path, members: list[str]) -> Callable[[], None]:
+    """A snapshot before members are rewritten; returns the rest of snapper's rollback
+    from where hs-tx's starts: the snapshot after the change, then the undo."""
+    before = snapper.create()
+    _rewrite(base, members)
+    return lambda: snapper.undochange(before, snapper.create())
 
 
 def _changed(snapper: _Snapper, base: Path, members: list[str]) -> tuple[int, int]:

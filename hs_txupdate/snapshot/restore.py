@@ -313,8 +313,8 @@ def _sync(live: Path) -> None:
 def _sync_checking(live: Path, checks: list[Check]) -> None:
     """`_sync(live)`, running `checks` (of entries already in place, which the sync
     does not change) meanwhile: the sync waits on the disk, the checks mostly on the
-    CPU. Returns once both are done; raises what a check raised, else what the sync
-    raised."""
+    CPU (one after the other where no thread can start). Returns once both are done;
+    raises what a check raised, else what the sync raised."""
     failed: list[OSError] = []
 
     def sync() -> None:
@@ -324,11 +324,17 @@ def _sync_checking(live: Path, checks: list[Check]) -> None:
             failed.append(exc)
 
     syncing = threading.Thread(target=sync, name="hs-tx-syncfs")
-    syncing.start()
+    try:
+        syncing.start()
+        started = True
+    except RuntimeError:  # no thread starts while children land in the audit's pid namespace
+        started = False
+        sync()
     try:
         for check in checks:
             check()
     finally:
-        syncing.join()
+        if started:
+            syncing.join()
     if failed:
         raise failed[0]

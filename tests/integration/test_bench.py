@@ -61,3 +61,5 @@ def test_the_benchmark_prints_every_row(tmp_path: Path) -> None:
     assert not zero, zero
     skipped = "bench: btrfs rollback row skipped: no private mount namespace" in result.stderr
     assert skipped or SNAPPER_ROW in operations, (result.stderr, operations)
+    against = {row["reference"] for row in rows if row["operation"] == SNAPPER_ROW}
+    assert skipped or len(against) == 4, against  # given the snapshot after, from start, live

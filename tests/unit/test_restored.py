@@ -309,3 +309,18 @@ def test_a_failed_sync_is_raised_once_the_checks_pass(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         restore_module._sync_checking(gone, [lambda: checked.append(1)])
     assert checked == [1]
+
+
+def test_where_no_thread_can_start_the_sync_and_checks_run_in_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in a StateManager restore while the write audit's pid namespace takes the
+    children (tests/integration/test_coverage.py restores there for real)."""
+    reference, live, manifest = trees(tmp_path)
+
+    def refused(self: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(restore_module.threading.Thread, "start", refused)
+    assert restore_module.restore(live, reference, diff(live, manifest)) == 8
+    assert Seen.of(live / "app.conf") == Seen.of(reference / "app.conf")
