@@ -127,7 +127,7 @@ def _capture_one(
         manifest, sha256, fingerprint = write_manifest(
             backend.manifest_root(target, captured), taken_ns, place
         )
-        if not _holds_changes(target, captured, manifest):
+        if not _holds_changes(target, captured, manifest, fingerprint):
             # the tree changed while tar ran, beyond what the increment took: whole then
             backend.delete(target, captured.ref)
             target = replace(target, base=None)
@@ -148,10 +148,15 @@ def _capture_one(
     return columns, captured.base
 
 
-def _holds_changes(target: SnapshotTarget, captured: Captured, manifest: Manifest) -> bool:
+def _holds_changes(
+    target: SnapshotTarget, captured: Captured, manifest: Manifest, fingerprint: str
+) -> bool:
     """True unless `captured` is an increment that misses an entry the manifest taken
-    after it shows changed since its base (see snapshot.tardiff)."""
+    after it (`fingerprint`: what manifest_fingerprint says of it) shows changed since
+    its base (see snapshot.tardiff)."""
     if target.base is None or captured.base is None:
+        return True
+    if captured.walked == fingerprint:  # no entry changed since the walk that listed it
         return True
     index = read_index(Path(captured.ref), captured.checksum or "")
     members = set(index.places) if index is not None else set()

@@ -18,6 +18,8 @@ class Captured:
     size: int | None = None
     checksum: str | None = None
     base: str | None = None  # the ref of the snapshot this one holds the changes from
+    # an increment's: tree_fingerprint of the path as the walk that listed it saw it
+    walked: str | None = None
 
 
 def tx_key(journal_uuid: str, tx_id: int) -> str:

@@ -156,7 +156,7 @@ def write_manifest(root: Path, taken_ns: int, dest: Path) -> tuple[Manifest, str
         for rel, (kind, ino, ctime, fp, links) in _taken(root, taken_ns):
             name = rel.replace("\\", "\\\\").replace("\n", "\\n") if _escapes(rel) else rel
             lines.append(f"{kind} {ino} {ctime} {links} {fp or '-'} {name}\n".encode(_ENC, _ERR))
-            tree.update(_fingerprint_line(rel, kind, ino, ctime))
+            tree.update(fingerprint_line(rel, kind, ino, ctime))
             if len(lines) >= 4096:
                 yield _hashed(digest, lines)
         yield _hashed(digest, lines)
@@ -218,11 +218,12 @@ def manifest_fingerprint(manifest: Manifest | None) -> str:
 def _fingerprint(entries: Iterable[tuple[str, str, int, int]]) -> str:
     h = hashlib.sha256()
     for entry in entries:
-        h.update(_fingerprint_line(*entry))
+        h.update(fingerprint_line(*entry))
     return h.hexdigest()
 
 
-def _fingerprint_line(rel: str, kind: str, ino: int, ctime_ns: int) -> bytes:
+def fingerprint_line(rel: str, kind: str, ino: int, ctime_ns: int) -> bytes:
+    """One entry's share of `tree_fingerprint`."""
     return f"{rel}\0{kind}\0{ino}\0{ctime_ns}\n".encode(_ENC, _ERR)
 
 

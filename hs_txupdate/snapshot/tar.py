@@ -114,11 +114,11 @@ class TarBackend:
         partial = final.with_name(final.name + ".partial")
         listing = final.with_name(final.name + ".list")
         base = self._usable_base(target)
-        names = None
+        names = walked = None
         if base is not None:
-            names, size = changed_since(target.path, base.manifest)
+            names, size, walked = changed_since(target.path, base.manifest)
             if size > MAX_SHARE * (base.captured.size or 0):
-                base = names = None
+                base = names = walked = None
         try:
             with tempfile.TemporaryFile(dir=final.parent) as sums:
                 self._archive(target.path, partial, listing, names, ChunkSums(sums))
@@ -128,7 +128,7 @@ class TarBackend:
             listing.unlink(missing_ok=True)
         size = partial.stat().st_size
         publish(partial, final)
-        return Captured(str(final), size, checksum, base.captured.ref if base else None)
+        return Captured(str(final), size, checksum, base.captured.ref if base else None, walked)
 
     def _archive(
         self, path: Path, partial: Path, listing: Path, names: list[str] | None, sums: ChunkSums

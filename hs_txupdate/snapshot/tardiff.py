@@ -13,12 +13,13 @@ since the base are still in the base).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from .entries import entry_type, walk
-from .manifest import Entry, Manifest, aligned
+from .manifest import Entry, Manifest, aligned, fingerprint_line
 
 # a difference bigger than this share of its base is captured whole instead
 MAX_SHARE = 0.5
@@ -29,20 +30,23 @@ def member(path: Path, rel: str) -> str:
     return f"{path.name}/{rel}" if rel else path.name
 
 
-def changed_since(path: Path, base: Manifest) -> tuple[list[str], int]:
+def changed_since(path: Path, base: Manifest) -> tuple[list[str], int, str]:
     """(the member names an incremental archive of `path` holds, parents first: every
-    directory and every entry not as `base` recorded it; the bytes of those files).
+    directory and every entry not as `base` recorded it; the bytes of those files;
+    what `tree_fingerprint` says of the tree this walk saw, which a manifest taken
+    after tar ran matches when nothing changed meanwhile).
     Raises OSError when the tree cannot be read, DamagedError when the base's manifest
     fails its checksum."""
-    names, size = [], 0
+    names, size, walked = [], 0, hashlib.sha256()
     for rel, st, recorded in aligned(_archived(path), base.items()):
         if st is None:
             continue  # gone since the base
         kind = entry_type(st)
+        walked.update(fingerprint_line(rel, kind, st.st_ino, st.st_ctime_ns))
         if kind == "d" or not as_recorded(recorded, (kind, st.st_ino, st.st_ctime_ns, st.st_nlink)):
             names.append(member(path, rel))
             size += st.st_size if kind == "f" else 0
-    return names, size
+    return names, size, walked.hexdigest()
 
 
 def holds_changes(path: Path, base: Manifest, taken: Manifest, members: set[str]) -> bool:
