@@ -211,9 +211,8 @@ def bench_btrfs_rollback(
             undo = partial(snapper.undochange, *_changed(snapper, base, members))
             synced.append(timed(partial(_then_sync, undo, base)))
             whole.append(timed(partial(_then_sync, _after_snapshot(snapper, base, members), base)))
-            before = snapper.create()
-            _rewrite(base, members)
-            live.append(timed(partial(_then_sync, partial(snapper.undochange, before, 0), base)))
+            undo = partial(snapper.undochange, _before_change(snapper, base, members), 0)
+            live.append(timed(partial(_then_sync, undo, base)))
     finally:
         snapper.close()
     what = f"btrfs: roll back {len(members)} changed files of {files} (in a run)"
@@ -229,18 +228,23 @@ def bench_btrfs_rollback(
     ]  # fmt: skip
 
 
-def _after_snapshot(snapper: _Snapper, base: Path, members: list[str]) -> Callable[[], None]:
-    """A snapshot before members are rewritten; returns the rest of snapper's rollback
-    from where hs-tx's starts: the snapshot after the change, then the undo."""
+def _before_change(snapper: _Snapper, base: Path, members: list[str]) -> int:
+    """A snapshot, then members rewritten as a module would; returns the snapshot."""
     before = snapper.create()
     _rewrite(base, members)
+    return before
+
+
+def _after_snapshot(snapper: _Snapper, base: Path, members: list[str]) -> Callable[[], None]:
+    """`_before_change`; returns the rest of snapper's rollback from where hs-tx's
+    starts: the snapshot after the change, then the undo."""
+    before = _before_change(snapper, base, members)
     return lambda: snapper.undochange(before, snapper.create())
 
 
 def _changed(snapper: _Snapper, base: Path, members: list[str]) -> tuple[int, int]:
     """(a snapshot before, one after) members are rewritten, as a module would."""
-    before = snapper.create()
-    _rewrite(base, members)
+    before = _before_change(snapper, base, members)
     return before, snapper.create()
 
 

@@ -17,6 +17,7 @@ import os
 import pickle
 import stat
 from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 
 from ..base.forking import Forked, fork_child, signals_deferred
@@ -102,13 +103,11 @@ def _in_two(live: Path, manifest: Manifest, middle: str, at: int) -> Changes:
     byte `at`) compared here, the rest by a child at the same time."""
     child: Forked | None = None
     try:
-        try:
-            with open(os.devnull, "wb") as null, signals_deferred():  # never a child unnoted
-                child = fork_child(
-                    lambda: _second_half(live, manifest, middle, at), _CHILD, [], null.fileno()
-                )
-        except OSError:
-            pass  # then this process compares both halves
+        # no child: this process compares both halves; signals wait until it is noted
+        with suppress(OSError), open(os.devnull, "wb") as null, signals_deferred():
+            child = fork_child(
+                lambda: _second_half(live, manifest, middle, at), _CHILD, [], null.fileno()
+            )
         before = itertools.takewhile(lambda e: _walks_before(e[0], middle), walk(live))
         changes = _compare(live, before, manifest.items(stop=at))
         theirs = _answer(child)
