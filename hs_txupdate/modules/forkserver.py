@@ -10,50 +10,36 @@ itself instead, which then sets up what that new interpreter would have had: no
 interpreter start-up is waited for.
 Over a socket pair (SOCK_SEQPACKET) each request is one JSON message with the worker's
 descriptors attached (SCM_RIGHTS): its output pipe, its result pipe and its channel's
-two pipes. The server forks; the child starts a session, takes the output pipe as its
-stdout and stderr, the environment it was sent, and runs `worker.main` exactly as a
-worker process started on its own would, then exits. The server answers with the
-child's pid, reaps it, reports how it ended, and signals a worker's session on request
-(the pids are the server's: under the write audit it lives in the run's pid namespace).
-When its socket closes, the server exits.
+two pipes. The server (modules.serving) has forked the worker ahead of the request: it
+answers with its pid and hands it the request, and the worker, already in a session of
+its own, takes the output pipe as its stdout and stderr and the environment it was sent,
+and runs `worker.main` exactly as a worker process started on its own would, then
+exits. The server reaps it, reports how it ended, and signals a worker's session on
+request (the pids are the server's: under the write audit it lives in the run's pid
+namespace). When its socket closes, the server ends its spare and exits.
 """
 
 from __future__ import annotations
 
 import array
-import codecs
 import contextlib
-import io
 import json
-import locale
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
-from . import cgroup, worker
+from .serving import EXIT_UNKNOWN, MAX_MESSAGE, serve, serve_forked
 
 if TYPE_CHECKING:
     from ..base.forking import Forked
 
-_MAX_MESSAGE = 1 << 20  # a request carries the module's whole environment
-_MAX_FDS = 4
-EXIT_UNKNOWN = -int(signal.SIGKILL)  # a worker whose server is gone: reported killed
 SERVER_NAME = "hs-tx-forks"  # a forked server's process name (ps, /proc/PID/comm)
 # what a server forked from hs-tx must not hold, so that no worker does
 FORBIDDEN = ("sqlalchemy", "alembic", "git", "pyroute2")
-
-
-def placed(text: str, fds: list[int]) -> str:
-    """`text` with each `{fd N}` replaced by the descriptor `fds[N]` (slot 0: the
-    worker's output)."""
-    for n, fd in enumerate(fds):
-        text = text.replace(f"{{fd {n}}}", str(fd))
-    return text
 
 
 class ForkServerError(OSError):
@@ -108,7 +94,7 @@ class ForkServer:
         cwd = os.getcwd()
         try:
             proc = fork_child(
-                lambda: _serve_forked(theirs, cwd, env), SERVER_NAME, [theirs.fileno()], 2
+                lambda: serve_forked(theirs, cwd, env), SERVER_NAME, [theirs.fileno()], 2
             )
         except OSError as exc:
             ours.close()
@@ -159,7 +145,7 @@ class ForkServer:
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
             return None
-        data = self.sock.recv(_MAX_MESSAGE)
+        data = self.sock.recv(MAX_MESSAGE)
         if not data:
             self.gone = True
             return None
@@ -214,117 +200,6 @@ class ForkedWorker:
             self.returncode = self.server.exits.pop(self.pid)
         elif self.server.gone:
             self.returncode = EXIT_UNKNOWN
-
-
-# --- the server --------------------------------------------------------------------
-
-
-def serve(sock: socket.socket) -> None:
-    """Answer requests on `sock` until it closes; reap and report every worker."""
-    cgroup.warm_up()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
-    while True:
-        ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
-        if wake_r in ready:
-            os.read(wake_r, 4096)
-            _reap(sock)
-        if sock.fileno() in ready:
-            data, ancdata, _, _ = sock.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(_MAX_FDS * 4))
-            if not data:
-                return
-            fds = _received_fds(ancdata)
-            request = json.loads(data)
-            if request.get("op") == "run":
-                pid = _fork(request, fds, sock, (wake_r, wake_w))
-                sock.send(json.dumps({"pid": pid}).encode())
-            elif request.get("op") == "kill":
-                with contextlib.suppress(OSError):
-                    os.killpg(int(request["pid"]), int(request["sig"]))
-            for fd in fds:
-                os.close(fd)
-
-
-def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds = array.array("i")
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    return list(fds)
-
-
-def _reap(sock: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        code = os.waitstatus_to_exitcode(status)
-        sock.send(json.dumps({"exit": pid, "status": code}).encode())
-
-
-def _fork(
-    request: dict[str, Any], fds: list[int], sock: socket.socket, wake: tuple[int, int]
-) -> int:
-    """Fork one worker for `request` with the descriptors `fds`; return its pid."""
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 70
-    try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in (*wake, sock.fileno()):
-            os.close(fd)
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(fds[0], 1)
-        os.dup2(fds[0], 2)
-        for fd in (null, fds[0]):
-            os.close(fd)
-        os.environ.clear()
-        os.environ.update({k: placed(v, fds) for k, v in request["env"].items()})
-        code = worker.main([placed(arg, fds) for arg in request["argv"]])
-    except BaseException:  # whatever happens, never back into the server loop
-        with contextlib.suppress(BaseException):
-            import traceback
-
-            traceback.print_exc()
-    finally:
-        with contextlib.suppress(BaseException):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
-
-
-def _serve_forked(sock: socket.socket, cwd: str, env: dict[str, str]) -> int:
-    """The body of a server forked from hs-tx: first what a server started as
-    `python -u` with `env` in `cwd` would have (signal handlers, locale, unbuffered
-    standard streams, no bytecode written), then `serve`."""
-    os.chdir(cwd)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    os.environ.clear()
-    os.environ.update(env)
-    locale.setlocale(locale.LC_CTYPE, "")
-    sys.dont_write_bytecode = True
-    encoding = codecs.lookup(locale.getencoding()).name  # as Python names it: utf-8
-    sys.stdin = io.TextIOWrapper(
-        io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding, "surrogateescape"
-    )
-    sys.stdout, sys.stderr = (
-        io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding, errors, write_through=True)
-        for fd, errors in ((1, "surrogateescape"), (2, "backslashreplace"))
-    )
-    with contextlib.suppress(KeyboardInterrupt):
-        serve(sock)
-    return 0
 
 
 def main(argv: list[str]) -> int:

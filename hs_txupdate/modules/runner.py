@@ -30,8 +30,9 @@ from ..base.channel import CHANNEL_ENV
 from ..base.proc import child_env
 from .cgroup import CGROUP_ENV, kill_session
 from .discovery import Module
-from .forkserver import ForkedWorker, ForkServer, ForkServerError, placed
+from .forkserver import ForkedWorker, ForkServer, ForkServerError
 from .output import OutputTail
+from .serving import placed
 
 KILL_GRACE_S = 5.0
 DRAIN_GRACE_S = 2.0  # after the worker ended: output a left-behind child still holds

@@ -7,9 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import sys
+import time
 from pathlib import Path
 
+from hs_txupdate.base.proc import child_env
 from hs_txupdate.modules import cgroup
+from hs_txupdate.modules.forkserver import ForkServer
 from tests.helpers import Sandbox
 
 RUN_TIMEOUT = 120
@@ -67,6 +72,8 @@ def test_a_forked_worker_sees_what_a_worker_of_its_own_sees(tar_sandbox: Sandbox
     assert a["cgroup"].endswith("-1-a-main") and b["cgroup"].endswith("-1-b-main")
     assert a["modules"] == [] and a["argv0"] == str(sbx.modules / "a" / "index.py")
     assert a["random"] != b["random"], "each worker seeds its own random state"
+    # b was forked ahead of its request, once a had ended: it holds none of a's pipes
+    assert b["fds"] == a["fds"]
     assert "[a] to stderr" in result.stderr
     assert "fork server ended" not in result.stderr
     # the server starts while the audit's reader does, already inside the run's pid
@@ -145,3 +152,61 @@ def test_the_warm_up_leaves_no_child_and_holds_none_of_hs_tx_s_files(tmp_path: P
         cgroup.warm_up_detached()
         assert children.read_text().split() == before, "its child was reaped at once"
         assert _holders(lock) == {os.getpid()}
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _gone(pid: int) -> bool:
+    """True once `pid` is no process, not even a zombie."""
+    return not Path(f"/proc/{pid}").exists()
+
+
+def _until(check: object, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _run_in(server: ForkServer, modules: Path, name: str) -> tuple[int, int, dict]:
+    """Run module `name` in a worker of `server`; its pid, exit status and outcome."""
+    out_r, out_w = os.pipe()
+    result_r, result_w = os.pipe()
+    worker = server.launch(
+        [str(modules), name, "{fd 1}", "null", "main"], child_env(), [out_w, result_w]
+    )
+    os.close(out_w)
+    os.close(result_w)
+    with os.fdopen(out_r, "rb") as out, os.fdopen(result_r, "rb") as result:
+        out.read()
+        outcome = json.loads(result.read())
+    return worker.pid, worker.wait(10), outcome
+
+
+def test_a_spare_that_dies_waiting_is_replaced_and_none_outlives_its_server(
+    tmp_path: Path,
+) -> None:
+    """The server forks each worker ahead of its request (a spare): one killed while
+    it waits is replaced, so the next module still runs; when the server is closed,
+    the spare it holds ends with it."""
+    modules = tmp_path / "modules"
+    (modules / "m").mkdir(parents=True)
+    (modules / "m" / "index.py").write_text("def main(args):\n    return True\n")
+    server = ForkServer.spawn(sys.executable, None, child_env())
+    try:
+        _until(lambda: len(_children(server.proc.pid)) == 1, "a spare is forked at start")
+        (spare,) = _children(server.proc.pid)
+        os.kill(spare, signal.SIGKILL)
+        _until(lambda: _gone(spare), "the server reaps the spare it lost")
+
+        pid, status, outcome = _run_in(server, modules, "m")
+
+        assert pid != spare and status == 0 and outcome["outcome"] == "success"
+        _until(lambda: len(_children(server.proc.pid)) == 1, "the next spare is forked")
+        (spare,) = _children(server.proc.pid)
+        assert spare != pid
+    finally:
+        server.close()
+    assert _gone(spare), "the spare ended with its server"
