@@ -1,7 +1,8 @@
 """The journal: SQLite through SQLAlchemy, behind one API (no SQL elsewhere).
 
-`api.Journal` writes (and, through `reads`, reads); `records` are the plain
-records it returns; `vocab` holds every word it stores, as enums.
+`api.Journal` writes (naming tables and columns in `rows`) and, through `reads`,
+reads; `records` are the plain records it returns; `vocab` holds every word it
+stores, as enums.
 """
 
 from .api import EventHook, Journal, JournalLostError, StepRecord
