@@ -23,6 +23,7 @@ _NAME = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}|refs/[A-Za-z0-9/._-]+")
 _HEADER = re.compile(rb"([0-9a-f]{40}|[0-9a-f]{64}) (\S+) (\d+)\n")
 _COMMITTER = re.compile(rb"^committer .* (\d+) [+-]\d{4}$", re.MULTILINE)
 _TREE = re.compile(rb"^tree ([0-9a-f]+)$", re.MULTILINE)
+_CACHED_TREES = 1024  # the trees a reader keeps (a modules repository has a few dozen)
 
 
 class ObjectError(CommandError):
@@ -65,6 +66,11 @@ class ObjectReader:
     def __init__(self, git_dir: Path) -> None:
         self.git_dir = git_dir
         self._proc: subprocess.Popen[bytes] | None = None
+        # trees looked up (entries at the top) and commit roots, by object id: an object
+        # never changes, and a path is looked up from the root tree each time (a run
+        # reads each module's index.json)
+        self._trees: dict[str, list[Entry]] = {}
+        self._roots: dict[str, str] = {}
 
     def read(self, name: str) -> GitObject | None:
         """The object `name` (an object id or a full ref name), or None when the
@@ -102,7 +108,9 @@ class ObjectReader:
 
     def commit_tree(self, commit: str) -> str:
         """The id of commit `commit`'s root tree. Raises ObjectError when it is no commit."""
-        return self._commit_field(commit, _TREE).decode()
+        if commit not in self._roots:
+            self._roots[commit] = self._commit_field(commit, _TREE).decode()
+        return self._roots[commit]
 
     def committed_at(self, commit: str) -> int:
         """The committer time of commit `commit`, in seconds since the epoch."""
@@ -120,10 +128,16 @@ class ObjectReader:
     def entries(self, tree: str, path: str = "") -> list[Entry]:
         """The entries of tree `tree`, in its order, their paths under `path`.
         Raises ObjectError when `tree` is no tree, ValueError when it is malformed."""
+        cached = self._trees.get(tree) if not path else None
+        if cached is not None:
+            return list(cached)
         found = self.read(tree)
         if found is None or found.kind != "tree":
             raise ObjectError(f"{tree} is not a tree of {self.git_dir}", "")
-        return parse_tree(found.data, len(tree) // 2, path)
+        entries = parse_tree(found.data, len(tree) // 2, path)
+        if not path and len(self._trees) < _CACHED_TREES:
+            self._trees[tree] = entries
+        return list(entries)
 
     def close(self) -> None:
         """End the cat-file process, if one runs (it exits when its input closes)."""

@@ -146,3 +146,20 @@ def test_fetched_state_needs_the_same_url(tmp_path: Path) -> None:
         assert state is not None and state.commit == source.git("rev-parse", "HEAD")
         assert fetched_state(objects, source.url + "/other", "master") is None
         assert fetched_state(objects, source.url, "no-such-branch") is None
+
+
+def test_the_trees_on_the_way_to_a_path_are_read_once(tmp_path: Path) -> None:
+    """Objects never change: a reader keeps the trees it looked paths up in, and the
+    commit's root, so the next module's index.json costs its own tree and blob."""
+    _, state = _source(tmp_path)
+    reads: list[str] = []
+    read = state.objects.read
+    state.objects.read = lambda name: reads.append(name) or read(name)  # type: ignore[method-assign]
+    with state.objects:
+        assert read_blob(state, "modules/a/index.json") == b'{"name": "a"}'
+        first = len(reads)
+        assert read_blob(state, "modules/b/index.json") == b"{}"
+        state.objects.entries(state.objects.commit_tree(state.commit)).clear()  # the caller's
+        assert subdirs(state, "modules") == ["a", "b"]
+    assert first == 5, "the commit, the root, modules, a, the blob"
+    assert len(reads) == first + 2, "b's tree and its blob"
