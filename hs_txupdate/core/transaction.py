@@ -106,24 +106,26 @@ def commit(ctx: Context, tx_id: int) -> int:
     journal = ctx.journal
     info = _tx(ctx, tx_id)
     changes = {}
-    lists = ChangeLists()  # paths captured in one btrfs snapshot share its change list
-    for path in info.paths:
-        # the fingerprint lets a later undo notice changes made outside hs-tx
-        if path.origin == Origin.SYSTEM:
-            rels = settle_changes(ctx.config, journal, info, path)
-            changed = bool(rels)
-            fingerprint = fingerprint_of(Path(path.path), rels) if changed else None
-        else:
-            diff = path_changes(journal, path, lists)
-            changed = bool(diff)
-            fingerprint = left_fingerprint(tx_id, path, diff) if changed else None
-        changes[path.n] = {"changed": changed, "fingerprint": fingerprint}
-    _sync_scope(info)
-    with journal.together():  # what changed, and the decision: one durable write
-        for n, values in changes.items():
-            journal.update_path(tx_id, n, **values)
-        decision = {"outcome": Decision.COMMIT}
-        journal.event(tx_id, Phase.COMMIT, Step.DECISION, Status.DONE, decision)
+    # paths captured in one btrfs snapshot share its change list; its probe is deleted
+    # once the decision is durable
+    with ChangeLists() as lists:
+        for path in info.paths:
+            # the fingerprint lets a later undo notice changes made outside hs-tx
+            if path.origin == Origin.SYSTEM:
+                rels = settle_changes(ctx.config, journal, info, path)
+                changed = bool(rels)
+                fingerprint = fingerprint_of(Path(path.path), rels) if changed else None
+            else:
+                diff = path_changes(journal, path, lists)
+                changed = bool(diff)
+                fingerprint = left_fingerprint(tx_id, path, diff) if changed else None
+            changes[path.n] = {"changed": changed, "fingerprint": fingerprint}
+        _sync_scope(info)
+        with journal.together():  # what changed, and the decision: one durable write
+            for n, values in changes.items():
+                journal.update_path(tx_id, n, **values)
+            decision = {"outcome": Decision.COMMIT}
+            journal.event(tx_id, Phase.COMMIT, Step.DECISION, Status.DONE, decision)
     return finish_commit(ctx, tx_id)
 
 
@@ -206,22 +208,24 @@ def roll_back(
     journal.event(tx_id, Phase.ROLLBACK, Step.DECISION, Status.DONE, decision)
     run_states = read_run_states(ctx, info)
     problems, changed, put_back = [], [], 0
-    lists = ChangeLists()  # one probe per btrfs snapshot, before its first path is restored
-    for path in sorted(info.paths, key=lambda p: p.n, reverse=True):
-        if never_snapshotted(path):
-            continue  # added mid-run, cut off before its snapshot: nothing to restore from
-        try:
-            keep = None
-            if path.origin == Origin.SYSTEM:
-                keep = restore_filter(ctx.config, info, path, listed=not incomplete)
-            entries = restore_path(ctx.config, journal, tx_id, path, keep=keep, lists=lists)
-            if entries:
-                changed += restored_paths(info, path)
-                put_back += entries
-        except (HsTxError, OSError) as exc:
-            problems.append(f"{path.path}: {exc}")
-            failure = {"n": path.n, "error": str(exc)}
-            journal.event(tx_id, Phase.ROLLBACK, Step.RESTORE, Status.FAILED, failure)
+    # one probe per btrfs snapshot, before its first path is restored, deleted once
+    # every path is
+    with ChangeLists() as lists:
+        for path in sorted(info.paths, key=lambda p: p.n, reverse=True):
+            if never_snapshotted(path):
+                continue  # added mid-run, cut off before its snapshot: nothing to restore from
+            try:
+                keep = None
+                if path.origin == Origin.SYSTEM:
+                    keep = restore_filter(ctx.config, info, path, listed=not incomplete)
+                entries = restore_path(ctx.config, journal, tx_id, path, keep=keep, lists=lists)
+                if entries:
+                    changed += restored_paths(info, path)
+                    put_back += entries
+            except (HsTxError, OSError) as exc:
+                problems.append(f"{path.path}: {exc}")
+                failure = {"n": path.n, "error": str(exc)}
+                journal.event(tx_id, Phase.ROLLBACK, Step.RESTORE, Status.FAILED, failure)
     if problems:
         error = "rollback failed for " + "; ".join(problems)
         journal.set_state(tx_id, State.ROLLBACK_FAILED, error=error, exit_code=EXIT_DAMAGED)

@@ -150,8 +150,9 @@ class BtrfsBackend:
         if not os.path.lexists(target.path):
             return Changes(missing=[rel for rel, _ in walk(tree)])
         rel = "" if ref["rel"] == "." else ref["rel"]
-        lists = lists or ChangeLists()
-        return lists.changes_since(snapshot, rel, target.path, subvolume_root(target.path))
+        subvolume = subvolume_root(target.path)
+        with ChangeLists() as own:  # a probe of its own ends here; that of `lists`, with it
+            return (lists or own).changes_since(snapshot, rel, target.path, subvolume)
 
     def changes_between(
         self, target: SnapshotTarget, earlier: Captured, later: Captured

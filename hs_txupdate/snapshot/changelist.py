@@ -9,6 +9,7 @@ inode.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,8 @@ def changes_since(snapshot: Path, rel: str, live: Path, subvolume: Path) -> Chan
     interrupted call first); the send stream is kept in memory, never on disk.
     Raises OSError.
     """
-    return ChangeLists().changes_since(snapshot, rel, live, subvolume)
+    with ChangeLists() as lists:
+        return lists.changes_since(snapshot, rel, live, subvolume)
 
 
 class ChangeLists:
@@ -40,10 +42,26 @@ class ChangeLists:
     one probe snapshot and one send stream. Each path is still sorted against its live
     tree as it is when asked; in a rollback, where an earlier path's restore may have
     put back a name a later path lists (they nest), that name is put back again from
-    the same snapshot, to the same state."""
+    the same snapshot, to the same state.
+
+    Its probe snapshots are deleted when the pass ends (leaving the `with`), not as
+    soon as they are read: btrfs drops a deleted subvolume's tree in the background,
+    and a rollback's restores and syncs waited for that work. One left by a crash, or
+    one that cannot be deleted then, goes with its snapshot (BtrfsBackend.delete)."""
 
     def __init__(self) -> None:
         self._read: dict[tuple[Path, Path], tuple[set[str], set[str]]] = {}
+        self._probes: list[Path] = []
+
+    def __enter__(self) -> ChangeLists:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Delete the probe snapshots of this pass."""
+        for probe in self._probes:
+            with contextlib.suppress(OSError):  # deleted with its snapshot instead
+                delete_probe(probe)
+        self._probes.clear()
 
     def changes_since(self, snapshot: Path, rel: str, live: Path, subvolume: Path) -> Changes:
         """See the module's `changes_since`; the change list of `snapshot` is read at
@@ -53,10 +71,8 @@ class ChangeLists:
             probe = snapshot.with_name(snapshot.name + PROBE_SUFFIX)
             delete_probe(probe)
             snapshot_readonly(subvolume, probe.parent, probe.name)
-            try:
-                self._read[key] = _touched(snapshot, probe)
-            finally:
-                delete_probe(probe)
+            self._probes.append(probe)
+            self._read[key] = _touched(snapshot, probe)
         touched, moved = self._read[key]
         return _classify(snapshot, rel, live, touched, moved, os.lstat(subvolume).st_dev)
 

@@ -13,11 +13,12 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from hs_txupdate.core.snapshots import LAZY_PREFIX
-from hs_txupdate.snapshot.changelist import PROBE_SUFFIX, changes_since
+from hs_txupdate.snapshot.changelist import PROBE_SUFFIX, ChangeLists, changes_since
 from hs_txupdate.snapshot.restore import restore
 from tests.conftest import LoopFs
 from tests.helpers import Sandbox, sh, tree_state
@@ -236,3 +237,30 @@ def test_the_paths_of_one_snapshot_share_one_probe_at_commit_and_at_rollback(
     assert runs[1].returncode == 1, runs[1].stderr
     assert tree_state(sbx.data) == before
     assert made == 2, "the run's snapshot and one probe for both paths"
+    assert not list(fs.mount.rglob(f"*{PROBE_SUFFIX}")), "each pass deleted its probe"
+
+
+def test_a_pass_keeps_its_probe_until_it_ends_and_deletes_it_however_it_ends(
+    make_loopfs: Callable[..., LoopFs],
+) -> None:
+    """The probe outlives the read of its change list (btrfs drops a deleted subvolume
+    in the background, which a rollback's restores would wait for) and goes when the
+    pass does, also when the pass fails."""
+    fs = make_loopfs("btrfs", 256)
+    subvolume, store = fs.mount / "sub", fs.mount / "store"
+    sh("btrfs", "subvolume", "create", subvolume)
+    store.mkdir()
+    (subvolume / "f").write_text("before")
+    snapshot = store / "snap"
+    sh("btrfs", "subvolume", "snapshot", "-r", subvolume, snapshot)
+    probe = store / f"snap{PROBE_SUFFIX}"
+    (subvolume / "f").write_text("after")
+
+    with ChangeLists() as lists:
+        assert lists.changes_since(snapshot, "", subvolume, subvolume).changed == ["f"]
+        assert probe.exists(), "kept while the pass restores"
+    assert not probe.exists()
+    with pytest.raises(RuntimeError), ChangeLists() as lists:
+        lists.changes_since(snapshot, "", subvolume, subvolume)
+        raise RuntimeError("a pass cut off")
+    assert not probe.exists()
