@@ -110,8 +110,11 @@ def _capture_one(
     snapshot step reads nothing of the tree); return the columns that record them, and
     the base it was taken as an increment of (see snapshot.tardiff), if any."""
     target = target_of(journal, tx_id, n, path, fresh)
+    place = tx_dir(config, journal, tx_id) / f"{n}.manifest"
+    if backend_name != "btrfs":
+        place.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if backend_name == "tar":
-        target = replace(target, base=_tar_base(journal, path))
+        target = replace(target, base=_tar_base(journal, path), manifest=place)
     backend = backend_by_name(backend_name, config.snapshots_dir)
     taken_ns = time.time_ns()
     captured = backend.capture(target)
@@ -122,20 +125,17 @@ def _capture_one(
         where = LAZY_PREFIX + data.decode()  # nothing to keep beside the snapshot
         sha256, fingerprint = hashlib.sha256(data).hexdigest(), manifest_fingerprint(manifest)
     else:
-        place = tx_dir(config, journal, tx_id) / f"{n}.manifest"
-        place.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        manifest, sha256, fingerprint = write_manifest(
-            backend.manifest_root(target, captured), taken_ns, place
-        )
-        if not _holds_changes(target, captured, manifest, fingerprint):
-            # the tree changed while tar ran, beyond what the increment took: whole then
-            backend.delete(target, captured.ref)
-            target = replace(target, base=None)
-            taken_ns = time.time_ns()
-            captured = backend.capture(target)
-            manifest, sha256, fingerprint = write_manifest(
-                backend.manifest_root(target, captured), taken_ns, place
-            )
+        written = captured.manifest  # an increment's, when tar read it as its walk saw it
+        if written is None:
+            written = write_manifest(backend.manifest_root(target, captured), taken_ns, place)
+            if not _holds_changes(target, captured, written[0]):
+                # the tree changed while tar ran, beyond what the increment took: whole then
+                backend.delete(target, captured.ref)
+                target = replace(target, base=None)
+                taken_ns = time.time_ns()
+                captured = backend.capture(target)
+                written = write_manifest(backend.manifest_root(target, captured), taken_ns, place)
+        manifest, sha256, fingerprint = written
         where = str(place)
     columns: dict[str, str | int | None] = {
         "snapshot": captured.ref,
@@ -148,15 +148,10 @@ def _capture_one(
     return columns, captured.base
 
 
-def _holds_changes(
-    target: SnapshotTarget, captured: Captured, manifest: Manifest, fingerprint: str
-) -> bool:
+def _holds_changes(target: SnapshotTarget, captured: Captured, manifest: Manifest) -> bool:
     """True unless `captured` is an increment that misses an entry the manifest taken
-    after it (`fingerprint`: what manifest_fingerprint says of it) shows changed since
-    its base (see snapshot.tardiff)."""
+    after it shows changed since its base (see snapshot.tardiff)."""
     if target.base is None or captured.base is None:
-        return True
-    if captured.walked == fingerprint:  # no entry changed since the walk that listed it
         return True
     index = read_index(Path(captured.ref), captured.checksum or "")
     members = set(index.places) if index is not None else set()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .manifest import Manifest
+from .manifest import Manifest, Written
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,9 @@ class Captured:
     size: int | None = None
     checksum: str | None = None
     base: str | None = None  # the ref of the snapshot this one holds the changes from
-    # an increment's: tree_fingerprint of the path as the walk that listed it saw it
-    walked: str | None = None
+    # an increment's manifest, written by the walk that listed it (SnapshotTarget.manifest)
+    # when tar read every member as that walk saw it; None: the caller walks for one
+    manifest: Written | None = field(default=None, compare=False)
 
 
 def tx_key(journal_uuid: str, tx_id: int) -> str:
@@ -47,6 +48,7 @@ class SnapshotTarget:
     path: Path
     fresh: bool = False  # taken mid-run: a snapshot taken earlier in the run may not serve
     base: Base | None = field(default=None, compare=False)
+    manifest: Path | None = None  # where an increment's listing walk writes the manifest
 
     @property
     def journal(self) -> str:

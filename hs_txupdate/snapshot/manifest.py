@@ -138,6 +138,11 @@ def _damaged(path: Path, what: str) -> DamagedError:
     return DamagedError(f"manifest {path} {what}", "restore the path by hand from its snapshot")
 
 
+# what writing a manifest file returns: the manifest (read from its file when used), the
+# file's SHA-256, and what manifest_fingerprint says of it
+Written = tuple[Manifest, str, str]
+
+
 def build_manifest(root: Path, taken_ns: int | None = None) -> Manifest:
     """Walk `root` and record every entry in memory; refuse sockets (tar cannot keep
     them). (A snapshot writes a manifest file instead: write_manifest.)"""
@@ -145,15 +150,22 @@ def build_manifest(root: Path, taken_ns: int | None = None) -> Manifest:
     return Manifest(taken, dict(_taken(root, taken)))
 
 
-def write_manifest(root: Path, taken_ns: int, dest: Path) -> tuple[Manifest, str, str]:
+def write_manifest(root: Path, taken_ns: int, dest: Path) -> Written:
     """Walk `root` and write the manifest file `dest` durably, a piece at a time;
     refuse sockets. Return (the manifest, read from `dest` when used; its SHA-256;
     what manifest_fingerprint says of it). Raises ScopeError, OSError."""
+    return write_entries(dest, taken_ns, _taken(root, taken_ns))
+
+
+def write_entries(dest: Path, taken_ns: int, entries: Iterable[tuple[str, Entry]]) -> Written:
+    """Write the manifest file `dest` of `entries` (in walk order, as `manifest_entry`
+    makes them) durably, a piece at a time; return what write_manifest does. Raises
+    what iterating `entries` raises, and OSError."""
     digest, tree = hashlib.sha256(), hashlib.sha256()
 
     def pieces() -> Iterator[bytes]:
         lines = [_MAGIC + b"%d\n" % taken_ns]
-        for rel, (kind, ino, ctime, fp, links) in _taken(root, taken_ns):
+        for rel, (kind, ino, ctime, fp, links) in entries:
             name = rel.replace("\\", "\\\\").replace("\n", "\\n") if _escapes(rel) else rel
             lines.append(f"{kind} {ino} {ctime} {links} {fp or '-'} {name}\n".encode(_ENC, _ERR))
             tree.update(fingerprint_line(rel, kind, ino, ctime))
@@ -185,16 +197,23 @@ def _taken(root: Path, taken: int) -> Iterator[tuple[str, Entry]]:
     """The entries of the tree `root` as a manifest taken at `taken` records them.
     Raises ScopeError at a socket."""
     for rel, st in walk(root):
-        kind = entry_type(st)
-        if kind == "s":
-            raise ScopeError(
-                f"{join(root, rel)} is a socket, which a snapshot cannot keep",
-                "move the socket out of the path or leave the path out of backup_paths",
-            )
-        fp = None
-        if st.st_ctime_ns >= taken - CTIME_MARGIN_NS:
-            fp = fingerprint(join(root, rel), st)
-        yield rel, (kind, st.st_ino, st.st_ctime_ns, fp, st.st_nlink)
+        yield rel, manifest_entry(root, rel, st, taken)
+
+
+def manifest_entry(root: Path, rel: str, st: os.stat_result, taken: int) -> Entry:
+    """How a manifest taken at `taken` records entry `rel` of `root`, of lstat `st`
+    (with a fingerprint when its ctime is too close to `taken` to trust). Raises
+    ScopeError for a socket, which a snapshot cannot keep."""
+    kind = entry_type(st)
+    if kind == "s":
+        raise ScopeError(
+            f"{join(root, rel)} is a socket, which a snapshot cannot keep",
+            "move the socket out of the path or leave the path out of backup_paths",
+        )
+    fp = None
+    if st.st_ctime_ns >= taken - CTIME_MARGIN_NS:
+        fp = fingerprint(join(root, rel), st)
+    return kind, st.st_ino, st.st_ctime_ns, fp, st.st_nlink
 
 
 def tree_fingerprint(root: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,28 +108,36 @@ class TarBackend:
         its index (see snapshot.tarindex) and record the index's checksum, then publish
         the archive durably. With a usable `target.base` (see snapshot.tardiff) only
         what changed since it is archived, unless that is most of it (then the whole
-        path is); `Captured.base` says which it was."""
+        path is); `Captured.base` says which it was. The walk that lists an increment
+        writes the manifest to `target.manifest` (when given), which `Captured.manifest`
+        returns when tar read every member as that walk saw it."""
         final = self.archive_path(target)
         final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fsync_dir(final.parent.parent)
         partial = final.with_name(final.name + ".partial")
-        listing = final.with_name(final.name + ".list")
+        listing_file = final.with_name(final.name + ".list")
         base = self._usable_base(target)
-        names = walked = None
+        listing = written = None
         if base is not None:
-            names, size, walked = changed_since(target.path, base.manifest)
-            if size > MAX_SHARE * (base.captured.size or 0):
-                base = names = walked = None
+            listing, written = changed_since(
+                target.path, base.manifest, time.time_ns(), target.manifest
+            )
+            if listing.size > MAX_SHARE * (base.captured.size or 0):
+                base = listing = written = None
         try:
             with tempfile.TemporaryFile(dir=final.parent) as sums:
-                self._archive(target.path, partial, listing, names, ChunkSums(sums))
+                names = listing.names if listing is not None else None
+                self._archive(target.path, partial, listing_file, names, ChunkSums(sums))
                 base_line = (base.captured.checksum or "", str(base.captured.ref)) if base else None
-                checksum = write_index(sums, listing, index_path(final), base_line)
+                checksum = write_index(sums, listing_file, index_path(final), base_line)
         finally:
-            listing.unlink(missing_ok=True)
+            listing_file.unlink(missing_ok=True)
         size = partial.stat().st_size
         publish(partial, final)
-        return Captured(str(final), size, checksum, base.captured.ref if base else None, walked)
+        if listing is not None and not listing.unchanged():
+            written = None  # a member moved while tar ran: the caller walks and checks
+        ref = base.captured.ref if base else None
+        return Captured(str(final), size, checksum, ref, written)
 
     def _archive(
         self, path: Path, partial: Path, listing: Path, names: list[str] | None, sums: ChunkSums

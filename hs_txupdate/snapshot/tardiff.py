@@ -4,22 +4,24 @@ A tar capture of a path that a kept full archive already holds (its *base*) list
 with GNU tar's `--no-recursion`, every directory of the path and every other entry
 that is not exactly as the base's manifest recorded it: same type, inode, ctime and
 link count, and a ctime well before the base was taken (see snapshot.manifest), so
-tar read it as it is now. Everything else is taken from the base. The archive is a
-standard tar file too; its index names the base and its checksum (snapshot.tarindex),
-so checking it checks which base it needs. To read one by hand: extract the base,
-then this archive over it; the manifest beside it lists what existed (entries deleted
-since the base are still in the base).
+tar read it as it is now. Everything else is taken from the base. The walk that lists
+the members also writes the manifest; once tar has run, each member is looked at
+again, and when none moved (tar read each as the walk saw it), that manifest is the
+snapshot's without a second walk of the tree. The archive is a standard tar file
+too; its index names the base and its checksum (snapshot.tarindex), so checking it
+checks which base it needs. To read one by hand: extract the base, then this archive
+over it; the manifest beside it lists what existed (entries deleted since the base
+are still in the base).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from .entries import entry_type, walk
-from .manifest import Entry, Manifest, aligned, fingerprint_line
+from .entries import entry_type, join, walk
+from .manifest import Entry, Manifest, Written, aligned, manifest_entry, write_entries
 
 # a difference bigger than this share of its base is captured whole instead
 MAX_SHARE = 0.5
@@ -30,23 +32,78 @@ def member(path: Path, rel: str) -> str:
     return f"{path.name}/{rel}" if rel else path.name
 
 
-def changed_since(path: Path, base: Manifest) -> tuple[list[str], int, str]:
-    """(the member names an incremental archive of `path` holds, parents first: every
-    directory and every entry not as `base` recorded it; the bytes of those files;
-    what `tree_fingerprint` says of the tree this walk saw, which a manifest taken
-    after tar ran matches when nothing changed meanwhile).
-    Raises OSError when the tree cannot be read, DamagedError when the base's manifest
-    fails its checksum."""
-    names, size, walked = [], 0, hashlib.sha256()
-    for rel, st, recorded in aligned(_archived(path), base.items()):
+class Listing:
+    """The members an increment of `path` holds (see `changed_since`), the bytes of its
+    files, and how the walk that listed them saw each: tar, reading them after it, read
+    each as the walk saw it when `unchanged` says so."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.names: list[str] = []
+        self.size = 0
+        self._seen: list[tuple[str, tuple[str, int, int, int]]] = []
+
+    def add(self, rel: str, st: os.stat_result) -> None:
+        """List entry `rel`, of lstat `st`."""
+        kind = entry_type(st)
+        self.names.append(member(self.path, rel))
+        self.size += st.st_size if kind == "f" else 0
+        self._seen.append((rel, (kind, st.st_ino, st.st_ctime_ns, st.st_nlink)))
+
+    def unchanged(self) -> bool:
+        """True when every listed entry still has the type, inode, ctime and link count
+        the walk saw (any write, chmod, rename or entry added below moves a ctime)."""
+        for rel, seen in self._seen:
+            try:
+                st = os.lstat(join(self.path, rel))
+            except OSError:
+                return False
+            if (entry_type(st), st.st_ino, st.st_ctime_ns, st.st_nlink) != seen:
+                return False
+        return True
+
+
+def changed_since(
+    path: Path, base: Manifest, taken_ns: int, dest: Path | None
+) -> tuple[Listing, Written | None]:
+    """Walk `path` once: list the members an incremental archive of it holds, parents
+    first (every directory, and every entry not as `base` recorded it), and write the
+    manifest (taken at `taken_ns`) of the tree as this walk saw it to `dest`, as
+    write_manifest would (None: none). Return the listing and what write_manifest
+    returns (None without `dest`). That manifest is the snapshot's once tar has read
+    every member as the walk saw it (`Listing.unchanged`): the base holds every other
+    entry as the walk saw it.
+    Raises OSError when the tree cannot be read, ScopeError at a socket, DamagedError
+    when the base's manifest fails its checksum."""
+    listing = Listing(path)
+    entries = _listed(path, base, taken_ns, listing)
+    if dest is None:
+        for _ in entries:
+            pass
+        return listing, None
+    return listing, write_entries(dest, taken_ns, entries)
+
+
+def _listed(
+    path: Path, base: Manifest, taken_ns: int, listing: Listing
+) -> Iterator[tuple[str, Entry]]:
+    """The manifest entries of `path` in walk order, listing in `listing` what an
+    increment archives: tar with `--one-file-system` takes the top of another
+    filesystem, not what lies below it."""
+    device = os.lstat(path).st_dev
+    foreign: set[str] = set()
+    for rel, st, recorded in aligned(walk(path), base.items()):
         if st is None:
             continue  # gone since the base
+        yield rel, manifest_entry(path, rel, st, taken_ns)
+        if rel and rel.rpartition("/")[0] in foreign:
+            foreign.add(rel)
+            continue
+        if st.st_dev != device:
+            foreign.add(rel)
         kind = entry_type(st)
-        walked.update(fingerprint_line(rel, kind, st.st_ino, st.st_ctime_ns))
         if kind == "d" or not as_recorded(recorded, (kind, st.st_ino, st.st_ctime_ns, st.st_nlink)):
-            names.append(member(path, rel))
-            size += st.st_size if kind == "f" else 0
-    return names, size, walked.hexdigest()
+            listing.add(rel, st)
 
 
 def holds_changes(path: Path, base: Manifest, taken: Manifest, members: set[str]) -> bool:
@@ -59,20 +116,6 @@ def holds_changes(path: Path, base: Manifest, taken: Manifest, members: set[str]
         if now is not None and member(path, rel) not in members:
             missed = missed or not as_recorded(recorded, (now[0], now[1], now[2], now[4]))
     return not missed
-
-
-def _archived(path: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """The entries of `path` tar archives with `--one-file-system`: the top of another
-    filesystem, not what lies below it."""
-    device = os.lstat(path).st_dev
-    foreign: set[str] = set()
-    for rel, st in walk(path):
-        if rel and rel.rpartition("/")[0] in foreign:
-            foreign.add(rel)
-            continue
-        if st.st_dev != device:
-            foreign.add(rel)
-        yield rel, st
 
 
 def as_recorded(recorded: Entry | None, now: tuple[str, int, int, int]) -> bool:
