@@ -43,9 +43,8 @@ class Listing:
         self.size = 0
         self._seen: list[tuple[str, tuple[str, int, int, int]]] = []
 
-    def add(self, rel: str, st: os.stat_result) -> None:
-        """List entry `rel`, of lstat `st`."""
-        kind = entry_type(st)
+    def add(self, rel: str, kind: str, st: os.stat_result) -> None:
+        """List entry `rel`, of type `kind` and lstat `st`."""
         self.names.append(member(self.path, rel))
         self.size += st.st_size if kind == "f" else 0
         self._seen.append((rel, (kind, st.st_ino, st.st_ctime_ns, st.st_nlink)))
@@ -95,15 +94,16 @@ def _listed(
     for rel, st, recorded in aligned(walk(path), base.items()):
         if st is None:
             continue  # gone since the base
-        yield rel, manifest_entry(path, rel, st, taken_ns)
+        entry = manifest_entry(path, rel, st, taken_ns)
+        yield rel, entry
         if rel and rel.rpartition("/")[0] in foreign:
             foreign.add(rel)
             continue
         if st.st_dev != device:
             foreign.add(rel)
-        kind = entry_type(st)
+        kind = entry[0]
         if kind == "d" or not as_recorded(recorded, (kind, st.st_ino, st.st_ctime_ns, st.st_nlink)):
-            listing.add(rel, st)
+            listing.add(rel, kind, st)
 
 
 def holds_changes(path: Path, base: Manifest, taken: Manifest, members: set[str]) -> bool:
