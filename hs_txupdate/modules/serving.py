@@ -59,7 +59,7 @@ class _Server:
         self.sock = sock
         self.wake = wake
         self.spare: tuple[int, socket.socket] | None = None  # its pid, our end
-        self.retired: set[int] = set()  # spares that ended unasked: nobody waits for them
+        self.retired: set[int] = set()  # spares that died waiting, reported killed already
         self.fork_spare()
 
     def loop(self) -> None:
