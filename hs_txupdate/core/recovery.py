@@ -17,7 +17,7 @@ from ..journal import CHANGING_PHASES, Decision, Kind, Phase, State, Status, Ste
 from ..modules import cgroup
 from .audit import audit_cut_off
 from .context import Context
-from .snapshots import delete_snapshots, remove_stage_dirs
+from .pruning import delete_snapshots, remove_stage_dirs
 from .transaction import finish_commit, roll_back, warn_malformed
 
 RECOVERY_REPORT = "last-recovery.json"

@@ -25,7 +25,7 @@ from ..snapshot.btrfs import is_btrfs
 from ..snapshot.tarindex import base_of
 from .config import Config, min_free_bytes
 from .context import Context
-from .snapshots import delete_snapshots
+from .pruning import delete_snapshots
 
 SPACE_CACHE = "snapshot-space.json"
 

@@ -38,17 +38,11 @@ from ..snapshot.entries import remove_entry
 from .audit import describe
 from .context import Context
 from .drift import fingerprint_of, left_fingerprint, restored_fingerprint
+from .pruning import delete_snapshots, remove_stage_dirs
 from .runstate import keep_run_states, read_run_states
 from .services import put_back_services
 from .signals import SignalGuard
-from .snapshots import (
-    delete_snapshots,
-    never_snapshotted,
-    path_changes,
-    remove_stage_dirs,
-    restore_path,
-    tx_dir,
-)
+from .snapshots import never_snapshotted, path_changes, restore_path, tx_dir
 from .space import measure_later
 from .system import (
     attributed,
