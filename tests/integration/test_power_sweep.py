@@ -371,8 +371,8 @@ def start_paused(sbx: Sandbox, n: int, log: Path) -> subprocess.Popen:
 
 def _is_helper(pid: int) -> bool:
     """The write audit's reader or the fork server of module workers (a new interpreter,
-    or hs-tx forked): each runs beside hs-tx and writes no file (the server only forks
-    when hs-tx asks it)."""
+    or hs-tx forked): each runs beside hs-tx and writes no file (the server forks a
+    worker when hs-tx asks it, and before that a spare, which waits for the request)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdline = f.read()
@@ -382,6 +382,21 @@ def _is_helper(pid: int) -> bool:
         return False
     forks = comm == SERVER_NAME.encode() or b"hs_txupdate.modules.forkserver" in cmdline
     return comm == READER_NAME.encode() or forks
+
+
+def _is_waiting(pid: int, hs_tx: int) -> bool:
+    """The fork server, or a spare it forked ahead of a request (perhaps after hs-tx
+    paused, or named only then: a forked server names itself once it runs), still in
+    hs-tx's own cgroup: a worker joins its module's first thing."""
+    try:
+        return _is_helper(pid) and _cgroup(pid) == _cgroup(hs_tx)
+    except OSError:
+        return False
+
+
+def _cgroup(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+        return f.read()
 
 
 def kill_all(proc: subprocess.Popen) -> list[int]:
@@ -413,7 +428,9 @@ def power_cut(rig: Rig, disk: Disk, proc: subprocess.Popen, n: int) -> Disk:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    # the audit's reader and the fork server run beside a paused hs-tx, writing no file
+    # the audit's reader and the fork server run beside a paused hs-tx, writing no file;
+    # so does a spare the server forks meanwhile, waiting for a request
+    helpers += [pid for pid in descendants(proc.pid) if _is_waiting(pid, proc.pid)]
     running = [pid for pid in kill_all(proc) if pid not in helpers]
     assert not running, f"processes {running} that hs-tx started ran while it was paused"
     disk.discard()
