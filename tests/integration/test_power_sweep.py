@@ -394,6 +394,19 @@ def _is_waiting(pid: int, hs_tx: int) -> bool:
         return False
 
 
+def _described(pid: int) -> str:
+    """What a failure says of process `pid`: its command line, name, state, cgroup."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        with open(f"/proc/{pid}/comm", encoding="utf-8") as f:
+            comm = f.read().strip()
+        fields = _stat_fields(pid) or ["?"]
+        return f"{pid} {comm!r} [{cmdline[:120]}] state {fields[0]} cgroup {_cgroup(pid).strip()}"
+    except OSError as exc:
+        return f"{pid} ({exc.strerror})"
+
+
 def _cgroup(pid: int) -> str:
     with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
         return f.read()
@@ -431,8 +444,12 @@ def power_cut(rig: Rig, disk: Disk, proc: subprocess.Popen, n: int) -> Disk:
     # the audit's reader and the fork server run beside a paused hs-tx, writing no file;
     # so does a spare the server forks meanwhile, waiting for a request
     helpers += [pid for pid in descendants(proc.pid) if _is_waiting(pid, proc.pid)]
+    seen = {pid: _described(pid) for pid in descendants(proc.pid) if pid not in helpers}
     running = [pid for pid in kill_all(proc) if pid not in helpers]
-    assert not running, f"processes {running} that hs-tx started ran while it was paused"
+    assert not running, (
+        f"processes {running} that hs-tx started ran while it was paused: "
+        + "; ".join(seen.get(pid, "?") for pid in running)
+    )
     disk.discard()
     cut.attach()
     assert not (rig.mount / MARKER).exists(), "the copy holds a write made after it was taken"
