@@ -36,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -384,14 +385,17 @@ def _is_helper(pid: int) -> bool:
     return comm == READER_NAME.encode() or forks
 
 
-def _is_waiting(pid: int, hs_tx: int) -> bool:
+def _is_waiting(pid: int) -> bool:
     """The fork server, or a spare it forked ahead of a request (perhaps after hs-tx
-    paused, or named only then: a forked server names itself once it runs), still in
-    hs-tx's own cgroup: a worker joins its module's first thing."""
+    paused, or named only then: a forked server names itself once it runs): a helper
+    in no module's cgroup, which a worker joins first thing."""
     try:
-        return _is_helper(pid) and _cgroup(pid) == _cgroup(hs_tx)
+        return _is_helper(pid) and not _MODULE_CGROUP.search(_cgroup(pid))
     except OSError:
         return False
+
+
+_MODULE_CGROUP = re.compile(r"/hs-tx-[0-9a-f]{8}-[0-9]+-[^/\n]+-(main|maintenance)$", re.M)
 
 
 def _described(pid: int) -> str:
@@ -442,8 +446,13 @@ def power_cut(rig: Rig, disk: Disk, proc: subprocess.Popen, n: int) -> Disk:
     finally:
         os.close(dir_fd)
     # the audit's reader and the fork server run beside a paused hs-tx, writing no file;
-    # so does a spare the server forks meanwhile, waiting for a request
-    helpers += [pid for pid in descendants(proc.pid) if _is_waiting(pid, proc.pid)]
+    # so does a spare the server forks meanwhile, waiting for a request: stopped now (it
+    # can fork no more), each is told from a worker by its cgroup
+    for pid in descendants(proc.pid):
+        if _is_helper(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+    helpers += [pid for pid in descendants(proc.pid) if _is_waiting(pid)]
     seen = {pid: _described(pid) for pid in descendants(proc.pid) if pid not in helpers}
     running = [pid for pid in kill_all(proc) if pid not in helpers]
     assert not running, (
