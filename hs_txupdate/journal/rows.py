@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -47,9 +47,8 @@ def update(
 class RowWrites(JournalReads):
     """The writes of the journal's rows, each in one write transaction of `_write`."""
 
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        """One write transaction (Journal's, which checks and commits it)."""
-        raise NotImplementedError
+    # one write transaction: Journal's, which checks and commits it
+    _write: Callable[[], AbstractContextManager[sqlite3.Connection]]
 
     # --- a transaction's columns --------------------------------------------------------
     def set_source(self, tx_id: int, before: str | None, after: str) -> None:

@@ -134,7 +134,7 @@ class TarBackend:
             listing_file.unlink(missing_ok=True)
         size = partial.stat().st_size
         publish(partial, final)
-        if listing is not None and not listing.unchanged():
+        if written is not None and listing is not None and not listing.unchanged():
             written = None  # a member moved while tar ran: the caller walks and checks
         ref = base.captured.ref if base else None
         return Captured(str(final), size, checksum, ref, written)

@@ -452,8 +452,9 @@ def power_cut(rig: Rig, disk: Disk, proc: subprocess.Popen, n: int) -> Disk:
         if _is_helper(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
-    helpers += [pid for pid in descendants(proc.pid) if _is_waiting(pid)]
-    seen = {pid: _described(pid) for pid in descendants(proc.pid) if pid not in helpers}
+    stopped = descendants(proc.pid)
+    helpers += [pid for pid in stopped if _is_waiting(pid)]
+    seen = {pid: _described(pid) for pid in stopped if pid not in helpers}
     running = [pid for pid in kill_all(proc) if pid not in helpers]
     assert not running, (
         f"processes {running} that hs-tx started ran while it was paused: "
