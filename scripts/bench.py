@@ -120,11 +120,6 @@ def bench_fs(fs: Loop, backend: str, files: int, size: int, rows: list[Row]) -> 
     journal.close()
 
 
-def process(argv: list[str], runs: int = 5) -> tuple[float, int]:
-    """(median seconds, peak RSS in KiB) of the whole process `argv`, run `runs` times."""
-    return processes([(argv, None)], runs)[0]
-
-
 def processes(commands: list[Command], runs: int = 5) -> list[tuple[float, int]]:
     """(median seconds, peak RSS in KiB) of each whole process in `commands` (argv and
     environment, None for this one's), run `runs` rounds of one each, in turn: a passing
@@ -188,23 +183,38 @@ def seed_journal(state_dir: Path, count: int) -> None:
     journal.close()
 
 
+COMMAND_ROUNDS = 11  # rounds of the short whole-process rows: each takes a tenth of a second
+
+
 def bench_commands(top: Path, history: int, rows: list[Row]) -> None:
-    """Whole `hs-tx` processes (start-up, reading the journal) against `python -c pass`."""
+    """Whole `hs-tx` processes (start-up, reading the journal) against `python -c pass`,
+    and each journal command over `history` transactions against the same over 10. Each
+    command is run with both journals and `python -c pass` in turn, round by round."""
     hs_tx = str(Path(sys.executable).with_name("hs-tx"))
-    base_t, _rss = process([sys.executable, "-c", "pass"])
+    python: Command = ([sys.executable, "-c", "pass"], None)
     reference = "python -c pass"
     for args in (["--help"], ["--version"]):
-        t, rss = process([hs_tx, *args])
+        (t, rss), (base_t, _) = processes([([hs_tx, *args], None), python], COMMAND_ROUNDS)
         rows.append([f"hs-tx {' '.join(args)}", t, reference, base_t, rss])
+    configs = {}
     for count in sorted({10, history}):
         root = top / f"journal{count}"
         seed_journal(root / "state", count)
-        config = root / "config.toml"
-        config.write_text(f'state_dir = "{root / "state"}"\n[net]\nguard = false\n')
-        for args in (["history"], ["show", "1"], ["status"]):
-            t, rss = process([hs_tx, "--config", str(config), *args])
-            label = f"hs-tx {' '.join(args)}, {count} transactions"
-            rows.append([label, t, reference, base_t, rss])
+        configs[count] = root / "config.toml"
+        configs[count].write_text(f'state_dir = "{root / "state"}"\n[net]\nguard = false\n')
+    for args in (["history"], ["show", "1"], ["status"]):
+        commands: list[Command] = [
+            ([hs_tx, "--config", str(config), *args], None) for config in configs.values()
+        ]
+        *measured, (base_t, _) = processes([*commands, python], COMMAND_ROUNDS)
+        what = f"hs-tx {' '.join(args)}"
+        for count, (t, rss) in zip(configs, measured, strict=True):
+            rows.append([f"{what}, {count} transactions", t, reference, base_t, rss])
+        if len(measured) == 2:
+            (t_few, _), (t_many, rss) = measured
+            rows.append(
+                [f"{what}, {history} transactions", t_many, f"{what}, 10 transactions", t_few, rss]
+            )
 
 
 def bench_worker(top: Path, rows: list[Row], runs: int = 20) -> None:

@@ -29,6 +29,8 @@ INDEX_PY = (
     '"""A module that does nothing."""\n\n\ndef main(args=None):\n    return {"success": True}\n'
 )
 
+# rounds of each count (medians shown): the orchestrator and hs-tx take a fifth of a second
+IDLE_ROUNDS = 9
 Row = list[Any]  # operation, seconds, reference, its seconds[, peak RSS KiB]
 Command = tuple[list[str], dict[str, str] | None]  # argv, environment (None: this one's)
 Runner = Callable[[list[Command], int], list[tuple[float, int]]]
@@ -60,7 +62,7 @@ def bench_idle(
             commands.append(_orchestrator_box(box, url))
         for argv, env in commands[1:]:  # a first run each, untimed: clones, first journal
             subprocess.run(argv, env=env, capture_output=True, check=False)
-        results = processes(commands, 5)
+        results = processes(commands, IDLE_ROUNDS)
         (t_python, _), (hs_tx[count], rss) = results[:2]
         what = f"hs-tx update, nothing to do, {count} modules"
         if len(results) > 2:

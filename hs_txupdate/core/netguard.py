@@ -4,7 +4,7 @@ The mechanics (capture, compare, restore over plain data) are `hs_txupdate.net`;
 this module ties them to the transaction, its context and its journal.
 
 Every function does nothing when `[net] guard = false`, and nothing reaches
-pyroute2 until one of them runs with the guard on (`netlink` is imported
+pyroute2 until one of them runs with the guard on (`netlink` and `model` are imported
 lazily), so a run without the guard pays nothing for it.
 
 Journal events (phase `net`): `capture`, `preflight`, `gate` (done or failed
@@ -16,13 +16,15 @@ commands to run by hand when it was not).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..base.errors import HsTxError
 from ..journal import Phase, Status, Step
-from ..net.model import NetState, compare, describe, plan_all
 from .config import Config
 from .context import Context
+
+if TYPE_CHECKING:
+    from ..net.model import NetState
 
 
 def capture_before(ctx: Context, tx_id: int) -> None:
@@ -73,7 +75,7 @@ def gate(ctx: Context, tx_id: int) -> str | None:
     before = _before(ctx, tx_id)
     if before is None:
         return None
-    from ..net import netlink
+    from ..net import model, netlink
 
     try:
         after = netlink.capture(before["interfaces"])
@@ -81,7 +83,7 @@ def gate(ctx: Context, tx_id: int) -> str | None:
         problems = [f"cannot read the network state: {exc.message}"]
     else:
         ctx.journal.set_net(tx_id, after=after)
-        problems = compare(before, after)
+        problems = model.compare(before, after)
     status = Status.FAILED if problems else Status.DONE
     ctx.journal.event(tx_id, Phase.NET, Step.GATE, status, {"problems": problems})
     return f"network guard: {'; '.join(problems)}" if problems else None
@@ -97,7 +99,7 @@ def repair(ctx: Context, tx_id: int) -> str | None:
     before = _before(ctx, tx_id)
     if before is None:
         return None
-    from ..net import netlink
+    from ..net import model, netlink
 
     now: NetState | None = None
     try:
@@ -107,7 +109,7 @@ def repair(ctx: Context, tx_id: int) -> str | None:
     else:
         if ctx.journal.net(tx_id)["after"] is None:
             ctx.journal.set_net(tx_id, after=now)  # the gate never ran: a module failed
-        problems = compare(before, now)
+        problems = model.compare(before, now)
     if not problems:
         ctx.journal.event(
             tx_id, Phase.NET, Step.CHECK, Status.DONE, {"problems": [], "restored": True}
@@ -132,7 +134,7 @@ def repair(ctx: Context, tx_id: int) -> str | None:
 def _restore(ctx: Context, tx_id: int, before: NetState, now: NetState | None) -> dict[str, Any]:
     """Run netlink.restore, journaling every change; return the problems left and
     the by-hand commands (both empty when the network is back)."""
-    from ..net import netlink
+    from ..net import model, netlink
 
     def record(action: dict[str, Any], status: str) -> None:
         keys = ("kind", "dev", "command", "error")
@@ -143,7 +145,7 @@ def _restore(ctx: Context, tx_id: int, before: NetState, now: NetState | None) -
         result = netlink.restore(before, record)
     except HsTxError as exc:
         fallback = now or {"interfaces": before["interfaces"], "links": [], "routes": []}
-        commands = [a["command"] for a in plan_all(before, fallback)]
+        commands = [a["command"] for a in model.plan_all(before, fallback)]
         return {"problems": [f"restore failed: {exc.message}"], "commands": commands}
     ctx.journal.set_net(tx_id, restored=result.state, actions=result.actions)
     return {"problems": result.problems, "commands": result.commands}
@@ -166,14 +168,14 @@ def current(config: Config) -> dict[str, Any]:
     out: dict[str, Any] = {"guard": config.net_guard, "state": None, "lines": [], "error": None}
     if not config.net_guard:
         return out
-    from ..net import netlink
+    from ..net import model, netlink
 
     try:
         state = netlink.capture(config.guard_interfaces)
     except HsTxError as exc:
         out["error"] = str(exc)
         return out
-    out["state"], out["lines"] = state, describe(state)
+    out["state"], out["lines"] = state, model.describe(state)
     missing = [n for n in state["interfaces"] if n not in {x["name"] for x in state["links"]}]
     if missing:
         out["error"] = f"guarded interface {missing[0]} does not exist"

@@ -30,8 +30,6 @@ from ..snapshot.manifest import (
     tree_fingerprint,
     write_manifest,
 )
-from ..snapshot.restore import refuse_links_above
-from ..snapshot.restore import restore as restore_tree
 from ..snapshot.sqlite import SqliteBackend
 from ..snapshot.tardiff import holds_changes
 from ..snapshot.tarindex import base_of, read_index
@@ -264,6 +262,8 @@ def restore_path(
     DamagedError when the snapshot needed is missing or corrupt, or an entry is not
     the snapshot's once put back.
     """
+    from ..snapshot.restore import refuse_links_above  # here: only a restore needs it
+
     manifest = load_manifest(info)
     live = Path(info.path)
     refuse_links_above(live)  # before the diff walks it
@@ -292,6 +292,8 @@ def _put_back(
 ) -> int:
     """Restore `changes` of one scope path from its snapshot (none when `manifest` is
     None: the path did not exist), journaled in batches; see restore_path."""
+    from ..snapshot.restore import restore as restore_tree
+
     live = Path(info.path)
     batches: dict[str, int] = {}  # a batch's first entry -> its number (one may overlap the next)
 

@@ -19,7 +19,6 @@ from ..base.errors import DamagedError
 from ..base.fsio import publish
 from .base import Captured, SnapshotTarget
 from .files import recorded_file, remove_file_snapshot, sha256_file, verified_file
-from .restored import DISTURBED
 
 
 class SqliteBackend:
@@ -99,5 +98,7 @@ class SqliteBackend:
         finally:
             again.unlink(missing_ok=True)
         if not same:
+            from .restored import DISTURBED  # here: only a failed check needs it
+
             what = f"after the restore, the database {target.path} is not its copy {copy}"
             raise DamagedError(what, DISTURBED)

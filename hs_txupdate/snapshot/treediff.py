@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import pickle
 import stat
 from collections.abc import Iterable
 from contextlib import suppress
@@ -101,6 +100,8 @@ def _middle(live: Path, manifest: Manifest) -> tuple[str, int] | None:
 def _in_two(live: Path, manifest: Manifest, middle: str, at: int) -> Changes:
     """`diff` of a large tree: entries before `middle` (whose manifest line starts at
     byte `at`) compared here, the rest by a child at the same time."""
+    import pickle  # noqa: F401 - here, and so in the child: only two halves need it
+
     child: Forked | None = None
     try:
         # no child: this process compares both halves; signals wait until it is noted
@@ -137,6 +138,8 @@ def _from_middle(live: Path, manifest: Manifest, middle: str, at: int) -> Change
 
 def _second_half(live: Path, manifest: Manifest, middle: str, at: int) -> int:
     """The child's work: `_from_middle`, pickled to its stdout."""
+    import pickle
+
     with open(1, "wb", closefd=False) as out:
         pickle.dump(_from_middle(live, manifest, middle, at), out)
     return 0
@@ -146,6 +149,8 @@ def _answer(child: Forked | None) -> Changes | None:
     """What the child sent, once it has ended; None when it failed or sent nothing."""
     if child is None or child.stdout is None:
         return None
+    import pickle
+
     data = child.stdout.read()
     if child.wait() != 0:
         return None
