@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench_idle import Command, Row, bench_idle
+from bench_idle import Command, Row, bench_guard, bench_idle
 from bench_memory import bench_tar_memory
 from bench_rollback import bench_btrfs_rollback, bench_tar_rollback
 from tabulate import tabulate
@@ -370,6 +370,7 @@ def main() -> int:
         bench_commands(top, args.history, rows)
         counts = tuple(int(n) for n in args.modules.split(","))
         bench_idle(top, counts, args.orchestrator, processes, rows)
+        bench_guard(top, 10 if 10 in counts else max(counts), processes, rows)
         bench_worker(top, rows)
         bench_btrfs_scaling(top, args.files, args.size_kib << 10, rows)
         for fstype, backend in (("btrfs", "btrfs"), ("ext4", "tar")):

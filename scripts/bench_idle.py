@@ -81,6 +81,57 @@ def bench_idle(
     rows.append([what, per, "python -c pass (one interpreter start)", t_python])
 
 
+def bench_guard(top: Path, count: int, processes: Runner, rows: list[Row]) -> None:
+    """The network guard's own row: an update with nothing to do at `count` modules with
+    `[net] guard = true` against the same with the guard off, both inside a network
+    namespace of the benchmark's own (a veth pair with addresses and default routes:
+    what the guard captures and checks), in turn, round by round. The namespace is
+    deleted however the rows end; without one, the row is skipped, saying why."""
+    name = f"hs-tx-bench-{os.getpid()}"
+    try:
+        _guarded_namespace(name)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+        print(f"bench: network guard row skipped: no network namespace ({exc})", file=sys.stderr)
+        return
+    try:
+        url = _source(top / "guard-source", count, None)
+        enter = ["nsenter", f"--net=/run/netns/{name}"]
+        commands: list[Command] = []
+        for guard in ("true", "false"):
+            argv, env = _hs_tx_box(top / f"guard-{guard}", url, count)
+            config = Path(argv[argv.index("--config") + 1])
+            config.write_text(config.read_text().replace("guard = false", f"guard = {guard}"))
+            commands.append(([*enter, *argv], env))
+        for argv, env in commands:  # a first run each, untimed: clones, first journal
+            subprocess.run(argv, env=env, capture_output=True, check=False)
+        (t_on, rss), (t_off, _) = processes(commands, IDLE_ROUNDS)
+        what = f"hs-tx update, nothing to do, {count} modules, network guard on"
+        rows.append([what, t_on, "the same with the guard off", t_off, rss])
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+
+
+def _guarded_namespace(name: str) -> None:
+    """Make network namespace `name`: lo, and a veth pair whose veth0 has an IPv4 and
+    an IPv6 address and the default routes (documentation addresses). Raises
+    CalledProcessError or OSError."""
+    ip = ["nsenter", f"--net=/run/netns/{name}", "ip"]
+    steps = [
+        ["ip", "netns", "add", name],
+        [*ip, "link", "set", "lo", "up"],
+        [*ip, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1"],
+        [*ip, "address", "add", "192.0.2.10/24", "dev", "veth0"],
+        [*ip, "address", "add", "2001:db8::10/64", "dev", "veth0", "nodad"],
+        [*ip, "link", "set", "veth0", "up"],
+        [*ip, "link", "set", "veth1", "up"],
+        [*ip, "route", "add", "default", "via", "192.0.2.1", "dev", "veth0"],
+        [*ip, "-6", "route", "add", "default", "via", "2001:db8::1", "dev", "veth0"],
+    ]
+    for argv in steps:
+        subprocess.run(argv, capture_output=True, check=True)
+
+
 def _why_skip(orchestrator: Path | None) -> str | None:
     if orchestrator is None:
         return "no --orchestrator PATH (a checkout of homeserversltd/updates) given"

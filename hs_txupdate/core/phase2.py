@@ -81,6 +81,11 @@ def run_phase2(runs: ModuleRuns, modules: list[Module]) -> str | None:
     try:
         failure = _run_all(runs, modules)
     finally:
+        # a module's window lasts until the next one's opens: in between only hs-tx
+        # runs, and its own writes are never attributed (it is outside the run's pid
+        # namespace), so one window each is enough, and the run's own again at the end
+        if runs.audit is not None:
+            runs.audit.window(None)
         stop_forks(runs)
     # the last module's outcome (on the way out of an error, the next write takes it)
     runs.ctx.journal.flush()
@@ -185,8 +190,6 @@ def _run(runs: ModuleRuns, module: Module, mode: str) -> str | None:
             raise
         finally:
             record.detail["killed"] = cgroup.kill(group) if group else 0
-            if runs.audit is not None:
-                runs.audit.window(None)
         record.join(lambda: _journal_outcome(ctx, run_id, outcome))
         record.detail.update(status=outcome.status, error=outcome.error)
         if outcome.status != RunStatus.SUCCESS:

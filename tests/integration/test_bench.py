@@ -20,6 +20,7 @@ ROWS = (
     "hs-tx update, nothing to do, 0 modules",
     "hs-tx update, nothing to do, 2 modules",
     "hs-tx update, per module",
+    "hs-tx update, nothing to do, 2 modules, network guard on",
     "run one module in its own worker",
     "btrfs: snapshot step, 20 files",
     "hs-tx update, one btrfs path of 20 files",
@@ -57,7 +58,12 @@ def test_the_benchmark_prints_every_row(tmp_path: Path) -> None:
     for wanted in ROWS:
         assert any(op.startswith(wanted) for op in operations), (wanted, operations)
         assert wanted in result.stdout or wanted.split(",")[0] in result.stdout
-    zero = [row for row in rows if not (row["seconds"] > 0 and row["reference_seconds"] > 0)]
+    # the cost per module is a difference of two medians: on a tree this tiny it may
+    # come out at or below 0 in a noisy moment, where every measured time may not
+    per_module = [row for row in rows if row["operation"].startswith("hs-tx update, per module")]
+    assert per_module and all(row["reference_seconds"] > 0 for row in per_module), per_module
+    measured = [row for row in rows if row not in per_module]
+    zero = [row for row in measured if not (row["seconds"] > 0 and row["reference_seconds"] > 0)]
     assert not zero, zero
     skipped = "bench: btrfs rollback row skipped: no private mount namespace" in result.stderr
     assert skipped or SNAPPER_ROW in operations, (result.stderr, operations)
