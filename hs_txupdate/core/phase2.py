@@ -81,9 +81,9 @@ def run_phase2(runs: ModuleRuns, modules: list[Module]) -> str | None:
     try:
         failure = _run_all(runs, modules)
     finally:
-        # a module's window lasts until the next one's opens: in between only hs-tx
-        # runs, and its own writes are never attributed (it is outside the run's pid
-        # namespace), so one window each is enough, and the run's own again at the end
+        # a module's window lasts until the next one's opens: between two modules no
+        # process of the run writes (the fork server forks its next spare), only hs-tx,
+        # whose writes are never attributed (it is outside the run's pid namespace)
         if runs.audit is not None:
             runs.audit.window(None)
         stop_forks(runs)
@@ -115,11 +115,13 @@ def stop_forks(runs: ModuleRuns) -> None:
 
 def _run_all(runs: ModuleRuns, modules: list[Module]) -> str | None:
     ctx, tx_id = runs.ctx, runs.tx_id
-    for module in modules:
-        if (module.path / "maintenance.py").is_file():
-            failure = _run(runs, module, "maintenance")
-            if failure:
-                return failure
+    maintained = [m for m in modules if (m.path / "maintenance.py").is_file()]
+    for module in maintained:
+        failure = _run(runs, module, "maintenance")
+        if failure:
+            return failure
+    if maintained and runs.audit is not None:
+        runs.audit.window(None)  # the service checks below start processes of the run's own
     selected, notes = select_group_winners(modules, ctx.services.is_active)
     for note in notes:
         ctx.log(f"hs-tx: {note}")
