@@ -312,6 +312,30 @@ def test_an_unbacked_write_is_reported_then_covered_on_the_next_run(
     }
 
 
+WRITER_MODULE = """
+def main(args):
+    with open({path!r}, "w") as f:
+        f.write("written by {name}\\n")
+    return {{"success": True}}
+"""
+
+
+def test_each_module_s_writes_are_attributed_to_it(tar_sandbox: Sandbox) -> None:
+    # one audit window a module, open until the next one's: nothing is shifted
+    sbx = tar_sandbox
+    root = system(sbx)
+    targets = {"first": "etc/first.conf", "second": "var/www/second.html", "third": "etc/third"}
+    for priority, (name, rel) in enumerate(targets.items(), 1):
+        body = WRITER_MODULE.format(path=str(root / rel), name=name)
+        sbx.module(name, body, extra_meta={"priority": priority})
+
+    result = update(sbx)
+
+    assert result.returncode == 0, result.stderr
+    expected = {str(root / rel): ("created", name, None) for name, rel in targets.items()}
+    assert outside(sbx.journal_json(1)) == expected
+
+
 def test_outside_writes_fail_fails_the_run(tar_sandbox: Sandbox) -> None:
     sbx = tar_sandbox
     root = system(sbx)
