@@ -92,7 +92,9 @@ def bench_guard(top: Path, count: int, processes: Runner, rows: list[Row]) -> No
         _guarded_namespace(name)
     except (OSError, subprocess.CalledProcessError) as exc:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
-        print(f"bench: network guard row skipped: no network namespace ({exc})", file=sys.stderr)
+        said = getattr(exc, "stderr", None) or b""
+        why = said.decode(errors="replace").strip() or str(exc)
+        print(f"bench: network guard row skipped: no network namespace ({why})", file=sys.stderr)
         return
     try:
         url = _source(top / "guard-source", count, None)
