@@ -100,8 +100,6 @@ def _middle(live: Path, manifest: Manifest) -> tuple[str, int] | None:
 def _in_two(live: Path, manifest: Manifest, middle: str, at: int) -> Changes:
     """`diff` of a large tree: entries before `middle` (whose manifest line starts at
     byte `at`) compared here, the rest by a child at the same time."""
-    import pickle  # noqa: F401 - before the fork, so the child has it too (only halves need it)
-
     child: Forked | None = None
     try:
         # no child: this process compares both halves; signals wait until it is noted

@@ -385,6 +385,10 @@ def _is_helper(pid: int) -> bool:
     return comm == READER_NAME.encode() or forks
 
 
+# the cgroup a module's worker joins first thing (see core.phase2)
+_MODULE_CGROUP = re.compile(r"/hs-tx-[0-9a-f]{8}-[0-9]+-[^/\n]+-(main|maintenance)$", re.M)
+
+
 def _is_waiting(pid: int) -> bool:
     """The fork server, or a spare it forked ahead of a request (perhaps after hs-tx
     paused, or named only then: a forked server names itself once it runs): a helper
@@ -393,9 +397,6 @@ def _is_waiting(pid: int) -> bool:
         return _is_helper(pid) and not _MODULE_CGROUP.search(_cgroup(pid))
     except OSError:
         return False
-
-
-_MODULE_CGROUP = re.compile(r"/hs-tx-[0-9a-f]{8}-[0-9]+-[^/\n]+-(main|maintenance)$", re.M)
 
 
 def _described(pid: int) -> str:
